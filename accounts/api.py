@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
-from ninja import Router
+from ninja import Router, Status
 from ninja.pagination import paginate
 
 from accounts import services
@@ -49,7 +49,7 @@ def team_create(request, payload: TeamIn):
     if not principal(request).is_superuser:
         raise PermissionDenied("Only superusers create teams.")
     team = services.team_create(name=payload.name, display_name=payload.display_name)
-    return 201, _team_out(team, {})
+    return Status(201, _team_out(team, {}))
 
 
 @router.get("/teams/{name}/members", response={200: list[MemberOut], **ERRORS})
@@ -70,7 +70,7 @@ def member_set(request, name: str, payload: MemberIn):
     except User.DoesNotExist:
         raise NotFound(f"User {payload.username!r} not found.", param="username") from None
     membership = services.membership_set(team=team, user=user, role=payload.role, actor=who)
-    return 201, {"username": user.username, "team": team.name, "role": membership.role}
+    return Status(201, {"username": user.username, "team": team.name, "role": membership.role})
 
 
 @router.delete("/teams/{name}/members/{username}", response={204: None, **ERRORS})
@@ -81,7 +81,7 @@ def member_remove(request, name: str, username: str):
     if user is None:
         raise NotFound(f"User {username!r} not found.", param="username")
     services.membership_remove(team=team, user=user, actor=who)
-    return 204, None
+    return Status(204, None)
 
 
 def _token_out(token: ApiToken) -> dict:
@@ -113,7 +113,7 @@ def token_create(request, payload: TokenIn):
     team = resolve_team(who, payload.team, write=False)
     token, secret = services.api_token_create(user=who.user, team=team, name=payload.name,
                                               expires_days=payload.expires_days)
-    return 201, {**_token_out(token), "token": secret}
+    return Status(201, {**_token_out(token), "token": secret})
 
 
 @router.post("/tokens/{token_id}/revoke", response={200: TokenOut, **ERRORS})

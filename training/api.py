@@ -1,7 +1,6 @@
 """/api/ endpoints for base models (tasks and adapters come with the training issue), and /v1/models."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: ninja resolves Query[...] and response types at import.
 from ninja import Query, Router, Schema
 from ninja.pagination import paginate
 
@@ -31,11 +30,6 @@ def base_model_list(request, filters: Query[BaseModelFilter]):
                                     available=filters.available).select_related("team")
 
 
-@router.get("/base-models/{ref}", response={200: BaseModelOut, **ERRORS})
-def base_model_detail(request, ref: str):
-    return services.base_model_get(user=principal(request), ref=ref, require_available=False)
-
-
 @router.post("/base-models/scan", response={200: ScanOut, **ERRORS})
 def base_model_scan(request):
     """Rescan the configured model folders (not arbitrary paths: those are for the command line)."""
@@ -45,6 +39,11 @@ def base_model_scan(request):
         raise PermissionDenied("Scanning needs a member or admin role in a team.")
     report = services.base_models_scan(user=who.user)
     return {"rows": [vars(r) for r in report.rows]}
+
+
+@router.get("/base-models/{ref}", response={200: BaseModelOut, **ERRORS})
+def base_model_detail(request, ref: str):
+    return services.base_model_get(user=principal(request), ref=ref, require_available=False)
 
 
 @v1_router.get("/models", response=OpenAIModelList)

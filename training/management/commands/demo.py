@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import sys
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -43,7 +42,7 @@ class Command(ServiceCommand):
         out.write(f"   team {team.name}; login {DEMO_USER} / {password}")
 
         out.write(self.style.MIGRATE_HEADING("2. Base models (bundled packages, MODEL_DIRS, DATA_DIR/models)"))
-        bar = tqdm(total=0, unit="model", file=sys.stderr, disable=None)
+        bar = tqdm(total=0, unit="model", file=self.stderr._out)
 
         def progress(name: str, index: int, total: int) -> None:
             bar.total, bar.n = total, index

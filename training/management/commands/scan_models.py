@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import sys
 
 from tqdm import tqdm
 
@@ -20,7 +19,8 @@ class Command(ServiceCommand):
 
     def run(self, *args, **opts):
         team = team_get(opts["team"]) if opts["team"] else None
-        bar = tqdm(total=0, unit="model", file=sys.stderr, disable=None, dynamic_ncols=True)
+        # tqdm writes carriage returns: give it the raw stream, not the newline-adding OutputWrapper.
+        bar = tqdm(total=0, unit="model", file=self.stderr._out, dynamic_ncols=True)
 
         def progress(name: str, index: int, total: int) -> None:
             bar.total = total
