@@ -118,10 +118,13 @@ def _v1_http_error(request, exc: HttpError):
 def _register_routers() -> None:
     from accounts.api import router as accounts_router
     from training.api import router as training_router
+    from training.api import tasks_router
     from training.api import v1_router as training_v1_router
 
     api.add_router("/", accounts_router)
     api.add_router("/", training_router)
+    from datasets_app.api import router as datasets_router; api.add_router("/", datasets_router)  # noqa: E702, I001
+    api.add_router("/", tasks_router)
     v1.add_router("/", training_v1_router)
 
 

@@ -51,3 +51,205 @@ class BaseModel(models.Model):
     @property
     def max_position_embeddings(self) -> int | None:
         return self.config.get("max_position_embeddings")
+
+
+class JobStatus(models.TextChoices):
+    VALIDATING = "validating", "Validating"
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    PAUSED = "paused", "Paused"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+ACTIVE = frozenset({JobStatus.VALIDATING, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED})
+
+
+class Job(models.Model):
+    """What every queued job shares (training, classifier, evaluation): the row is the job's truth.
+
+    The worker claims a row by an atomic status update that also sets a fresh ``run_token``; every
+    later write from that run is conditional on the token, so a run that lost its claim (recovered
+    after a stale heartbeat, say) can never overwrite the new run's state.
+    """
+
+    Status = JobStatus
+
+    name = models.CharField(max_length=200)
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="+")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED, db_index=True)
+    priority = models.IntegerField(default=0, help_text="Higher runs first; FIFO within one priority.")
+
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    paused_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    cancel_requested = models.BooleanField(default=False)
+    pause_requested = models.BooleanField(default=False)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    run_token = models.CharField(max_length=32, blank=True, editable=False)
+    worker = models.CharField(max_length=200, blank=True, help_text="host:pid of the supervising worker.")
+    child_pid = models.IntegerField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0, help_text="Runs started (first run, resumes, recoveries).")
+    recoveries = models.PositiveIntegerField(default=0, help_text="Automatic recoveries after a crash.")
+    resume_from = models.CharField(max_length=1000, blank=True, help_text="Checkpoint the next run starts from.")
+
+    step = models.PositiveIntegerField(default=0)
+    total_steps = models.PositiveIntegerField(default=0)
+    epoch = models.FloatField(default=0)
+    tokens_seen = models.BigIntegerField(default=0)
+    tokens_per_second = models.FloatField(default=0)
+    eta_seconds = models.FloatField(null=True, blank=True)
+    metrics = models.JSONField(default=dict, blank=True, help_text="Latest metrics.")
+
+    error_code = models.CharField(max_length=64, blank=True)
+    error_message = models.TextField(blank=True)
+    error_param = models.CharField(max_length=64, blank=True)
+
+    device = models.CharField(max_length=200, blank=True)
+    library_versions = models.JSONField(default=dict, blank=True)
+    seed = models.IntegerField(null=True, blank=True)
+    log_path = models.CharField(max_length=1000, blank=True)
+
+    class Meta:
+        abstract = True
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.status})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def progress_percent(self) -> float:
+        if self.status == JobStatus.SUCCEEDED:
+            return 100.0
+        if not self.total_steps:
+            return 0.0
+        return round(min(100.0, 100.0 * self.step / self.total_steps), 1)
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if not self.started_at:
+            return None
+        end = self.finished_at or (self.paused_at if self.status == JobStatus.PAUSED else None) or timezone.now()
+        return (end - self.started_at).total_seconds()
+
+
+class EventLevel(models.TextChoices):
+    INFO = "info", "info"
+    WARN = "warn", "warn"
+    ERROR = "error", "error"
+
+
+class EventType(models.TextChoices):
+    MESSAGE = "message", "message"
+    METRICS = "metrics", "metrics"
+
+
+class JobEvent(models.Model):
+    """A line of a job's log: a message, or one metrics record (loss, learning rate, ...)."""
+
+    level = models.CharField(max_length=8, choices=EventLevel.choices, default=EventLevel.INFO)
+    type = models.CharField(max_length=8, choices=EventType.choices, default=EventType.MESSAGE)
+    message = models.TextField()
+    data = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        abstract = True
+        ordering = ["id"]
+
+
+class TrainingTask(Job):
+    """Fine-tuning a causal LM with LoRA/QLoRA on a dataset version."""
+
+    base_model = models.ForeignKey(BaseModel, on_delete=models.PROTECT, related_name="training_tasks")
+    train_version = models.ForeignKey("datasets_app.DatasetVersion", on_delete=models.PROTECT,
+                                      related_name="training_tasks")
+    validation_version = models.ForeignKey("datasets_app.DatasetVersion", null=True, blank=True,
+                                           on_delete=models.PROTECT, related_name="validation_tasks")
+    params = models.JSONField(default=dict, blank=True, help_text="Hyperparameters as submitted.")
+    resolved_params = models.JSONField(default=dict, blank=True, help_text="Concrete values after 'auto'.")
+    auto_explanation = models.JSONField(default=dict, blank=True)
+    estimated_memory_bytes = models.BigIntegerField(null=True, blank=True)
+    trained_tokens = models.BigIntegerField(default=0)
+    suffix = models.CharField(max_length=64, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    cloned_from = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["status", "-priority", "queued_at"], name="training_queue_idx"),
+            models.Index(fields=["team", "-created_at"], name="training_team_idx"),
+        ]
+        constraints = [models.UniqueConstraint(fields=["team", "name"], name="training_task_unique_name")]
+
+
+class TrainingEvent(JobEvent):
+    """The training task's log."""
+
+    task = models.ForeignKey(TrainingTask, on_delete=models.CASCADE, related_name="events")
+
+    class Meta(JobEvent.Meta):
+        indexes = [models.Index(fields=["task", "id"], name="training_event_page_idx")]
+
+
+class Checkpoint(models.Model):
+    """A saved training state (adapter + optimizer + scheduler + RNG) a run can resume from."""
+
+    task = models.ForeignKey(TrainingTask, on_delete=models.CASCADE, related_name="checkpoints")
+    step = models.PositiveIntegerField()
+    path = models.CharField(max_length=1000)
+    metrics = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["task", "step"]
+        constraints = [models.UniqueConstraint(fields=["task", "step"], name="unique_checkpoint_step")]
+
+    def __str__(self) -> str:
+        return f"{self.task.name} step {self.step}"
+
+
+class Adapter(models.Model):
+    """A trained LoRA adapter: loads with plain PEFT on top of its base model's local folder."""
+
+    class Kind(models.TextChoices):
+        CAUSAL_LM = "causal-lm", "Causal LM adapter"
+        CLASSIFIER = "classifier", "Classifier adapter"
+
+    class Status(models.TextChoices):
+        READY = "ready", "Ready"
+        ARCHIVED = "archived", "Archived"
+
+    name = models.CharField(max_length=200)
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="adapters")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.CAUSAL_LM)
+    base_model = models.ForeignKey(BaseModel, on_delete=models.PROTECT, related_name="adapters")
+    task = models.ForeignKey(TrainingTask, null=True, blank=True, on_delete=models.SET_NULL, related_name="adapters")
+    path = models.CharField(max_length=1000)
+    lora_config = models.JSONField(default=dict, blank=True)
+    trainable_parameters = models.BigIntegerField(default=0)
+    size_bytes = models.BigIntegerField(default=0)
+    metrics = models.JSONField(default=dict, blank=True)
+    label_map = models.JSONField(default=dict, blank=True, help_text="Classifier adapters: id -> label.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.READY)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["team", "name"], name="adapter_unique_name")]
+
+    def __str__(self) -> str:
+        return self.name

@@ -1,4 +1,4 @@
-"""Business rules for base models (the training issue adds tasks and adapters here)."""
+"""Business rules for base models, training tasks and adapters."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import Team
-from accounts.visibility import get_visible, visible_to
-from core.errors import ApplicationError, NotFound
+from accounts.visibility import get_visible, require_write, resolve_team, visible_to
+from core.errors import ApplicationError, Conflict, NotFound
 from training import model_scan
 from training.models import BaseModel
 
@@ -170,3 +170,354 @@ def base_model_get(*, user, ref: str | int, kind: str | None = None, require_ava
         raise ApplicationError(f"Base model {obj.name!r} is unavailable: its folder {obj.path} is missing. "
                                "Run `manage.py scan_models`.", code="model_unavailable", param="base_model")
     return obj
+
+
+# ================================================================================================ tasks
+
+TRAINABLE_KINDS = {"chat", "text"}  # dataset kinds a causal LM trains on
+
+
+def _version_ref(user, ref, *, param: str):
+    from datasets_app.models import DatasetVersion
+
+    if isinstance(ref, DatasetVersion):
+        version = ref
+        if not can_read_version(user, version):
+            raise NotFound("Dataset version not found.", code="dataset_not_found", param=param)
+        return version
+    from datasets_app.services import dataset_version_get
+
+    try:
+        return dataset_version_get(user=user, ref=ref)
+    except NotFound:
+        raise NotFound(f"Dataset {ref!r} not found.", code="dataset_not_found", param=param) from None
+
+
+def can_read_version(user, version) -> bool:
+    from accounts.visibility import can_read
+
+    return can_read(user, version, team_field="dataset__team")
+
+
+def _check_version(version, *, team: Team, param: str) -> str | None:
+    """Why the version cannot be trained on (None when it can)."""
+    if version.dataset.team_id != team.pk:
+        return f"Dataset version {version.pk} belongs to another team."
+    if version.status != "ready":
+        errors = (version.report or {}).get("errors") or []
+        lines = "; ".join(f"line {e.get('line')}: {e.get('code')}: {e.get('message')}" for e in errors[:20])
+        more = f" (and {len(errors) - 20} more)" if len(errors) > 20 else ""
+        return f"The file has errors and cannot be used for training: {lines}{more}" if lines else \
+            "The dataset version failed validation."
+    if version.kind not in TRAINABLE_KINDS:
+        return (f"Dataset format {version.format!r} cannot train a causal LM; use a chat, Alpaca, ShareGPT "
+                "or text dataset (classification data trains a classifier).")
+    return None
+
+
+def _resolve(params: dict | None, *, base_model: BaseModel, version, has_validation: bool):
+    from training.devices import available_memory_bytes, detect_device, gpu_memory_gb
+    from training.params import InvalidParams, estimate_memory, resolve_params
+
+    device = detect_device()
+    stats = version.stats or {}
+    tokens = stats.get("tokens") or {}
+    try:
+        resolved = resolve_params(params, n_examples=version.row_count, n_tokens_mean=tokens.get("mean"),
+                                  n_tokens_max=tokens.get("max"), device=device, gpu_memory_gb=gpu_memory_gb(),
+                                  has_chat_template=base_model.has_chat_template,
+                                  model_max_length=base_model.max_position_embeddings,
+                                  has_validation=has_validation)
+    except InvalidParams as exc:
+        raise ApplicationError(exc.message, code="invalid_parameter", param=exc.field or "hyperparameters",
+                               details=exc.errors and [{"param": str(e.get("loc", ("",))[0]), "message": e.get("msg")}
+                                                       for e in exc.errors]) from None
+    estimate = estimate_memory(config=base_model.config, parameter_count=base_model.parameter_count or None,
+                               quantization=resolved.quantization, batch_size=resolved.batch_size,
+                               max_seq_length=resolved.max_seq_length, device=device, lora_r=resolved.lora_r,
+                               target_modules=resolved.target_modules)
+    refusal = estimate.refusal(available_memory_bytes(device))
+    if refusal:
+        raise ApplicationError(refusal, code="insufficient_memory", param="batch_size")
+    return resolved, estimate
+
+
+def _unique_task_name(team: Team, name: str) -> str:
+    from training.models import TrainingTask
+
+    if not TrainingTask.objects.filter(team=team, name=name).exists():
+        return name
+    n = 2
+    while TrainingTask.objects.filter(team=team, name=f"{name}-{n}").exists():
+        n += 1
+    return f"{name}-{n}"
+
+
+def training_task_create(*, user, name: str | None, base_model: BaseModel | str | int, train_version,
+                         validation_version=None, params: dict | None = None, team: Team | str | None = None,
+                         priority: int = 0, suffix: str = "", metadata: dict | None = None,
+                         fail_invalid_files: bool = False, cloned_from=None):
+    """Validate everything synchronously, then create a queued task and wake a worker on commit.
+
+    ``fail_invalid_files`` (the OpenAI protocol): a file that failed validation still creates the job,
+    which fails at once in validating_files with the row-level report, instead of a 400.
+    """
+    from training import jobs
+    from training.models import JobStatus, TrainingTask
+
+    team = resolve_team(user, team)
+    model = base_model_get(user=user, ref=base_model.pk if isinstance(base_model, BaseModel) else base_model,
+                           kind=BaseModel.Kind.CAUSAL_LM)
+    train = _version_ref(user, train_version, param="training_file" if fail_invalid_files else "train_version")
+    validation = None
+    if validation_version not in (None, ""):
+        validation = _version_ref(user, validation_version,
+                                  param="validation_file" if fail_invalid_files else "validation_version")
+    if not isinstance(priority, int) or not -100 <= priority <= 100:
+        raise ApplicationError("priority must be an integer from -100 to 100.", code="invalid_parameter",
+                               param="priority")
+    name = (name or "").strip() or f"{model.name}-{train.dataset.name}"
+    if len(name) > 180:
+        raise ApplicationError("name is longer than 180 characters.", code="invalid_parameter", param="name")
+    file_problem = None
+    for version, param in ((train, "training_file" if fail_invalid_files else "train_version"),
+                           (validation, "validation_file" if fail_invalid_files else "validation_version")):
+        if version is None:
+            continue
+        problem = _check_version(version, team=team, param=param)
+        if problem and not (fail_invalid_files and version.status != "ready"):
+            raise ApplicationError(problem, code="invalid_dataset", param=param)
+        if problem and file_problem is None:
+            file_problem = (problem, param)
+
+    now = timezone.now()
+    with transaction.atomic():
+        task = TrainingTask(name=_unique_task_name(team, name), team=team, created_by=getattr(user, "user", user),
+                            base_model=model, train_version=train, validation_version=validation,
+                            params=params or {}, priority=priority, suffix=suffix[:64], metadata=metadata or {},
+                            cloned_from=cloned_from)
+        if file_problem:
+            task.status = JobStatus.FAILED
+            task.finished_at = now
+            task.error_code = "invalid_file"
+            task.error_message = file_problem[0]
+            task.error_param = file_problem[1]
+            task.save()
+            jobs.add_event(task, f"Validation failed: {file_problem[0]}", level="error")
+            return task
+        resolved, estimate = _resolve(params, base_model=model, version=train, has_validation=validation is not None)
+        task.resolved_params = resolved.to_dict()
+        task.auto_explanation = resolved.auto
+        task.estimated_memory_bytes = estimate.total_bytes
+        task.seed = resolved.seed
+        task.total_steps = resolved.total_steps
+        task.status = JobStatus.QUEUED
+        task.queued_at = now
+        task.save()
+        jobs.add_event(task, f"Created: {train.row_count} training examples, {resolved.n_epochs} epochs, "
+                             f"lr {resolved.learning_rate:g}, LoRA r={resolved.lora_r}, "
+                             f"quantization {resolved.quantization}, device {resolved.device}; "
+                             f"estimated peak memory {estimate.total_bytes / 1024**3:.1f} GiB.")
+        jobs.enqueue(task)
+    return task
+
+
+def training_task_list(*, user, team: str | None = None, status: str | None = None):
+    from training.models import TrainingTask
+
+    qs = visible_to(user, TrainingTask.objects.all()).select_related("team", "base_model", "created_by")
+    if team:
+        qs = qs.filter(team__name=team)
+    if status:
+        qs = qs.filter(status=status)
+    return qs
+
+
+def training_task_get(*, user, ref: str | int, for_update: bool = False):
+    from training.models import TrainingTask
+
+    lookup = {"pk": int(ref)} if isinstance(ref, int) or str(ref).isdigit() else {"name": str(ref)}
+    try:
+        task = get_visible(user, TrainingTask.objects.select_related("team", "base_model"), **lookup)
+    except NotFound:
+        raise NotFound(f"Training task {ref!r} not found.", code="task_not_found") from None
+    except TrainingTask.MultipleObjectsReturned:
+        raise ApplicationError(f"Several tasks are named {ref!r}: use the id.", code="ambiguous_name") from None
+    if for_update:
+        require_write(user, task)
+    return task
+
+
+def training_task_cancel(*, user, task):
+    from training import jobs
+    from training.models import TERMINAL
+
+    require_write(user, task)
+    if task.status in TERMINAL:
+        raise Conflict(f"Task {task.name!r} is already {task.status}.", code="invalid_state")
+    jobs.request_cancel(task)
+    task.refresh_from_db()
+    return task
+
+
+def training_task_pause(*, user, task):
+    from training import jobs
+
+    require_write(user, task)
+    if not jobs.request_pause(task):
+        raise Conflict(f"Only running or queued tasks can be paused; {task.name!r} is {task.status}.",
+                       code="invalid_state")
+    task.refresh_from_db()
+    return task
+
+
+def training_task_resume(*, user, task):
+    from training import jobs
+    from training.models import JobStatus
+
+    require_write(user, task)
+    checkpoint = latest_checkpoint_path(task) or ""
+    note = f"Resumed from {Path(checkpoint).name}." if checkpoint else "Resumed from the start (no checkpoint)."
+    if not jobs.requeue(task, from_statuses={JobStatus.PAUSED}, resume_from=checkpoint, note=note):
+        raise Conflict(f"Only paused tasks can be resumed; {task.name!r} is {task.status}.", code="invalid_state")
+    task.refresh_from_db()
+    return task
+
+
+def training_task_retry(*, user, task):
+    """Run a failed or cancelled task again, continuing from its last good checkpoint if it has one."""
+    from training import jobs
+    from training.models import JobStatus
+
+    require_write(user, task)
+    checkpoint = latest_checkpoint_path(task) or ""
+    note = f"Retry from {Path(checkpoint).name}." if checkpoint else "Retry from the start."
+    if task.error_code == "invalid_file":
+        raise Conflict("This task's data failed validation: fix the file and create a new task.",
+                       code="invalid_state")
+    if not jobs.requeue(task, from_statuses={JobStatus.FAILED, JobStatus.CANCELLED}, resume_from=checkpoint,
+                        reset=True, note=note):
+        raise Conflict(f"Only failed or cancelled tasks can be retried; {task.name!r} is {task.status}.",
+                       code="invalid_state")
+    task.refresh_from_db()
+    return task
+
+
+def training_task_clone(*, user, task, name: str | None = None, params: dict | None = None, **changes):
+    """A new task with the same inputs (and optional changes): "reproduce" and "clone with changes"."""
+    merged = {**(task.params or {}), **(params or {})}
+    if "seed" not in merged and task.seed is not None:
+        merged["seed"] = task.seed
+    return training_task_create(
+        user=user, team=task.team, name=name or f"{task.name}-clone", base_model=changes.get("base_model",
+                                                                                            task.base_model),
+        train_version=changes.get("train_version", task.train_version),
+        validation_version=changes.get("validation_version", task.validation_version), params=merged,
+        priority=task.priority, suffix=task.suffix, metadata=task.metadata, cloned_from=task)
+
+
+def latest_checkpoint_path(task) -> str | None:
+    """The newest checkpoint whose folder is complete on disk (a corrupt latest one is skipped)."""
+    from training.checkpoints import checkpoint_problem
+
+    for ckpt in task.checkpoints.order_by("-step"):
+        if checkpoint_problem(Path(ckpt.path)) is None:
+            return ckpt.path
+    return None
+
+
+def training_events_page(*, task, after: int | None = None, limit: int = 100):
+    """Keyset pagination over a task's events (constant cost however long the log)."""
+    limit = max(1, min(int(limit), 1000))
+    qs = task.events.order_by("id")
+    if after is not None:
+        qs = qs.filter(id__gt=after)
+    rows = list(qs[: limit + 1])
+    return rows[:limit], len(rows) > limit
+
+
+# ================================================================================================ adapters
+
+def adapter_list(*, user, team: str | None = None, base_model: str | None = None, kind: str | None = None):
+    from training.models import Adapter
+
+    qs = visible_to(user, Adapter.objects.all()).select_related("team", "base_model", "task")
+    if team:
+        qs = qs.filter(team__name=team)
+    if base_model:
+        qs = qs.filter(base_model__name=base_model)
+    if kind:
+        qs = qs.filter(kind=kind)
+    return qs
+
+
+def adapter_get(*, user, ref: str | int):
+    from training.models import Adapter
+
+    qs = Adapter.objects.select_related("team", "base_model", "task")
+    lookup = {"pk": int(ref)} if isinstance(ref, int) or str(ref).isdigit() else {"name": str(ref)}
+    try:
+        return get_visible(user, qs, **lookup)
+    except NotFound:
+        raise NotFound(f"Adapter {ref!r} not found.", code="adapter_not_found", param="adapter") from None
+    except Adapter.MultipleObjectsReturned:
+        raise ApplicationError(f"Several adapters are named {ref!r}: use the id.", code="ambiguous_name",
+                               param="adapter") from None
+
+
+def adapter_unique_name(team: Team, name: str) -> str:
+    from training.models import Adapter
+
+    if not Adapter.objects.filter(team=team, name=name).exists():
+        return name
+    n = 2
+    while Adapter.objects.filter(team=team, name=f"{name}-{n}").exists():
+        n += 1
+    return f"{name}-{n}"
+
+
+def adapter_archive(*, user, adapter):
+    from training.models import Adapter
+
+    require_write(user, adapter)
+    adapter.status = Adapter.Status.ARCHIVED
+    adapter.save(update_fields=["status"])
+    return adapter
+
+
+def adapter_zip_stream(adapter):
+    """Yield a zip of the adapter folder, built as it streams (no temp file, constant memory)."""
+    import io
+    import zipfile
+
+    root = Path(adapter.path)
+    if not root.is_dir():
+        raise NotFound("The adapter's files are missing on disk.", code="adapter_files_missing")
+
+    class _Sink(io.RawIOBase):
+        def __init__(self) -> None:
+            self.chunks: list[bytes] = []
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, b) -> int:
+            self.chunks.append(bytes(b))
+            return len(b)
+
+    def generate():
+        sink = _Sink()
+        with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for path in sorted(root.rglob("*")):
+                if path.is_file() and not path.is_symlink():
+                    with zf.open(f"{adapter.name}/{path.relative_to(root)}", "w", force_zip64=True) as dest, \
+                            path.open("rb") as src:
+                        while block := src.read(1 << 20):
+                            dest.write(block)
+                            if sink.chunks:
+                                yield b"".join(sink.chunks)
+                                sink.chunks.clear()
+        if sink.chunks:
+            yield b"".join(sink.chunks)
+
+    return generate()

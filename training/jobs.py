@@ -1,0 +1,471 @@
+"""The shared job machinery: queueing, the atomic claim, the supervised child process, control
+requests (cancel / pause / resume / retry) and crash recovery.
+
+Training tasks use it now; classifier tasks and evaluation runs register their own ``JobKind`` and
+reuse all of it. The queue message (django-q2) carries nothing but a wake-up: the worker picks the
+next eligible row itself (priority, then FIFO, within each team's running limit), so a lost or
+re-delivered message can neither skip nor duplicate a job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.db import close_old_connections, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from accounts.models import Team
+from training.models import ACTIVE, TERMINAL, EventLevel, EventType, Job, JobStatus
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 5
+# How long a silent child may take to honour a cancel before it is killed.
+CANCEL_GRACE_SECONDS = 30
+
+
+def stale_after() -> timedelta:
+    return timedelta(seconds=getattr(settings, "JOB_STALE_SECONDS", 90))
+
+
+def max_recoveries() -> int:
+    return getattr(settings, "JOB_MAX_RECOVERIES", 2)
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """How to run one model of job. ``run`` is the child process's body."""
+
+    name: str
+    model: type[Job]
+    event_model: type
+    event_fk: str
+    run: Callable[[Job, JobContext], None]
+    latest_checkpoint: Callable[[Job], str | None] = lambda job: None
+
+
+REGISTRY: dict[str, JobKind] = {}
+
+
+def register(kind: JobKind) -> JobKind:
+    REGISTRY[kind.name] = kind
+    return kind
+
+
+def kind_of(job: Job) -> JobKind:
+    for kind in _kinds():
+        if isinstance(job, kind.model):
+            return kind
+    raise LookupError(f"no job kind registered for {type(job).__name__}")
+
+
+def _kinds() -> list[JobKind]:
+    # Importing the apps' job modules registers their kinds (training here; classifier/evaluation later).
+    from django.apps import apps
+
+    for app in ("training", "classifier", "evaluation"):
+        if apps.is_installed(app):
+            try:
+                __import__(f"{app}.runner")
+            except ModuleNotFoundError as exc:
+                if exc.name != f"{app}.runner":
+                    raise
+    return list(REGISTRY.values())
+
+
+def get_kind(name: str) -> JobKind:
+    _kinds()
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise LookupError(f"unknown job kind {name!r}") from None
+
+
+# --------------------------------------------------------------------------------------------- events
+
+def add_event(job: Job, message: str, *, level: str = EventLevel.INFO, type: str = EventType.MESSAGE,
+              data: dict | None = None):
+    kind = kind_of(job)
+    return kind.event_model.objects.create(**{kind.event_fk: job}, level=level, type=type, message=message,
+                                           data=data)
+
+
+# --------------------------------------------------------------------------------------------- queueing
+
+def enqueue(job: Job) -> None:
+    """Wake a worker once the surrounding transaction commits (never for an uncommitted row)."""
+    transaction.on_commit(wake_worker)
+
+
+def wake_worker() -> None:
+    from django_q.tasks import async_task
+
+    async_task("training.jobs.dispatch", q_options={"task_name": f"dispatch-{uuid.uuid4().hex[:8]}"})
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _team_running(team_id: int) -> int:
+    return sum(kind.model.objects.filter(team_id=team_id, status=JobStatus.RUNNING).count() for kind in _kinds())
+
+
+def claim(job: Job, *, worker: str | None = None) -> str | None:
+    """Atomically move one QUEUED row to RUNNING; returns the new run token, or None if someone else won."""
+    token = uuid.uuid4().hex
+    now = timezone.now()
+    with transaction.atomic():
+        # Lock the team row so two workers cannot both pass the team's running limit.
+        Team.objects.select_for_update().filter(pk=job.team_id).first()
+        if _team_running(job.team_id) >= settings.TEAM_MAX_RUNNING:
+            return None
+        updated = type(job).objects.filter(pk=job.pk, status=JobStatus.QUEUED).update(
+            status=JobStatus.RUNNING, run_token=token, started_at=job.started_at or now, heartbeat_at=now,
+            worker=worker or _worker_id(), attempts=F("attempts") + 1, pause_requested=False, paused_at=None,
+            error_code="", error_message="", error_param="")
+    return token if updated == 1 else None
+
+
+def next_candidates() -> list[Job]:
+    """Queued jobs of every kind, best first (priority, then queue order)."""
+    rows: list[Job] = []
+    for kind in _kinds():
+        rows += list(kind.model.objects.filter(status=JobStatus.QUEUED).order_by("-priority", "queued_at", "pk")[:50])
+    far_future = timezone.now() + timedelta(days=3650)
+    rows.sort(key=lambda j: (-j.priority, j.queued_at or far_future, j.pk))
+    return rows
+
+
+def claim_next(*, worker: str | None = None) -> tuple[Job, str] | None:
+    for job in next_candidates():
+        token = claim(job, worker=worker)
+        if token:
+            job.refresh_from_db()
+            return job, token
+    return None
+
+
+def dispatch(max_jobs: int | None = None) -> int:
+    """Queue task body: recover stale jobs, then run eligible jobs one after another until none is left."""
+    recover_stale()
+    done = 0
+    while max_jobs is None or done < max_jobs:
+        claimed = claim_next()
+        if claimed is None:
+            break
+        job, token = claimed
+        supervise(job, token)
+        done += 1
+        close_old_connections()
+    return done
+
+
+# --------------------------------------------------------------------------------------------- supervision
+
+def run_dir(job: Job) -> Path:
+    return Path(settings.DATA_DIR) / "runs" / f"{kind_of(job).name}-{job.pk}"
+
+
+def _child_preexec() -> None:  # pragma: no cover - runs in the child before exec
+    # Die with the supervisor: a killed worker must not leave an orphan training run behind.
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def spawn_child(job: Job, token: str) -> subprocess.Popen:
+    folder = run_dir(job)
+    folder.mkdir(parents=True, exist_ok=True)
+    log_path = folder / "log.txt"
+    manage = Path(settings.BASE_DIR) / "manage.py"
+    cmd = [sys.executable, str(manage), "run_job", kind_of(job).name, str(job.pk), "--run-token", token]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    logfile = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
+    try:
+        proc = subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                cwd=settings.BASE_DIR, preexec_fn=_child_preexec, start_new_session=True)
+    finally:
+        logfile.close()
+    type(job).objects.filter(pk=job.pk, run_token=token).update(child_pid=proc.pid, log_path=str(log_path))
+    return proc
+
+
+def _kill(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def supervise(job: Job, token: str) -> str:
+    """Run a claimed job in a child process and watch it until it ends; returns the final status."""
+    model = type(job)
+    add_event(job, f"Started on {socket.gethostname()} (attempt {job.attempts}).")
+    proc = spawn_child(job, token)
+    cancel_seen_at: float | None = None
+    last_beat = 0.0
+    last_recover = time.monotonic()
+    while True:
+        try:
+            returncode = proc.wait(timeout=1)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        now = time.monotonic()
+        if now - last_beat >= HEARTBEAT_SECONDS:
+            last_beat = now
+            try:
+                alive = model.objects.filter(pk=job.pk, run_token=token).update(heartbeat_at=timezone.now())
+                flags = model.objects.filter(pk=job.pk).values("cancel_requested", "status").first()
+            except Exception as exc:  # database restarting: keep the child running and try again
+                log.warning("heartbeat for %s %s failed: %s", model.__name__, job.pk, exc)
+                close_old_connections()
+                continue
+            if not alive or flags is None:
+                # The claim moved to another run (or the row is gone): this run must stop now.
+                _kill(proc)
+                proc.wait()
+                return flags["status"] if flags else "gone"
+            if flags["cancel_requested"] and cancel_seen_at is None:
+                cancel_seen_at = now
+        if cancel_seen_at is not None and now - cancel_seen_at > CANCEL_GRACE_SECONDS:
+            log.warning("child of %s %s ignored cancel for %ss: killing it", model.__name__, job.pk,
+                        CANCEL_GRACE_SECONDS)
+            _kill(proc)
+        if now - last_recover > 60:
+            last_recover = now
+            try:
+                recover_stale()
+            except Exception as exc:  # pragma: no cover - best effort while busy
+                log.warning("recover_stale failed: %s", exc)
+    return _after_child_exit(job, token, returncode)
+
+
+def _after_child_exit(job: Job, token: str, returncode: int) -> str:
+    model = type(job)
+    close_old_connections()
+    row = model.objects.filter(pk=job.pk).first()
+    if row is None:
+        return "gone"
+    if row.run_token != token or row.status != JobStatus.RUNNING:
+        return row.status  # the child recorded its own outcome (succeeded/failed/cancelled/paused)
+    if row.cancel_requested:
+        finish(row, token, JobStatus.CANCELLED)
+        add_event(row, "Cancelled.")
+        return JobStatus.CANCELLED
+    if returncode < 0:
+        reason = f"the training process was killed by signal {-returncode}"
+        if -returncode == signal.SIGKILL:
+            reason += " (out of memory, or killed by an operator)"
+    else:
+        reason = f"the training process exited with code {returncode} without reporting a result"
+    return recover_or_fail(row, token, reason)
+
+
+def recover_or_fail(job: Job, token: str, reason: str) -> str:
+    """After a crash: resume from the last good checkpoint (bounded attempts), else fail with the reason."""
+    kind = kind_of(job)
+    if job.recoveries < max_recoveries():
+        checkpoint = kind.latest_checkpoint(job) or ""
+        updated = type(job).objects.filter(pk=job.pk, run_token=token, status=JobStatus.RUNNING).update(
+            status=JobStatus.QUEUED, queued_at=timezone.now(), recoveries=F("recoveries") + 1, run_token="",
+            resume_from=checkpoint, child_pid=None)
+        if updated:
+            where = f"from checkpoint {Path(checkpoint).name}" if checkpoint else "from the start"
+            add_event(job, f"Recovering {where}: {reason}.", level=EventLevel.WARN)
+            wake_worker()
+            return JobStatus.QUEUED
+        return type(job).objects.get(pk=job.pk).status
+    finish(job, token, JobStatus.FAILED, error_code="worker_crashed",
+           error_message=f"{reason[0].upper()}{reason[1:]}; gave up after {job.recoveries} automatic recoveries.")
+    add_event(job, f"Failed: {reason}.", level=EventLevel.ERROR)
+    return JobStatus.FAILED
+
+
+def recover_stale(now=None) -> int:
+    """Jobs RUNNING whose heartbeat stopped (worker or machine died) are recovered or failed."""
+    now = now or timezone.now()
+    cutoff = now - stale_after()
+    count = 0
+    for kind in _kinds():
+        for job in kind.model.objects.filter(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff):
+            seconds = int((now - job.heartbeat_at).total_seconds())
+            recover_or_fail(job, job.run_token, f"no heartbeat for {seconds}s from worker {job.worker or '?'}")
+            count += 1
+    return count
+
+
+def finish(job: Job, token: str | None, status: str, **fields) -> bool:
+    """Record a final (or paused) state for the run holding ``token``."""
+    now = timezone.now()
+    values = {"status": status, "heartbeat_at": now, "child_pid": None, **fields}
+    if status in TERMINAL:
+        values["finished_at"] = now
+        values.setdefault("eta_seconds", None)
+    if status == JobStatus.PAUSED:
+        values["paused_at"] = now
+        values["pause_requested"] = False
+    qs = type(job).objects.filter(pk=job.pk)
+    if token is not None:
+        qs = qs.filter(run_token=token)
+    return qs.update(**values) == 1
+
+
+# --------------------------------------------------------------------------------------------- child side
+
+class LostClaim(Exception):
+    """The run's claim was taken over (recovered elsewhere): stop without writing anything more."""
+
+
+class JobContext:
+    """What a job's child process uses to report: progress, events, heartbeat and control flags."""
+
+    def __init__(self, job: Job, token: str) -> None:
+        self.job = job
+        self.token = token
+        self.model = type(job)
+        self._flags_checked = 0.0
+        self._flags = (False, False)
+
+    def update(self, **fields) -> None:
+        fields.setdefault("heartbeat_at", timezone.now())
+        if not self.model.objects.filter(pk=self.job.pk, run_token=self.token).update(**fields):
+            raise LostClaim(f"{self.model.__name__} {self.job.pk} is no longer held by this run")
+        for key, value in fields.items():
+            setattr(self.job, key, value)
+
+    def event(self, message: str, *, level: str = EventLevel.INFO, type: str = EventType.MESSAGE,
+              data: dict | None = None) -> None:
+        add_event(self.job, message, level=level, type=type, data=data)
+
+    def control(self, *, max_age: float = 1.0) -> str | None:
+        """'cancel', 'pause' or None; reads the row at most once per ``max_age`` seconds."""
+        now = time.monotonic()
+        if now - self._flags_checked >= max_age:
+            self._flags_checked = now
+            row = self.model.objects.filter(pk=self.job.pk).values("cancel_requested", "pause_requested",
+                                                                   "run_token").first()
+            if row is None or row["run_token"] != self.token:
+                raise LostClaim("claim lost")
+            self._flags = (row["cancel_requested"], row["pause_requested"])
+        if self._flags[0]:
+            return "cancel"
+        if self._flags[1]:
+            return "pause"
+        return None
+
+    def finish(self, status: str, **fields) -> None:
+        if not finish(self.job, self.token, status, **fields):
+            raise LostClaim("claim lost before the result was recorded")
+
+
+def run_child(kind_name: str, pk: int, token: str) -> int:
+    """Body of ``manage.py run_job``: run one claimed job in this process; exit code for the supervisor."""
+    kind = get_kind(kind_name)
+    job = kind.model.objects.get(pk=pk)
+    if job.run_token != token or job.status != JobStatus.RUNNING:
+        log.error("%s %s is not claimed by token %s; refusing to run", kind.name, pk, token)
+        return 3
+    ctx = JobContext(job, token)
+    try:
+        kind.run(job, ctx)
+    except LostClaim as exc:
+        log.error("%s", exc)
+        return 4
+    return 0
+
+
+def run_foreground(job: Job) -> str:
+    """``manage.py run_training ID``: claim a queued job and run it in this process, for debugging."""
+    kind = kind_of(job)
+    if job.status == JobStatus.PAUSED or (job.status in (JobStatus.FAILED, JobStatus.CANCELLED)):
+        raise ValueError(f"{kind.name} {job.pk} is {job.status}: resume or retry it first")
+    if job.status != JobStatus.QUEUED:
+        raise ValueError(f"{kind.name} {job.pk} is {job.status}, not queued")
+    token = claim(job, worker=f"{_worker_id()} (foreground)")
+    if token is None:
+        raise ValueError(f"{kind.name} {job.pk} could not be claimed (another worker took it, or the team is at "
+                         "its running limit)")
+    job.refresh_from_db()
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_SECONDS):
+            type(job).objects.filter(pk=job.pk, run_token=token).update(heartbeat_at=timezone.now())
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        kind.run(job, JobContext(job, token))
+    finally:
+        stop.set()
+    job.refresh_from_db()
+    if job.status == JobStatus.RUNNING and job.run_token == token:
+        recover_or_fail(job, token, "the run ended without reporting a result")
+        job.refresh_from_db()
+    return job.status
+
+
+# --------------------------------------------------------------------------------------------- control
+
+def request_cancel(job: Job) -> str:
+    """Cancel now if not running; otherwise ask the child to stop at its next step."""
+    model = type(job)
+    now = timezone.now()
+    if model.objects.filter(pk=job.pk, status__in=[JobStatus.QUEUED, JobStatus.PAUSED, JobStatus.VALIDATING]) \
+            .update(status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now, run_token="") == 1:
+        add_event(job, "Cancelled before running.")
+        return JobStatus.CANCELLED
+    if model.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(cancel_requested=True) == 1:
+        add_event(job, "Cancel requested: stopping at the next step.")
+        return JobStatus.RUNNING
+    return model.objects.get(pk=job.pk).status
+
+
+def request_pause(job: Job) -> bool:
+    model = type(job)
+    if model.objects.filter(pk=job.pk, status=JobStatus.RUNNING, cancel_requested=False).update(
+            pause_requested=True) == 1:
+        add_event(job, "Pause requested: saving a checkpoint at the next step.")
+        return True
+    if model.objects.filter(pk=job.pk, status=JobStatus.QUEUED).update(status=JobStatus.PAUSED,
+                                                                       paused_at=timezone.now()) == 1:
+        add_event(job, "Paused while queued.")
+        return True
+    return False
+
+
+def requeue(job: Job, *, from_statuses: set[str], resume_from: str = "", reset: bool = False, note: str) -> bool:
+    """Put a paused (resume) or failed/cancelled (retry) job back in the queue."""
+    values = {"status": JobStatus.QUEUED, "queued_at": timezone.now(), "cancel_requested": False,
+              "pause_requested": False, "resume_from": resume_from, "run_token": "", "finished_at": None,
+              "error_code": "", "error_message": "", "error_param": ""}
+    if reset:
+        values["recoveries"] = 0
+    if type(job).objects.filter(pk=job.pk, status__in=list(from_statuses)).update(**values) != 1:
+        return False
+    add_event(job, note)
+    enqueue(job)
+    return True
+
+
+def is_active(status: str) -> bool:
+    return status in ACTIVE
