@@ -14,7 +14,11 @@ from core.errors import ApplicationError
 
 def _loc_to_param(loc: list | tuple) -> str | None:
     # ninja reports e.g. ["body", "payload", "hyperparameters", "n_epochs"]; keep what the client sent.
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "form", "file", "payload", "data")]
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "form", "file", "header", "cookie"):
+        parts = parts[1:]
+    if parts and parts[0] in ("payload", "data", "filters"):
+        parts = parts[1:]
     return ".".join(parts) or None
 
 
@@ -94,8 +98,9 @@ v1 = NinjaAPI(
 
 @v1.exception_handler(ApplicationError)
 def _v1_app_error(request, exc: ApplicationError):
-    status = 404 if exc.status == 403 and exc.code == "not_found" else exc.status
-    return openai_error(request, status, exc.message, code=exc.code, param=exc.param)
+    # Another team's object reads as missing; a read-only role is a 403.
+    headers = {"Retry-After": "60"} if exc.status == 429 else None
+    return openai_error(request, exc.status, exc.message, code=exc.code, param=exc.param, headers=headers)
 
 
 @v1.exception_handler(NinjaValidationError)
@@ -117,15 +122,18 @@ def _v1_http_error(request, exc: HttpError):
 
 def _register_routers() -> None:
     from accounts.api import router as accounts_router
+    from datasets_app.api import router as datasets_router
     from training.api import router as training_router
     from training.api import tasks_router
-    from training.api import v1_router as training_v1_router
+    from datasets_app.openai_files import router as files_v1_router
+    from training.openai_api import router as openai_v1_router
 
     api.add_router("/", accounts_router)
+    api.add_router("/", datasets_router)
     api.add_router("/", training_router)
-    from datasets_app.api import router as datasets_router; api.add_router("/", datasets_router)  # noqa: E702, I001
     api.add_router("/", tasks_router)
-    v1.add_router("/", training_v1_router)
+    v1.add_router("/", files_v1_router)
+    v1.add_router("/", openai_v1_router)
 
 
 _register_routers()

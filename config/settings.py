@@ -156,3 +156,11 @@ TRAINING_DEVICE = env_str("TRAINING_DEVICE", "auto")
 TRAINING_MEMORY_LIMIT_BYTES = env_int("TRAINING_MEMORY_LIMIT_BYTES", 0, minimum=0) or None
 JOB_STALE_SECONDS = env_int("JOB_STALE_SECONDS", 90, minimum=10)
 JOB_MAX_RECOVERIES = env_int("JOB_MAX_RECOVERIES", 2, minimum=0)
+
+# Inference (/v1/chat/completions): models kept loaded per process and per-request bounds.
+INFERENCE_MAX_BASES = env_int("INFERENCE_MAX_BASES", 1, minimum=1)
+INFERENCE_MAX_ADAPTERS = env_int("INFERENCE_MAX_ADAPTERS", 4, minimum=1)
+INFERENCE_MAX_NEW_TOKENS = env_int("INFERENCE_MAX_NEW_TOKENS", 1024, minimum=1)
+INFERENCE_MAX_PROMPT_TOKENS = env_int("INFERENCE_MAX_PROMPT_TOKENS", 4096, minimum=16)
+# Queue quota of one team: active (queued, running, paused) fine-tuning jobs; beyond it /v1/ answers 429.
+TEAM_MAX_ACTIVE_JOBS = env_int("TEAM_MAX_ACTIVE_JOBS", 20, minimum=1)

@@ -18,15 +18,12 @@ from training.schemas import (
     CheckpointOut,
     CloneIn,
     EventPage,
-    OpenAIModelList,
-    OpenAIModelOut,
     ScanOut,
     TrainingTaskIn,
     TrainingTaskOut,
 )
 
 router = Router(tags=["base models"])
-v1_router = Router(tags=["models"])
 ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut}
 
 
@@ -56,22 +53,6 @@ def base_model_scan(request):
 @router.get("/base-models/{ref}", response={200: BaseModelOut, **ERRORS})
 def base_model_detail(request, ref: str):
     return services.base_model_get(user=principal(request), ref=ref, require_available=False)
-
-
-@v1_router.get("/models", response=OpenAIModelList)
-def openai_model_list(request):
-    rows = services.base_model_list(user=principal(request), available=True).select_related("team")
-    data = [OpenAIModelOut(id=m.name, created=int(m.created_at.timestamp()),
-                           owned_by=m.team.name if m.team_id else "system") for m in rows
-            if m.kind == BaseModel.Kind.CAUSAL_LM]
-    return {"object": "list", "data": data, "has_more": False}
-
-
-@v1_router.get("/models/{model_id}", response={200: OpenAIModelOut, 404: dict})
-def openai_model_detail(request, model_id: str):
-    m = services.base_model_get(user=principal(request), ref=model_id, kind=BaseModel.Kind.CAUSAL_LM)
-    return OpenAIModelOut(id=m.name, created=int(m.created_at.timestamp()),
-                          owned_by=m.team.name if m.team_id else "system")
 
 
 # ------------------------------------------------------------------------------------------ training tasks

@@ -40,19 +40,6 @@ class ScanOut(Schema):
     rows: list[ScanRowOut]
 
 
-class OpenAIModelOut(Schema):
-    id: str
-    object: str = "model"
-    created: int
-    owned_by: str
-
-
-class OpenAIModelList(Schema):
-    object: str = "list"
-    data: list[OpenAIModelOut]
-    has_more: bool = False
-
-
 class TrainingTaskIn(Schema):
     name: str | None = None
     team: str | None = None

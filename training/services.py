@@ -221,7 +221,8 @@ def _resolve(params: dict | None, *, base_model: BaseModel, version, has_validat
 
     device = detect_device()
     stats = version.stats or {}
-    tokens = stats.get("tokens") or {}
+    # Token statistics are kept per tokenizer (base model name) once computed at upload or inspection.
+    tokens = (stats.get("tokens") or {}).get(base_model.name) or {}
     try:
         resolved = resolve_params(params, n_examples=version.row_count, n_tokens_mean=tokens.get("mean"),
                                   n_tokens_max=tokens.get("max"), device=device, gpu_memory_gb=gpu_memory_gb(),
