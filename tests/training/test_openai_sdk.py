@@ -3,43 +3,13 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
-import time
 
 import pytest
 
-from tests.training.conftest import ROOT, wait_for
+from tests.training.conftest import wait_for
 from tests.training.tiny import chat_records
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def server(worker_env, tmp_path):
-    port = free_port()
-    log = open(tmp_path / "server.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload",
-                             "--nothreading"], cwd=ROOT, env=worker_env, stdout=log, stderr=subprocess.STDOUT)
-    log.close()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            time.sleep(0.3)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
 
 
 @pytest.fixture
@@ -51,12 +21,12 @@ def sdk_world(make_team, make_user, token_for, tiny_base_model):
     return token_for(alice, team), token_for(bob, beta)
 
 
-def test_seed_003_workflow_with_the_official_sdk(server, worker, sdk_world, tmp_path):
+def test_seed_003_workflow_with_the_official_sdk(live_url, worker, sdk_world, tmp_path):
     import openai
 
     alice_key, bob_key = sdk_world
-    client = openai.OpenAI(base_url=f"{server}/v1", api_key=alice_key, max_retries=0, timeout=120)
-    other = openai.OpenAI(base_url=f"{server}/v1", api_key=bob_key, max_retries=0, timeout=60)
+    client = openai.OpenAI(base_url=f"{live_url}/v1", api_key=alice_key, max_retries=0, timeout=120)
+    other = openai.OpenAI(base_url=f"{live_url}/v1", api_key=bob_key, max_retries=0, timeout=60)
 
     path = tmp_path / "train.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in chat_records(16)))
