@@ -1,7 +1,12 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -23,6 +28,7 @@ class Command(ServiceCommand):
     def add_arguments(self, parser):
         parser.add_argument("--password", default=os.environ.get("DEMO_PASSWORD"),
                             help="Admin password (default: a new random one, printed).")
+        parser.add_argument("--skip-training", action="store_true", help="Only set up data and models.")
 
     def run(self, *args, **opts):
         out = self.stdout
@@ -64,6 +70,10 @@ class Command(ServiceCommand):
         if missing:
             raise SystemExit(f"Bundled models missing: {', '.join(sorted(missing))}")
 
+        samples = self.load_samples(user, team)
+        if not opts["skip_training"]:
+            self.train_and_compare(user, team, samples["customer-service"])
+
         out.write(self.style.MIGRATE_HEADING("Summary"))
         out.write(f"   data directory: {settings.DATA_DIR}")
         out.write(f"   database:       {settings.DATABASES['default']['NAME']}")
@@ -72,3 +82,78 @@ class Command(ServiceCommand):
         out.write(self.style.SUCCESS(
             f"Done. Start the console with `make serve`, then open http://127.0.0.1:8000/admin/ "
             f"and log in as {DEMO_USER} / {password}"))
+
+    # ------------------------------------------------------------------------------------------- samples
+
+    def load_samples(self, user, team) -> dict:
+        from datasets_app.models import DatasetVersion
+        from datasets_app.services import dataset_upload, style_dataset_build
+
+        out = self.stdout
+        out.write(self.style.MIGRATE_HEADING("3. Sample data (validated row by row, stored normalised)"))
+        root = Path(settings.BASE_DIR) / "samples"
+        files = [("customer-service", "customer_service_alpaca.json", None),
+                 ("support-sharegpt", "sharegpt_support.json", None),
+                 ("support-chat", "chat_openai.jsonl", None),
+                 ("questions", "question_classification.jsonl", None)]
+        versions: dict[str, DatasetVersion] = {}
+        rows = []
+        for name, filename, fmt in files:
+            with (root / filename).open("rb") as fh:
+                version = dataset_upload(user=user, team=team, name=name, fileobj=fh, filename=filename, format=fmt,
+                                         base_model="SmolLM2-135M-Instruct" if name != "questions" else None)
+            versions[name] = version
+            rows.append([version.ref, version.format, str(version.row_count), version.status,
+                         str(version.report.get("warning_count", 0)) if isinstance(version.report, dict) else "0"])
+        style = style_dataset_build(user=user, team=team, name="style-corpus", source_dir=root / "style_corpus",
+                                    base_model="SmolLM2-135M-Instruct")
+        for version in (style.train, style.validation):
+            if version is not None:
+                rows.append([version.ref, version.format, str(version.row_count), version.status, "0"])
+        out.write(table(rows, ["version", "format", "rows", "status", "warnings"]))
+        return versions
+
+    # ------------------------------------------------------------------------------------------- training
+
+    QUESTIONS = [
+        "How many years is the guarantee on a Xinghe washing machine?",
+        "I need to talk to support by phone - which number do I dial?",
+        "买的东西不想要了，多少天之内能退？",
+    ]
+
+    def train_and_compare(self, user, team, version) -> None:
+        from training import inference
+        from training.cli import wait_with_progress
+        from training.services import training_task_create
+
+        out = self.stdout
+        out.write(self.style.MIGRATE_HEADING("4. Fine-tune SmolLM2-135M-Instruct on the customer-service set "
+                                             "(auto parameters, through the queue worker)"))
+        task = training_task_create(user=user, team=team, name="demo-customer-service",
+                                    base_model="SmolLM2-135M-Instruct", train_version=version, params={})
+        for key, why in (task.auto_explanation or {}).items():
+            out.write(f"   auto {key}: {why}")
+        worker = subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=settings.BASE_DIR,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            task = wait_with_progress(task, self.stderr._out)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(timeout=60)
+        if task.status != "succeeded":
+            raise SystemExit(f"Training {task.status}: {task.error_code} {task.error_message}")
+        adapter = task.adapters.get()
+        out.write(f"   adapter {adapter.name}: {adapter.path}")
+        out.write(f"   {task.trained_tokens:,} tokens trained in {task.duration_seconds:.0f}s on {task.device}; "
+                  f"final loss {task.metrics.get('train_loss', float('nan')):.3f}")
+
+        out.write(self.style.MIGRATE_HEADING("5. Before and after (greedy decoding, paraphrased questions)"))
+        base_path = task.base_model.path
+        for question in self.QUESTIONS:
+            req = inference.GenerationRequest(messages=[{"role": "user", "content": question}], max_new_tokens=80)
+            before = inference.generate(base_path, None, None, req).text.strip()
+            after = inference.generate(base_path, f"adapter-{adapter.pk}", adapter.path, req).text.strip()
+            out.write(f"   Q: {question}")
+            out.write(f"      base:    {before}")
+            out.write(f"      adapter: {after}")
