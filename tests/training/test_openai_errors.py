@@ -159,3 +159,11 @@ def test_file_in_use_cannot_be_deleted(v1):
     assert_error(c.delete(f"/v1/files/{file_id}"), 409)
     other_id = upload(c, chat_records(13), name="other.jsonl").json()["id"]
     assert c.delete(f"/v1/files/{other_id}").json() == {"object": "file", "id": other_id, "deleted": True}
+
+
+def test_oversized_body_is_refused_from_its_content_length(v1, settings):
+    c, _team, _alice = v1
+    settings.MAX_UPLOAD_BYTES = 1024
+    response = c.post("/v1/files", data=b"x" * 10, content_type="application/octet-stream",
+                      CONTENT_LENGTH=str(50 * 1024 * 1024))
+    assert_error(response, 413, code="file_too_large", param="file")
