@@ -61,6 +61,7 @@ worker: migrate
 
 # The whole suite. DATABASE_URL=mysql://root@127.0.0.1:3306/lora_studio runs it on MySQL/MariaDB.
 test: install-test
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-mysql:

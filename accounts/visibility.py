@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 from django.db.models import Model, Q, QuerySet
 
-from accounts.models import Membership, Role, Team, WRITE_ROLES
+from accounts.models import WRITE_ROLES, Membership, Role, Team
 from core.errors import NotFound, PermissionDenied
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import AbstractBaseUser
+    pass
 
 
 @dataclass(frozen=True)

@@ -123,9 +123,9 @@ def _v1_http_error(request, exc: HttpError):
 def _register_routers() -> None:
     from accounts.api import router as accounts_router
     from datasets_app.api import router as datasets_router
+    from datasets_app.openai_files import router as files_v1_router
     from training.api import router as training_router
     from training.api import tasks_router
-    from datasets_app.openai_files import router as files_v1_router
     from training.openai_api import router as openai_v1_router
 
     api.add_router("/", accounts_router)

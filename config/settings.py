@@ -165,3 +165,7 @@ INFERENCE_MAX_NEW_TOKENS = env_int("INFERENCE_MAX_NEW_TOKENS", 1024, minimum=1)
 INFERENCE_MAX_PROMPT_TOKENS = env_int("INFERENCE_MAX_PROMPT_TOKENS", 4096, minimum=16)
 # Queue quota of one team: active (queued, running, paused) fine-tuning jobs; beyond it /v1/ answers 429.
 TEAM_MAX_ACTIVE_JOBS = env_int("TEAM_MAX_ACTIVE_JOBS", 20, minimum=1)
+
+# Dataset validation limits (a line longer, or JSON nested deeper, is a data error with its line number).
+DATASET_MAX_LINE_BYTES = env_int("DATASET_MAX_LINE_BYTES", 1024 * 1024, minimum=1024)
+DATASET_MAX_JSON_DEPTH = env_int("DATASET_MAX_JSON_DEPTH", 32, minimum=2)

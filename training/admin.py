@@ -10,10 +10,10 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from accounts import visibility
+from accounts.models import Team
 from core.admin import TeamScopedAdmin
 from core.commands import format_bytes, format_count
 from training import services
-from accounts.models import Team
 from training.models import Adapter, BaseModel, Checkpoint, TrainingEvent, TrainingTask
 
 

@@ -167,6 +167,9 @@ class JobEvent(models.Model):
         abstract = True
         ordering = ["id"]
 
+    def __str__(self) -> str:
+        return f"[{self.level}] {self.message[:80]}"
+
 
 class TrainingTask(Job):
     """Fine-tuning a causal LM with LoRA/QLoRA on a dataset version."""

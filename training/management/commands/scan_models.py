@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-
 from tqdm import tqdm
 
 from accounts.services import team_get

@@ -1,0 +1,196 @@
+"""Render internal records through a base model's tokenizer, marking the tokens the loss is on.
+
+Plain module (no Django). The preview and the token statistics use it. The rules are those of the
+training recipe (``training/data.py``); ``tests/datasets_app`` checks that both give the same tokens and the
+same trained positions, so the preview shows exactly what is trained.
+
+A conversation is rendered with the tokenizer's chat template. The trained span of an assistant
+message is the text its turn adds after the generation prompt: rendering ``messages[:i]`` with
+``add_generation_prompt=True`` and ``messages[:i+1]`` without gives the two ends (content plus the
+template's end-of-turn marker). Assistant messages with ``weight: 0`` are not trained. When a
+template is not prefix-stable (some insert dates or strip earlier reasoning), the content's own
+position in the full text is used instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Used when a model has no chat template of its own (base models): ChatML, the most common one.
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@dataclass
+class Rendered:
+    """A record as the model sees it: text, character spans that are trained, and how it was rendered."""
+
+    text: str
+    trained_spans: list[tuple[int, int]] = field(default_factory=list)
+    template: str = "model"  # model | fallback | none (plain text / classification)
+    kind: str = "chat"
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    trained: list[bool]
+    offsets: list[tuple[int, int]]
+    rendered: Rendered
+
+    @property
+    def n_trained(self) -> int:
+        return sum(self.trained)
+
+
+def _mtime(path: str) -> float:
+    try:
+        return max((p.stat().st_mtime for p in Path(path).iterdir() if p.name.startswith(("tokenizer", "chat"))),
+                   default=0.0)
+    except OSError:
+        return 0.0
+
+
+@functools.lru_cache(maxsize=4)
+def _load(path: str, _mtime: float) -> Any:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def load_tokenizer(path: str | os.PathLike) -> Any:
+    """The tokenizer of a local model folder (offline), cached per process and per folder change."""
+    path = str(path)
+    return _load(path, _mtime(path))
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def _apply(tokenizer: Any, messages: list[dict], *, add_generation_prompt: bool, template: str | None) -> str:
+    clean = [{"role": m["role"], "content": m["content"]} for m in messages]
+    kwargs = {"chat_template": template} if template else {}
+    return tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                         **kwargs)
+
+
+def render_record(tokenizer: Any, record: dict) -> Rendered:
+    """Render one internal record; chat records go through the chat template.
+
+    The rules are those of ``training/data.py`` (a test compares the two token for token): a trained
+    span runs from the end of the generation prompt to the end of the turn, trailing whitespace
+    dropped; turns with ``weight: 0`` are located (to keep the order) but not trained.
+    """
+    messages = record.get("messages")
+    if messages is None:
+        text = record.get("text", "")
+        # Plain text is trained on every token; a classification text has no generated tokens.
+        spans = [(0, len(text))] if "label" not in record else []
+        return Rendered(text=text, trained_spans=spans, template="none",
+                        kind="classification" if "label" in record else "text")
+    template = None if has_chat_template(tokenizer) else FALLBACK_CHAT_TEMPLATE
+    full = _apply(tokenizer, messages, add_generation_prompt=False, template=template)
+    spans: list[tuple[int, int]] = []
+    cursor = 0
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        span = None
+        try:
+            prefix = _apply(tokenizer, messages[:i], add_generation_prompt=True, template=template) if i else None
+            upto = _apply(tokenizer, messages[: i + 1], add_generation_prompt=False, template=template)
+        except Exception:  # a template that refuses partial conversations (e.g. an assistant turn first)
+            prefix = upto = None
+        if prefix is not None and upto is not None and full.startswith(prefix) and full.startswith(upto) \
+                and len(prefix) < len(upto):
+            start, end = len(prefix), len(upto)
+            while end > start and full[end - 1].isspace():
+                end -= 1
+            span = (start, end)
+        else:
+            found = full.find(message["content"], cursor) if message["content"] else -1
+            if found >= 0:
+                span = (found, found + len(message["content"]))
+        if span is None:
+            raise ValueError("could not locate an assistant turn in the rendered conversation")
+        cursor = span[1]
+        if message.get("weight", 1) != 0:
+            spans.append(span)
+    return Rendered(text=full, trained_spans=spans, template="fallback" if template else "model")
+
+
+def encode_record(tokenizer: Any, record: dict) -> Encoded:
+    """Token ids of the rendered record and, per token, whether the loss is on it."""
+    rendered = render_record(tokenizer, record)
+    if rendered.kind != "chat":
+        # As training does for plain text: the tokenizer's own special tokens, then EOS if missing.
+        enc = tokenizer(rendered.text, add_special_tokens=True, return_offsets_mapping=True)
+        ids = list(enc["input_ids"])
+        offsets = [tuple(o) for o in enc["offset_mapping"]]
+        eos = getattr(tokenizer, "eos_token_id", None)
+        if rendered.kind == "text" and eos is not None and (not ids or ids[-1] != eos):
+            ids.append(eos)
+            offsets.append((len(rendered.text), len(rendered.text)))
+        return Encoded(input_ids=ids, trained=[rendered.kind == "text"] * len(ids), offsets=offsets,
+                       rendered=rendered)
+    enc = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    offsets = [tuple(o) for o in enc["offset_mapping"]]
+    spans = rendered.trained_spans
+    # A token is trained when it overlaps a trained span (the rule of training/data.py).
+    trained = [end > start and any(start < e and end > s for s, e in spans) for start, end in offsets]
+    return Encoded(input_ids=ids, trained=trained, offsets=offsets, rendered=rendered)
+
+
+def count_tokens(tokenizer: Any, record: dict) -> int:
+    """Length in tokens of the rendered record (cheaper than ``encode_record``: no spans)."""
+    messages = record.get("messages")
+    if messages is None:
+        ids = tokenizer(record.get("text", ""), add_special_tokens=True)["input_ids"]
+        eos = getattr(tokenizer, "eos_token_id", None)
+        return len(ids) + (1 if "label" not in record and eos is not None and (not ids or ids[-1] != eos) else 0)
+    template = None if has_chat_template(tokenizer) else FALLBACK_CHAT_TEMPLATE
+    text = _apply(tokenizer, messages, add_generation_prompt=False, template=template)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def segments(encoded: Encoded) -> list[dict]:
+    """The rendered text cut at the trained spans, each piece with its number of tokens.
+
+    A token belongs to the piece its first character is in (a trained token overlapping the start of a
+    trained piece belongs to that piece), so the trained pieces' counts add up to the trained tokens.
+    """
+    text = encoded.rendered.text
+    pieces: list[tuple[int, int, bool]] = []
+    cursor = 0
+    for start, end in sorted(encoded.rendered.trained_spans):
+        if start > cursor:
+            pieces.append((cursor, start, False))
+        if end > start:
+            pieces.append((start, end, True))
+        cursor = max(cursor, end)
+    if cursor < len(text) or not pieces:
+        pieces.append((cursor, len(text), False))
+    counts = [0] * len(pieces)
+    index = 0
+    for (start, end), trained in zip(encoded.offsets, encoded.trained, strict=True):
+        if end <= start:
+            counts[len(pieces) - 1 if start >= len(text) else index] += 1  # e.g. an appended EOS
+            continue
+        while index < len(pieces) - 1 and start >= pieces[index][1]:
+            index += 1
+        # A trained token that starts just before its span (overlap) is counted with the span.
+        if trained and not pieces[index][2] and index + 1 < len(pieces) and pieces[index + 1][2]:
+            counts[index + 1] += 1
+        else:
+            counts[index] += 1
+    return [{"text": text[s:e], "trained": t, "tokens": n} for (s, e, t), n in zip(pieces, counts, strict=True)]

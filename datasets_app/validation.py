@@ -1,0 +1,950 @@
+"""Streaming validation of an uploaded dataset file: every row checked, every problem reported.
+
+Plain module (no Django): ``validate(fileobj, ...)`` reads a binary stream once, row by row, in
+constant memory (exact duplicate detection spills to temporary files past 64k rows), and returns a
+``Report``.
+It never raises for anything in the data, only for failures of the caller's ``sink``.
+
+Containers: JSON Lines, a JSON array (``[...]``, parsed element by element with
+``JSONDecoder.raw_decode`` over a bounded text buffer), and CSV/TSV with a header row. Every issue
+carries the 1-based line number where its example starts, a stable code and a readable message::
+
+    line 17: message_missing_key: message 2 has no "content"
+
+Each valid example is handed to ``sink`` as one line of the normalised internal form (UTF-8 JSON
+plus ``\\n``); the caller stores those only if the report has no errors.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import json
+import math
+import os
+import re
+from collections import Counter
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from datasets_app import formats
+
+ERROR = "error"
+WARNING = "warning"
+
+DEFAULT_MAX_BYTES = 512 * 1024 * 1024
+DEFAULT_MAX_LINE_BYTES = 1024 * 1024
+DEFAULT_MAX_DEPTH = 32
+MIN_EXAMPLES = 10
+MAX_STORED_ISSUES = 1000
+# A label with fewer than 1/IMBALANCE_RATIO of the largest label's examples is worth a warning.
+IMBALANCE_RATIO = 10
+READ_CHUNK = 1 << 16
+HISTOGRAM_BINS = 30
+BOM = b"\xef\xbb\xbf"
+NUL = b"\x00"
+
+# Every code the validator can produce, with its severity, for documentation and the admin's legend.
+CODES: dict[str, tuple[str, str]] = {
+    "data_type": (ERROR, "an example or a field has the wrong JSON type"),
+    "missing_messages_list": (ERROR, "no non-empty messages / conversations list"),
+    "message_missing_key": (ERROR, "a message lacks role/content (from/value)"),
+    "message_unrecognized_key": (ERROR, "a message has a key the format does not define"),
+    "unrecognized_role": (ERROR, "a role other than system, user, assistant"),
+    "missing_content": (ERROR, "a message's content is empty or not text"),
+    "example_missing_assistant_message": (ERROR, "an example without an assistant turn"),
+    "invalid_weight": (ERROR, "weight other than 0/1, or not on an assistant message"),
+    "missing_field": (ERROR, "a required field (instruction, output, text) is absent"),
+    "empty_field": (ERROR, "a required field is empty"),
+    "label_missing": (ERROR, "a classification example without a label"),
+    "label_unseen": (ERROR, "a label outside the given label set"),
+    "invalid_json": (ERROR, "the line (or array element) is not valid JSON"),
+    "invalid_csv": (ERROR, "a CSV row does not match the header"),
+    "invalid_encoding": (ERROR, "not UTF-8, or contains NUL bytes / unpaired surrogates"),
+    "unknown_format": (ERROR, "the format cannot be detected from the first example"),
+    "line_too_long": (ERROR, "a line (or array element) is over the maximum length"),
+    "nesting_too_deep": (ERROR, "JSON nested deeper than the maximum depth"),
+    "file_too_large": (ERROR, "the file is over the maximum upload size"),
+    "too_few_examples": (ERROR, f"fewer than {MIN_EXAMPLES} valid examples"),
+    "internal_error": (ERROR, "the validator itself failed (a bug; please report it)"),
+    "duplicate": (WARNING, "the same example (after normalisation) appears earlier"),
+    "too_long": (WARNING, "an example is longer than the base model's context"),
+    "template_error": (WARNING, "the base model's chat template rejects the example"),
+    "label_imbalance": (WARNING, "one label has far fewer examples than another"),
+    "too_few_labels": (WARNING, "a classification set with fewer than two labels"),
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Hard limits; the Django side fills them from settings (MAX_UPLOAD_BYTES, DATASET_MAX_*)."""
+
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    max_depth: int = DEFAULT_MAX_DEPTH
+    min_examples: int = MIN_EXAMPLES
+    max_stored_issues: int = MAX_STORED_ISSUES
+
+
+@dataclass
+class Issue:
+    """One problem: ``line`` is 1-based (None for file-level issues)."""
+
+    line: int | None
+    code: str
+    message: str
+    severity: str = ERROR
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.code}: {self.message}" if self.line else f"{self.code}: {self.message}"
+
+    def to_dict(self) -> dict:
+        return {"line": self.line, "code": self.code, "message": self.message}
+
+
+@dataclass
+class Report:
+    """What validation found. ``counts`` are exact; ``errors``/``warnings`` keep the first N of each."""
+
+    format: str | None = None
+    format_detected: bool = False
+    container: str | None = None
+    examples: int = 0
+    valid_examples: int = 0
+    bytes_read: int = 0
+    errors: list[Issue] = field(default_factory=list)
+    warnings: list[Issue] = field(default_factory=list)
+    counts: Counter = field(default_factory=Counter)
+    error_count: int = 0
+    warning_count: int = 0
+    stopped_early: bool = False
+    stats: dict = field(default_factory=dict)
+    max_stored_issues: int = MAX_STORED_ISSUES
+
+    @property
+    def ok(self) -> bool:
+        return self.error_count == 0
+
+    @property
+    def truncated(self) -> bool:
+        return len(self.errors) < self.error_count or len(self.warnings) < self.warning_count
+
+    def add(self, line: int | None, code: str, message: str, severity: str = ERROR) -> None:
+        self.counts[code] += 1
+        if severity == ERROR:
+            self.error_count += 1
+            if len(self.errors) < self.max_stored_issues:
+                self.errors.append(Issue(line, code, message, ERROR))
+        else:
+            self.warning_count += 1
+            if len(self.warnings) < self.max_stored_issues:
+                self.warnings.append(Issue(line, code, message, WARNING))
+
+    def issues(self) -> list[Issue]:
+        return sorted([*self.errors, *self.warnings], key=_issue_order)
+
+    def summary(self) -> str:
+        fmt = self.format or "unknown format"
+        return (f"{fmt}, {self.valid_examples}/{self.examples} examples valid, "
+                f"{self.error_count} error(s), {self.warning_count} warning(s)")
+
+    def to_dict(self) -> dict:
+        return {
+            "format": self.format,
+            "format_detected": self.format_detected,
+            "container": self.container,
+            "examples": self.examples,
+            "valid_examples": self.valid_examples,
+            "bytes": self.bytes_read,
+            "ok": self.ok,
+            "error_count": self.error_count,
+            "warning_count": self.warning_count,
+            "counts": dict(sorted(self.counts.items())),
+            "errors": [i.to_dict() for i in self.errors],
+            "warnings": [i.to_dict() for i in self.warnings],
+            "truncated": self.truncated,
+            "stopped_early": self.stopped_early,
+        }
+
+
+def _issue_order(issue: Issue) -> tuple[bool, int]:
+    return (issue.line is None, issue.line or 0)
+
+
+class SinkError(Exception):
+    """Wraps an exception raised by the caller's sink so that it is re-raised, not reported."""
+
+
+class _Stop(Exception):
+    """Internal: the rest of the input cannot be read (reported already)."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Statistics that need one pass over the normalised records (also used for stored versions and splits).
+
+
+class LengthHistogram:
+    """Exact distribution of integer lengths in memory bounded by the number of distinct lengths."""
+
+    def __init__(self) -> None:
+        self.counter: Counter[int] = Counter()
+
+    def add(self, value: int) -> None:
+        self.counter[value] += 1
+
+    @property
+    def count(self) -> int:
+        return sum(self.counter.values())
+
+    def percentile(self, q: float) -> int | None:
+        """Nearest-rank percentile (q in 0..100)."""
+        total = self.count
+        if not total:
+            return None
+        rank = max(1, math.ceil(q / 100 * total))
+        seen = 0
+        for value in sorted(self.counter):
+            seen += self.counter[value]
+            if seen >= rank:
+                return value
+        return max(self.counter)
+
+    def summary(self, *, limit: int | None = None, bins: int = HISTOGRAM_BINS) -> dict:
+        total = self.count
+        if not total:
+            return {"count": 0}
+        lo, hi = min(self.counter), max(self.counter)
+        width = max(1, math.ceil((hi - lo + 1) / bins))
+        edges = [lo + i * width for i in range(bins + 1)]
+        counts = [0] * bins
+        for value, n in self.counter.items():
+            counts[min(bins - 1, (value - lo) // width)] += n
+        while counts and counts[-1] == 0:  # trailing empty bins carry no information
+            counts.pop()
+            edges.pop()
+        out = {
+            "count": total,
+            "min": lo,
+            "median": self.percentile(50),
+            "p95": self.percentile(95),
+            "max": hi,
+            "mean": round(sum(v * n for v, n in self.counter.items()) / total, 1),
+            "total": sum(v * n for v, n in self.counter.items()),
+            "histogram": {"edges": edges, "counts": counts},
+        }
+        if limit:
+            out["limit"] = limit
+            out["over_limit"] = sum(n for v, n in self.counter.items() if v > limit)
+        return out
+
+
+class StatsAccumulator:
+    """Rows, turns, characters and labels of normalised records."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.messages = LengthHistogram()
+        self.assistant_turns = 0
+        self.chars = LengthHistogram()
+        self.labels: Counter[str] = Counter()
+        self.kind: str | None = None
+
+    def add(self, record: dict) -> None:
+        self.rows += 1
+        messages = record.get("messages")
+        if messages is not None:
+            self.kind = formats.KIND_CHAT
+            self.messages.add(len(messages))
+            chars = 0
+            for m in messages:
+                chars += len(m["content"])
+                if m["role"] == "assistant":
+                    self.assistant_turns += 1
+            self.chars.add(chars)
+            return
+        self.chars.add(len(record.get("text", "")))
+        if "label" in record:
+            self.kind = formats.KIND_CLASSIFICATION
+            self.labels[record["label"]] += 1
+        else:
+            self.kind = self.kind or formats.KIND_TEXT
+
+    def to_dict(self) -> dict:
+        out: dict[str, Any] = {"rows": self.rows, "kind": self.kind}
+        chars = self.chars.summary()
+        out["characters"] = {k: v for k, v in chars.items() if k != "count"}
+        if self.kind == formats.KIND_CHAT:
+            turns = self.messages.summary(bins=10)
+            out["turns"] = {"messages": turns.get("total", 0), "assistant": self.assistant_turns,
+                            **{f"{k}_per_example": turns[k] for k in ("min", "median", "max", "mean") if k in turns}}
+        if self.kind == formats.KIND_CLASSIFICATION:
+            out["labels"] = dict(sorted(self.labels.items(), key=lambda kv: (-kv[1], kv[0])))
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Byte source: bounded reads, byte counting for the size limit, lines without loading the file.
+
+
+class _Source:
+    def __init__(self, fileobj: IO, max_bytes: int) -> None:
+        self.f = fileobj
+        self.max_bytes = max_bytes
+        self.buf = b""
+        self.pos = 0
+        self.total = 0
+        self.eof = False
+        self.too_large = False
+
+    def _read(self) -> bytes:
+        data = self.f.read(READ_CHUNK)
+        if isinstance(data, str):  # a text-mode file handed in by mistake: take its characters as UTF-8
+            data = data.encode("utf-8", "surrogatepass")
+        if not data:
+            self.eof = True
+            return b""
+        self.total += len(data)
+        if self.total > self.max_bytes:
+            self.too_large = True
+            self.eof = True
+            return b""
+        return data
+
+    def peek(self, n: int) -> bytes:
+        while len(self.buf) - self.pos < n and not self.eof:
+            data = self._read()
+            self.buf = self.buf[self.pos:] + data
+            self.pos = 0
+        return self.buf[self.pos:self.pos + n]
+
+    def skip(self, n: int) -> None:
+        self.peek(n)
+        self.pos += n
+
+    def read_chunk(self) -> bytes | None:
+        """The next block of bytes (buffered ones first); None at the end."""
+        if self.pos < len(self.buf):
+            data = self.buf[self.pos:]
+            self.buf, self.pos = b"", 0
+            return data
+        data = self._read() if not self.eof else b""
+        return data or None
+
+    def readline(self, limit: int) -> tuple[bytes | None, bool]:
+        """Next line without its ``\\n`` (and ``\\r``); ``(None, False)`` at the end.
+
+        A line longer than ``limit`` bytes is skipped through to its newline and returned as
+        ``(b"", True)``, so an attacker's 1 GB line costs no memory.
+        """
+        while True:
+            i = self.buf.find(b"\n", self.pos)
+            if i >= 0:
+                if i - self.pos > limit:
+                    self.pos = i + 1
+                    return b"", True
+                line = self.buf[self.pos:i]
+                self.pos = i + 1
+                return (line[:-1] if line.endswith(b"\r") else line), False
+            pending = len(self.buf) - self.pos
+            if pending > limit:
+                self._discard_to_newline()
+                return b"", True
+            if self.eof:
+                if pending == 0:
+                    return None, False
+                line = self.buf[self.pos:]
+                self.buf, self.pos = b"", 0
+                return (line[:-1] if line.endswith(b"\r") else line), False
+            data = self._read()
+            self.buf = self.buf[self.pos:] + data
+            self.pos = 0
+
+    def _discard_to_newline(self) -> None:
+        self.buf, self.pos = b"", 0
+        while not self.eof:
+            data = self._read()
+            i = data.find(b"\n")
+            if i >= 0:
+                self.buf = data[i + 1:]
+                return
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class DuplicateFinder:
+    """Exact duplicates among normalised examples, in bounded memory.
+
+    Each example contributes a 64-bit hash and its line number (12 bytes). Up to ``spill_rows`` of
+    them stay in memory; past that they are appended to ``buckets`` temporary files partitioned by the
+    hash's top bits, so equal hashes always share a file, and each file is checked on its own at the
+    end. Peak memory is then about ``12 * max(spill_rows, rows / buckets)`` bytes, not 12 a row.
+    """
+
+    RECORD = None  # numpy dtype, set on first use (numpy is imported lazily)
+
+    def __init__(self, *, spill_rows: int = 1 << 16, buckets: int = 128) -> None:
+        from array import array
+
+        self.spill_rows = spill_rows
+        self.buckets = buckets
+        self.digests = array("q")
+        self.lines = array("I")
+        self._dir: Any = None
+
+    def add(self, digest: int, line: int) -> None:
+        self.digests.append(digest)
+        self.lines.append(line)
+        if len(self.digests) >= self.spill_rows:
+            self._spill()
+
+    @staticmethod
+    def _dtype() -> Any:
+        import numpy as np
+
+        if DuplicateFinder.RECORD is None:
+            DuplicateFinder.RECORD = np.dtype([("digest", "<i8"), ("line", "<u4")])
+        return DuplicateFinder.RECORD
+
+    def _records(self) -> Any:
+        import numpy as np
+
+        records = np.empty(len(self.digests), dtype=self._dtype())
+        records["digest"] = np.frombuffer(self.digests, dtype=np.int64)
+        records["line"] = np.frombuffer(self.lines, dtype=np.uint32)
+        return records
+
+    def _spill(self) -> None:
+        import tempfile
+        from array import array
+
+        import numpy as np
+
+        if not self.digests:
+            return
+        if self._dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="dataset-dups-")
+        records = self._records()
+        shift = np.uint64(64 - (self.buckets - 1).bit_length())
+        bucket = (records["digest"].view(np.uint64) >> shift).astype(np.int64)
+        order = np.argsort(bucket, kind="stable")  # stable: each bucket keeps the examples' order
+        records, bucket = records[order], bucket[order]
+        bounds = np.searchsorted(bucket, np.arange(self.buckets + 1))
+        for i in range(self.buckets):
+            if bounds[i] < bounds[i + 1]:
+                # Opened per spill (not kept open) so concurrent uploads do not pile up file handles.
+                with open(f"{self._dir.name}/{i}", "ab") as fh:
+                    fh.write(records[bounds[i]:bounds[i + 1]].tobytes())
+        self.digests, self.lines = array("q"), array("I")
+
+    @staticmethod
+    def _pairs_in(records: Any) -> list[tuple[int, int]]:
+        """(line of a repeat, line of the first occurrence) within records in example order."""
+        import numpy as np
+
+        if len(records) < 2:
+            return []
+        digests = records["digest"]
+        order = np.argsort(digests, kind="stable")
+        ordered = digests[order]
+        repeat = np.flatnonzero(ordered[1:] == ordered[:-1]) + 1
+        if not len(repeat):
+            return []
+        run_start = np.where(np.concatenate(([True], ordered[1:] != ordered[:-1])), np.arange(len(ordered)), 0)
+        run_start = np.maximum.accumulate(run_start)
+        lines = records["line"]
+        return [(int(lines[order[i]]), int(lines[order[run_start[i]]])) for i in repeat]
+
+    def pairs(self) -> Iterator[tuple[int, int]]:
+        import numpy as np
+
+        if self._dir is None:
+            yield from self._pairs_in(self._records())
+            return
+        self._spill()
+        for i in range(self.buckets):
+            path = f"{self._dir.name}/{i}"
+            if os.path.exists(path):
+                yield from self._pairs_in(np.fromfile(path, dtype=self._dtype()))
+
+    def close(self) -> None:
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_WS = re.compile(r"[ \t\n\r]*")
+
+
+def _too_deep(obj: Any, max_depth: int) -> bool:
+    """True when containers nest deeper than ``max_depth`` (iterative: no recursion on hostile input)."""
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > max_depth:
+            return True
+        children = value.values() if isinstance(value, dict) else value
+        for child in children:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+    return False
+
+
+def _dumps(record: dict) -> bytes:
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+class _Validator:
+    def __init__(self, *, fmt: str | None, filename: str | None, limits: Limits,
+                 labels: Collection[str] | None, token_counter: Callable[[dict], int] | None,
+                 max_tokens: int | None, sink: Callable[[bytes], None] | None) -> None:
+        self.report = Report(format=fmt, max_stored_issues=limits.max_stored_issues)
+        self.normalise = formats.NORMALISERS[fmt] if fmt else None
+        self.filename = (filename or "").lower()
+        self.limits = limits
+        self.labels = set(labels) if labels is not None else None
+        self.token_counter = token_counter
+        self.max_tokens = max_tokens
+        self.sink = sink
+        self.format_failed = False
+        self.stats = StatsAccumulator()
+        self.tokens = LengthHistogram()
+        self.duplicates = DuplicateFinder()
+
+    # -- entry -------------------------------------------------------------------------------------------------
+
+    def run(self, fileobj: IO) -> Report:
+        src = _Source(fileobj, self.limits.max_bytes)
+        try:
+            self._dispatch(src)
+        except _Stop:
+            self.report.stopped_early = True
+        except SinkError:
+            raise
+        except Exception as exc:  # a bug must surface as a report entry, never as a crash of the upload
+            self.report.add(None, "internal_error", f"{type(exc).__name__}: {exc}")
+        self.report.bytes_read = src.total
+        if src.too_large:
+            self.report.stopped_early = True
+            self.report.add(None, "file_too_large",
+                            f"the file is larger than the maximum of {self.limits.max_bytes:,} bytes")
+        try:
+            self._finish()
+        except Exception as exc:
+            self.report.add(None, "internal_error", f"{type(exc).__name__}: {exc}")
+        finally:
+            self.duplicates.close()
+        return self.report
+
+    def _dispatch(self, src: _Source) -> None:
+        head = src.peek(4)
+        if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+            self.report.container = "unknown"
+            self.report.add(1, "invalid_encoding", "the file is UTF-16; save it as UTF-8")
+            raise _Stop
+        if head.startswith(BOM):
+            src.skip(len(BOM))
+        first = self._first_significant_byte(src)
+        name = self.filename
+        if name.endswith((".csv", ".tsv")):
+            self._read_csv(src, "\t" if name.endswith(".tsv") else ",")
+        elif first == b"[":
+            self._read_array(src)
+        elif first in (b"{", b"") or name.endswith((".jsonl", ".json", ".ndjson")):
+            self._read_jsonl(src)
+        else:
+            self._read_csv(src, ",")
+
+    @staticmethod
+    def _first_significant_byte(src: _Source) -> bytes:
+        n = 256
+        while True:
+            head = src.peek(n)
+            stripped = head.lstrip(b" \t\r\n")
+            if stripped:
+                return stripped[:1]
+            if len(head) < n:
+                return b""
+            n *= 4
+            if n > 1 << 20:  # a megabyte of whitespace: let the line reader deal with it
+                return b""
+
+    # -- JSON Lines --------------------------------------------------------------------------------------------
+
+    def _read_jsonl(self, src: _Source) -> None:
+        report = self.report
+        report.container = "jsonl"
+        limit = self.limits.max_line_bytes
+        add = report.add
+        decode = _DECODER.decode
+        line_no = 0
+        while True:
+            raw, overflow = src.readline(limit)
+            if raw is None:
+                return
+            line_no += 1
+            if overflow:
+                report.examples += 1
+                add(line_no, "line_too_long", f"the line is longer than the maximum of {limit:,} bytes")
+                continue
+            if not raw.strip():
+                continue
+            report.examples += 1
+            if NUL in raw:
+                add(line_no, "invalid_encoding", f"NUL byte at byte {raw.index(NUL) + 1} (a binary file?)")
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                add(line_no, "invalid_encoding",
+                    f"invalid UTF-8 byte 0x{raw[exc.start]:02x} at byte {exc.start + 1}; the file must be UTF-8")
+                continue
+            try:
+                obj = decode(text)
+            except json.JSONDecodeError as exc:
+                add(line_no, "invalid_json", self._json_error_message(exc, text))
+                continue
+            except RecursionError:
+                add(line_no, "nesting_too_deep", f"JSON nested deeper than {self.limits.max_depth} levels")
+                continue
+            except ValueError as exc:  # NaN/Infinity, integers over Python's digit limit
+                add(line_no, "invalid_json", str(exc))
+                continue
+            if isinstance(obj, (dict, list)) and text.count("{") + text.count("[") > self.limits.max_depth \
+                    and _too_deep(obj, self.limits.max_depth):
+                add(line_no, "nesting_too_deep", f"JSON nested deeper than {self.limits.max_depth} levels")
+                continue
+            self._example(line_no, obj)
+
+    @staticmethod
+    def _json_error_message(exc: json.JSONDecodeError, text: str) -> str:
+        message = f"{exc.msg} at column {exc.colno}"
+        if text.strip() in ("{", "["):
+            message += " (JSON Lines needs one complete example per line; pretty-printed JSON is not JSONL)"
+        return message
+
+    # -- JSON array --------------------------------------------------------------------------------------------
+
+    def _read_array(self, src: _Source) -> None:
+        self.report.container = "json_array"
+        buf = _TextBuffer(src, self.report)
+        limit = self.limits.max_line_bytes
+        add = self.report.add
+        if not buf.skip_ws() or buf.char() != "[":
+            add(buf.line, "invalid_json", "expected '[' at the start of the JSON array")
+            raise _Stop
+        buf.advance(buf.pos + 1)
+        first = True
+        while True:
+            if not buf.skip_ws():
+                add(buf.line, "invalid_json", "unexpected end of file: the JSON array is not closed with ']'")
+                raise _Stop
+            c = buf.char()
+            if c == "]":
+                buf.advance(buf.pos + 1)
+                if buf.skip_ws():
+                    add(buf.line, "invalid_json", "unexpected data after the closing ']' of the array")
+                return
+            if not first:
+                if c != ",":
+                    add(buf.line, "invalid_json", f"expected ',' or ']' between examples, found {c!r}")
+                    raise _Stop
+                buf.advance(buf.pos + 1)
+                if not buf.skip_ws():
+                    add(buf.line, "invalid_json", "unexpected end of file: the JSON array is not closed with ']'")
+                    raise _Stop
+                if buf.char() == "]":
+                    add(buf.line, "invalid_json", "trailing comma before ']'")
+                    raise _Stop
+            first = False
+            start_line = buf.line
+            self.report.examples += 1
+            while True:
+                try:
+                    obj, end = _DECODER.raw_decode(buf.text, buf.pos)
+                    # A bare number at the end of the buffer may continue in the next chunk.
+                    if end == len(buf.text) and not buf.eof and not isinstance(obj, (dict, list, str)):
+                        buf.fill()
+                        continue
+                    break
+                except json.JSONDecodeError as exc:
+                    near_end = "Unterminated string" in exc.msg or exc.pos >= len(buf.text) - 16
+                    if near_end and not buf.eof:
+                        if len(buf.text) - buf.pos > limit:
+                            add(start_line, "line_too_long",
+                                f"the example starting here is longer than the maximum of {limit:,} bytes")
+                            raise _Stop from None
+                        buf.fill()
+                        continue
+                    line = start_line + buf.text.count("\n", buf.pos, exc.pos)
+                    add(line, "invalid_json", f"{exc.msg} (in the example starting at line {start_line})")
+                    raise _Stop from None
+                except RecursionError:
+                    add(start_line, "nesting_too_deep", f"JSON nested deeper than {self.limits.max_depth} levels")
+                    raise _Stop from None
+                except ValueError as exc:
+                    add(start_line, "invalid_json", str(exc))
+                    raise _Stop from None
+            too_long = end - buf.pos > limit
+            buf.advance(end)
+            if too_long:
+                add(start_line, "line_too_long", f"the example is longer than the maximum of {limit:,} bytes")
+                continue
+            if isinstance(obj, (dict, list)) and _too_deep(obj, self.limits.max_depth):
+                add(start_line, "nesting_too_deep", f"JSON nested deeper than {self.limits.max_depth} levels")
+                continue
+            self._example(start_line, obj)
+
+    # -- CSV ---------------------------------------------------------------------------------------------------
+
+    def _read_csv(self, src: _Source, delimiter: str) -> None:
+        self.report.container = "csv"
+        limit = self.limits.max_line_bytes
+        add = self.report.add
+        state = {"line": 0, "record_bytes": 0}
+
+        def physical_lines() -> Iterator[str]:
+            # One string per physical line (bad ones as empty lines) so csv's line_num stays exact.
+            while True:
+                raw, overflow = src.readline(limit)
+                if raw is None:
+                    return
+                state["line"] += 1
+                line_no = state["line"]
+                state["record_bytes"] += len(raw)
+                if state["record_bytes"] > limit:
+                    raise _RecordTooLong
+                if overflow:
+                    add(line_no, "line_too_long", f"the line is longer than the maximum of {limit:,} bytes")
+                    yield "\n"
+                    continue
+                if NUL in raw:
+                    add(line_no, "invalid_encoding", f"NUL byte at byte {raw.index(NUL) + 1} (a binary file?)")
+                    yield "\n"
+                    continue
+                try:
+                    yield raw.decode("utf-8") + "\n"
+                except UnicodeDecodeError as exc:
+                    add(line_no, "invalid_encoding",
+                        f"invalid UTF-8 byte 0x{raw[exc.start]:02x} at byte {exc.start + 1}; the file must be UTF-8")
+                    yield "\n"
+
+        reader = csv.reader(physical_lines(), delimiter=delimiter)
+        header: list[str] | None = None
+        header_line = 0
+        while True:
+            start = reader.line_num + 1
+            state["record_bytes"] = 0
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except _RecordTooLong:
+                add(start, "line_too_long",
+                    f"the CSV record starting here is longer than the maximum of {limit:,} bytes "
+                    "(an unclosed quote?)")
+                raise _Stop from None
+            except csv.Error as exc:
+                add(start, "invalid_csv", str(exc))
+                raise _Stop from None
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if header is None:
+                header = [cell.strip().lower() for cell in row]
+                header_line = start
+                if "text" not in header and "instruction" not in header:
+                    add(start, "missing_field",
+                        "the CSV header needs a 'text' column (and 'label' for classification); got "
+                        + ", ".join(repr(h) for h in header[:10]))
+                    raise _Stop
+                continue
+            self.report.examples += 1
+            if len(row) != len(header):
+                add(start, "invalid_csv",
+                    f"the row has {len(row)} columns, the header (line {header_line}) has {len(header)}")
+                continue
+            self._example(start, {k: v for k, v in zip(header, row, strict=True) if k})
+
+    # -- per example ---------------------------------------------------------------------------------------------
+
+    def _example(self, line: int, obj: Any) -> None:
+        report = self.report
+        if self.normalise is None:
+            if self.format_failed:
+                return
+            if not isinstance(obj, dict):
+                report.add(line, "data_type", f"example is {formats.type_name(obj)}, expected a JSON object")
+                return
+            fmt = formats.detect_format(obj)
+            if fmt is None:
+                self.format_failed = True
+                keys = ", ".join(repr(k) for k in list(obj)[:8]) or "none"
+                report.add(line, "unknown_format",
+                           f"cannot tell the format from the first example's keys ({keys}); expected messages, "
+                           "conversations, instruction/output, text/label or text. Name the format explicitly.")
+                return
+            report.format = fmt
+            report.format_detected = True
+            self.normalise = formats.NORMALISERS[fmt]
+        record, problems = self.normalise(obj)
+        if record is None:
+            for code, message in problems:
+                report.add(line, code, message)
+            return
+        if self.labels is not None and "label" in record and record["label"] not in self.labels:
+            report.add(line, "label_unseen", f"label {record['label']!r} is not one of the known labels "
+                                             f"({', '.join(sorted(self.labels)[:10])})")
+            return
+        try:
+            data = _dumps(record)
+        except UnicodeEncodeError:
+            report.add(line, "invalid_encoding", "the text contains an unpaired surrogate escape (\\ud800-\\udfff)")
+            return
+        if self.token_counter is not None:
+            try:
+                n_tokens = self.token_counter(record)
+            except Exception as exc:  # templates raise on conversations they cannot render
+                report.add(line, "template_error", f"the base model's chat template rejects it: {exc}", WARNING)
+            else:
+                self.tokens.add(n_tokens)
+                if self.max_tokens and n_tokens > self.max_tokens:
+                    report.add(line, "too_long", f"{n_tokens} tokens, over the model's limit of {self.max_tokens} "
+                                                 "(it would be truncated)", WARNING)
+        report.valid_examples += 1
+        self.duplicates.add(hash(data), line)
+        self.stats.add(record)
+        if self.sink is not None and report.error_count == 0:
+            try:
+                self.sink(data + b"\n")
+            except Exception as exc:
+                raise SinkError(str(exc)) from exc
+
+    # -- end of file ---------------------------------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        report = self.report
+        duplicates = self._find_duplicates()
+        # Counted over all examples, valid or not: a short file is reported even while it has other errors.
+        if report.examples < self.limits.min_examples and not report.stopped_early:
+            report.add(None, "too_few_examples", "the file has no examples" if not report.examples else
+                       f"{report.examples} example(s); at least {self.limits.min_examples} are needed")
+        if self.stats.kind == formats.KIND_CLASSIFICATION and self.stats.labels:
+            labels = self.stats.labels
+            if len(labels) < 2:
+                report.add(None, "too_few_labels", f"only one label ({next(iter(labels))!r}): a classifier "
+                                                   "needs at least two", WARNING)
+            else:
+                (top, top_n), (low, low_n) = labels.most_common(1)[0], min(labels.items(), key=lambda kv: kv[1])
+                if top_n >= IMBALANCE_RATIO * low_n:
+                    report.add(None, "label_imbalance", f"label {low!r} has {low_n} example(s), {top!r} has "
+                                                        f"{top_n}", WARNING)
+        report.stats = self.stats.to_dict()
+        report.stats["duplicates"] = duplicates
+        if self.tokens.count:
+            report.stats["tokens"] = self.tokens.summary(limit=self.max_tokens)
+        report.errors.sort(key=_issue_order)
+        report.warnings.sort(key=_issue_order)
+
+    def _find_duplicates(self) -> int:
+        found = 0
+        for dup_line, first_line in self.duplicates.pairs():
+            self.report.add(dup_line, "duplicate", f"the same example as line {first_line}", WARNING)
+            found += 1
+        return found
+
+
+class _RecordTooLong(Exception):
+    pass
+
+
+class _TextBuffer:
+    """Decoded text of a byte source, read on demand, with the line number at ``pos``."""
+
+    def __init__(self, src: _Source, report: Report) -> None:
+        self.src = src
+        self.report = report
+        self.text = ""
+        self.pos = 0
+        self.line = 1
+        self.eof = False
+        self.decoder = codecs.getincrementaldecoder("utf-8")("strict")
+
+    def fill(self) -> bool:
+        """Read one more chunk; False at the end. Encoding errors and NUL bytes stop the reading."""
+        if self.eof:
+            return False
+        chunk = self.src.read_chunk()
+        if chunk is None:
+            self.eof = True
+            try:
+                tail = self.decoder.decode(b"", final=True)
+            except UnicodeDecodeError:
+                self.report.add(self._line_at_end(), "invalid_encoding",
+                                "the file ends in the middle of a UTF-8 character")
+                raise _Stop from None
+            self._append(tail)
+            return bool(tail)
+        nul = chunk.find(NUL)
+        if nul >= 0:
+            self.report.add(self._line_at_end() + chunk.count(b"\n", 0, nul), "invalid_encoding",
+                            "NUL byte in the file (a binary file?)")
+            raise _Stop
+        try:
+            text = self.decoder.decode(chunk)
+        except UnicodeDecodeError as exc:
+            bad = max(0, min(exc.start, len(chunk) - 1))
+            self.report.add(self._line_at_end() + chunk.count(b"\n", 0, bad), "invalid_encoding",
+                            f"invalid UTF-8 byte 0x{chunk[bad]:02x}; the file must be UTF-8")
+            raise _Stop from None
+        self._append(text)
+        return True
+
+    def _append(self, text: str) -> None:
+        self.text = self.text[self.pos:] + text
+        self.pos = 0
+
+    def _line_at_end(self) -> int:
+        return self.line + self.text.count("\n", self.pos)
+
+    def advance(self, new_pos: int) -> None:
+        self.line += self.text.count("\n", self.pos, new_pos)
+        self.pos = new_pos
+
+    def skip_ws(self) -> bool:
+        """Skip whitespace; True when a character is available at ``pos``."""
+        while True:
+            end = _WS.match(self.text, self.pos).end()
+            self.advance(end)
+            if self.pos < len(self.text):
+                return True
+            if not self.fill():
+                return False
+
+    def char(self) -> str:
+        return self.text[self.pos]
+
+
+def validate(fileobj: IO, *, format: str | None = None, filename: str | None = None,
+             limits: Limits | None = None, labels: Collection[str] | None = None,
+             token_counter: Callable[[dict], int] | None = None, max_tokens: int | None = None,
+             sink: Callable[[bytes], None] | None = None) -> Report:
+    """Validate a binary stream; return the report (never raises for data problems).
+
+    ``format`` is a canonical format name or None to detect it from the first example; ``filename``
+    only picks the container (``.csv``/``.tsv``); ``labels`` turns unseen labels into errors;
+    ``token_counter(record)`` with ``max_tokens`` adds too_long warnings and token statistics;
+    ``sink(line_bytes)`` receives each normalised example while the report has no errors.
+    """
+    fmt = formats.canonical_format(format)
+    validator = _Validator(fmt=fmt, filename=filename, limits=limits or Limits(), labels=labels,
+                           token_counter=token_counter, max_tokens=max_tokens, sink=sink)
+    try:
+        return validator.run(fileobj)
+    except SinkError as exc:
+        raise exc.__cause__ from None
