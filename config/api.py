@@ -122,6 +122,7 @@ def _v1_http_error(request, exc: HttpError):
 
 def _register_routers() -> None:
     from accounts.api import router as accounts_router
+    from classifier.api import router as classifier_router
     from datasets_app.api import router as datasets_router
     from datasets_app.openai_files import router as files_v1_router
     from training.api import router as training_router
@@ -132,6 +133,7 @@ def _register_routers() -> None:
     api.add_router("/", datasets_router)
     api.add_router("/", training_router)
     api.add_router("/", tasks_router)
+    api.add_router("/", classifier_router)
     v1.add_router("/", files_v1_router)
     v1.add_router("/", openai_v1_router)
 

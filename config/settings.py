@@ -163,6 +163,8 @@ INFERENCE_MAX_BASES = env_int("INFERENCE_MAX_BASES", 1, minimum=1)
 INFERENCE_MAX_ADAPTERS = env_int("INFERENCE_MAX_ADAPTERS", 4, minimum=1)
 INFERENCE_MAX_NEW_TOKENS = env_int("INFERENCE_MAX_NEW_TOKENS", 1024, minimum=1)
 INFERENCE_MAX_PROMPT_TOKENS = env_int("INFERENCE_MAX_PROMPT_TOKENS", 4096, minimum=16)
+# Classifier predictions (/api/classifier/{adapter}/predict): texts per request.
+CLASSIFIER_MAX_BATCH = env_int("CLASSIFIER_MAX_BATCH", 64, minimum=1)
 # Queue quota of one team: active (queued, running, paused) fine-tuning jobs; beyond it /v1/ answers 429.
 TEAM_MAX_ACTIVE_JOBS = env_int("TEAM_MAX_ACTIVE_JOBS", 20, minimum=1)
 

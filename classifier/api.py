@@ -1,0 +1,85 @@
+"""/api/classifier/ endpoints: classifier tasks (shared job machinery) and predictions."""
+
+# No `from __future__ import annotations` here: ninja resolves Query[...] and response types at import.
+from ninja import Query, Router, Schema, Status
+from ninja.pagination import paginate
+
+from accounts.auth import principal
+from classifier import services
+from classifier.models import ClassifierTask
+from classifier.schemas import ClassifierTaskIn, ClassifierTaskOut, PredictIn, PredictOut
+from core.pagination import Pagination
+from core.schemas import ErrorOut
+from training.schemas import EventPage
+
+router = Router(tags=["classifier"])
+ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut}
+
+
+class TaskFilter(Schema):
+    team: str | None = None
+    status: ClassifierTask.Status | None = None
+
+
+@router.post("/classifier/tasks", response={201: ClassifierTaskOut, **ERRORS})
+def task_create(request, payload: ClassifierTaskIn):
+    task = services.classifier_task_create(user=principal(request), team=payload.team, name=payload.name,
+                                           base_model=payload.base_model, train_version=payload.train_version,
+                                           validation_version=payload.validation_version, params=payload.params,
+                                           priority=payload.priority)
+    return Status(201, ClassifierTaskOut.from_task(task))
+
+
+@router.get("/classifier/tasks", response=list[ClassifierTaskOut])
+@paginate(Pagination)
+def task_list(request, filters: Query[TaskFilter]):
+    qs = services.classifier_task_list(user=principal(request), team=filters.team, status=filters.status)
+    return [ClassifierTaskOut.from_task(t) for t in qs]
+
+
+@router.get("/classifier/tasks/{ref}", response={200: ClassifierTaskOut, **ERRORS})
+def task_detail(request, ref: str):
+    return ClassifierTaskOut.from_task(services.classifier_task_get(user=principal(request), ref=ref))
+
+
+@router.get("/classifier/tasks/{ref}/events", response={200: EventPage, **ERRORS})
+def task_events(request, ref: str, after: int | None = None, limit: int = 100):
+    task = services.classifier_task_get(user=principal(request), ref=ref)
+    rows, has_more = services.classifier_events_page(task=task, after=after, limit=limit)
+    return {"items": rows, "has_more": has_more, "next_after": rows[-1].id if rows else after}
+
+
+def _control(request, ref: str, action):
+    who = principal(request)
+    task = services.classifier_task_get(user=who, ref=ref)
+    return ClassifierTaskOut.from_task(action(user=who, task=task))
+
+
+@router.post("/classifier/tasks/{ref}/cancel", response={200: ClassifierTaskOut, **ERRORS})
+def task_cancel(request, ref: str):
+    return _control(request, ref, services.classifier_task_cancel)
+
+
+@router.post("/classifier/tasks/{ref}/pause", response={200: ClassifierTaskOut, **ERRORS})
+def task_pause(request, ref: str):
+    return _control(request, ref, services.classifier_task_pause)
+
+
+@router.post("/classifier/tasks/{ref}/resume", response={200: ClassifierTaskOut, **ERRORS})
+def task_resume(request, ref: str):
+    return _control(request, ref, services.classifier_task_resume)
+
+
+@router.post("/classifier/tasks/{ref}/retry", response={200: ClassifierTaskOut, **ERRORS})
+def task_retry(request, ref: str):
+    return _control(request, ref, services.classifier_task_retry)
+
+
+@router.post("/classifier/{adapter_id}/predict", response={200: PredictOut, **ERRORS})
+def predict(request, adapter_id: str, payload: PredictIn):
+    """Classify one text (``{"text": ...}``) or a batch (``{"texts": [...]}``, at most CLASSIFIER_MAX_BATCH)."""
+    who = principal(request)
+    adapter = services.classifier_adapter_get(user=who, ref=adapter_id)
+    texts = payload.texts if payload.texts is not None else payload.text
+    return {"adapter_id": adapter.pk, "adapter": adapter.name,
+            "predictions": services.classifier_predict(user=who, adapter=adapter, texts=texts)}

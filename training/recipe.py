@@ -1,0 +1,778 @@
+"""The device-aware LoRA/QLoRA recipe: load, train with progress/checkpoints/cancel/pause/resume, save.
+
+Plain module (no Django); the worker's child process calls ``run_training(spec, hooks)``. Web-process code
+should import ``training.params``, ``training.checkpoints`` and ``training.errors`` instead: this module
+imports torch and transformers.
+
+Why ``transformers.Trainer`` and not TRL's ``SFTTrainer``: what SFTTrainer adds is dataset preparation
+(templating, assistant-only masks, packing) and its own loss; we need each of those done differently —
+per-turn ``weight`` masking with templates lacking ``{% generation %}`` tags, named fallback templates,
+length-grouped padding-free batches replayable on resume, and a loss computed only at target positions.
+Trainer still gives us the parts worth not rewriting: the optimizers (paged 8-bit AdamW), schedulers,
+gradient accumulation, mixed precision, checkpoint/resume of optimizer, scheduler and RNG state, and
+DDP through ``accelerate launch``/``torchrun`` with no code of ours.
+
+Device choices (issue 4, measured on 2 CPU cores): CUDA uses NF4 + bf16 (fp16 without bf16 support),
+gradient checkpointing and paged 8-bit AdamW; CPU uses fp32, no checkpointing and every available core,
+since bf16 + checkpointing is >5x slower there. NF4 is honoured on CPU too (bitsandbytes >= 0.49).
+
+Speed (issue 9): batches are padded only to their own longest example (length-grouped), and the LM head
+and cross-entropy run only at the positions whose label counts (the assistant tokens), not at every
+position of the 49k-vocabulary output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import platform
+import resource
+import shutil
+import time
+import warnings
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from training import checkpoints as ckpt
+from training.data import (
+    IGNORE_INDEX,
+    Collator,
+    EncodeReport,
+    LengthGroupedSampler,
+    encode_records,
+    eval_batches,
+    install_template,
+    length_stats,
+    pack_items,
+    to_item,
+    truncate_examples,
+)
+from training.errors import (
+    CHECKPOINT_INVALID,
+    DATASET_ERROR,
+    DEVICE_UNAVAILABLE,
+    INVALID_PARAMS,
+    MODEL_MISSING,
+    NAN_LOSS,
+    TrainingError,
+    classify,
+)
+from training.hooks import Hooks, NullHooks
+from training.params import InvalidParams, ResolvedParams, TrainingParams, parse_params, resolve_params  # noqa: F401
+
+logger = logging.getLogger(__name__)
+
+# Causal LMs whose logits are exactly ``lm_head(decoder(x))`` (no soft-capping or scaling), so the head can be
+# applied to the target positions' hidden states only. Others go through the model's forward with
+# ``logits_to_keep``, which is exact for every model but less selective on padded batches.
+DIRECT_HEAD_MODEL_TYPES = {
+    "llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "olmo", "olmo2", "starcoder2", "gemma", "qwen2_moe",
+    "qwen3_moe", "mixtral",
+}
+
+# Parameters that must not change between a checkpoint and its resumption (the schedule and data order).
+RESUME_INVARIANTS = ("batch_size", "gradient_accumulation_steps", "n_epochs", "learning_rate", "lr_scheduler",
+                     "warmup_ratio", "lora_r", "lora_alpha", "seed", "max_steps", "max_seq_length", "packing")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Public data types
+
+
+@dataclass
+class RunSpec:
+    """Everything one training run needs. ``params`` may be unresolved; it is then resolved from the data."""
+
+    base_model_path: str | Path
+    train: Iterable[dict] | str | Path
+    params: ResolvedParams | TrainingParams | dict
+    run_dir: str | Path  # checkpoints go to run_dir/checkpoints/step-N
+    adapter_dir: str | Path  # the final adapter folder (must not exist yet)
+    validation: Iterable[dict] | str | Path | None = None
+    resume_from: str | Path | None = None  # a checkpoint folder, or None to start fresh
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    keep_checkpoints: int = 2
+    logging_steps: int | None = None  # None: every step up to 1000 steps, else ~1000 logs per run
+    summary_extra: dict = field(default_factory=dict)  # e.g. task name, data hashes -> training_summary.json
+
+
+@dataclass
+class RunResult:
+    """How a run ended. ``status`` is succeeded, cancelled or paused; failures raise ``TrainingError``."""
+
+    status: Literal["succeeded", "cancelled", "paused"]
+    global_step: int
+    total_steps: int
+    metrics: dict[str, float]
+    trained_tokens: int
+    adapter_dir: Path | None
+    checkpoint: Path | None  # latest good checkpoint (resume point for paused runs)
+    params: ResolvedParams
+    data_report: dict
+    versions: dict[str, str]
+    device_info: dict[str, Any]
+    history: list[dict] = field(default_factory=list)  # one entry per log (train and validation metrics)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Environment
+
+
+def available_cpus() -> int:
+    """CPU cores this process may use (affinity and cgroup quota)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        n = os.cpu_count() or 1
+    with contextlib.suppress(OSError, ValueError):
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, math.floor(int(quota) / int(period))))
+    return max(1, n)
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(DEVICE_UNAVAILABLE, "A CUDA GPU was requested but none is available on this host.")
+    if device not in ("cpu", "cuda"):
+        raise TrainingError(DEVICE_UNAVAILABLE, f"Unknown device {device!r}.")
+    return device
+
+
+def compute_dtype(device: str) -> torch.dtype:
+    if device == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def library_versions() -> dict[str, str]:
+    import accelerate
+    import peft
+    import transformers
+
+    versions = {"python": platform.python_version(), "torch": torch.__version__,
+                "transformers": transformers.__version__, "peft": peft.__version__,
+                "accelerate": accelerate.__version__}
+    for name in ("bitsandbytes", "trl"):
+        with contextlib.suppress(Exception):
+            versions[name] = __import__(name).__version__
+    return versions
+
+
+def device_info(device: str) -> dict[str, Any]:
+    info: dict[str, Any] = {"device": device, "host": platform.node()}
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        info.update(name=props.name, memory_gb=round(props.total_memory / 1024**3, 1),
+                    bf16=torch.cuda.is_bf16_supported(), cuda=torch.version.cuda, gpus=torch.cuda.device_count())
+    else:
+        name = platform.processor()
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+        info.update(name=name, threads=torch.get_num_threads())
+    return info
+
+
+def peak_memory() -> dict[str, int]:
+    out = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["peak_gpu_bytes"] = int(torch.cuda.max_memory_allocated())
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model
+
+
+def load_tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.resolve()), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise TrainingError(MODEL_MISSING, f"Cannot load the tokenizer of {path}: {exc}") from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
+def load_base_model(path: str | Path, *, quantization: str, device: str, dtype: torch.dtype | None = None,
+                    gradient_checkpointing: bool | None = None):
+    """Load a causal LM for LoRA training, prepared for the device.
+
+    CUDA: NF4 4-bit with double quantisation (or int8, or none), bf16/fp16 compute, gradient checkpointing.
+    CPU: fp32 compute, no checkpointing, ``torch.set_num_threads(available cores)``; nf4/int8 work too.
+    """
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise TrainingError(MODEL_MISSING, f"The base model folder {path} is missing or has no config.json.")
+    device = resolve_device(device)
+    if device == "cpu":
+        torch.set_num_threads(available_cpus())
+    dtype = dtype or compute_dtype(device)
+    if gradient_checkpointing is None:
+        gradient_checkpointing = device == "cuda"
+
+    kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True, "attn_implementation": "sdpa"}
+    if quantization == "nf4":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+    elif quantization == "int8":
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    elif quantization != "none":
+        raise TrainingError(DATASET_ERROR, f"Unknown quantization {quantization!r}.")
+    if device == "cuda":
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
+    else:
+        kwargs["device_map"] = {"": "cpu"}
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path.resolve()), **kwargs)
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, OSError) and getattr(exc, "errno", None) is not None:
+            raise  # disk errors are classified by the caller
+        raise TrainingError(MODEL_MISSING, f"Cannot load the base model from {path}: {exc}") from exc
+
+    if quantization in ("nf4", "int8"):
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    model.config.use_cache = False
+    return model
+
+
+def add_lora(model, params: ResolvedParams):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=params.lora_r, lora_alpha=params.lora_alpha, lora_dropout=params.lora_dropout,
+        target_modules=params.target_modules, bias="none", task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:
+        raise TrainingError(INVALID_PARAMS, f"LoRA could not be attached: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loss at target positions only
+
+
+def _causal_lm(model):
+    """The transformers causal LM inside a PEFT/DDP wrapper."""
+    inner = getattr(model, "module", model)  # DDP
+    if hasattr(inner, "get_base_model"):
+        inner = inner.get_base_model()
+    return inner
+
+
+def uses_direct_head(model) -> bool:
+    lm = _causal_lm(model)
+    config = getattr(lm, "config", None)
+    if config is None or getattr(config, "model_type", None) not in DIRECT_HEAD_MODEL_TYPES:
+        return False
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+        return False
+    return lm.get_output_embeddings() is not None
+
+
+def token_loss_sums(model, batch: dict, *, direct: bool, packed: bool):
+    """Sum of token cross-entropies, number of target tokens and of correct argmax predictions.
+
+    ``direct``: run the decoder, then the LM head only on the hidden states of target positions (exact; must
+    not be used through a DDP wrapper, whose gradient hooks need its own forward). Otherwise the model's
+    forward with ``logits_to_keep`` = the positions where any row has a target.
+    """
+    input_ids = batch["input_ids"]
+    shift_labels = batch["shift_labels"]
+    target = shift_labels != IGNORE_INDEX
+    kwargs: dict[str, Any] = {"use_cache": False}
+    if packed:
+        kwargs["position_ids"] = batch["position_ids"]  # no attention mask: block-diagonal from position_ids
+    else:
+        kwargs["attention_mask"] = batch["attention_mask"]
+    if direct:
+        lm = _causal_lm(model)
+        hidden = lm.get_decoder()(input_ids=input_ids, **kwargs)[0]
+        logits = lm.get_output_embeddings()(hidden[target])
+    else:
+        keep = target.any(dim=0).nonzero().squeeze(-1)
+        out = model(input_ids=input_ids, logits_to_keep=keep, **kwargs)
+        logits = out.logits[target[:, keep]]
+    labels = shift_labels[target]
+    logits = logits.float()
+    loss_sum = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+    correct = (logits.detach().argmax(dim=-1) == labels).sum()
+    return loss_sum, labels.numel(), correct
+
+
+class _ListDataset(torch.utils.data.Dataset):
+    def __init__(self, items: list[dict]):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Trainer
+
+
+class RecipeTrainer(Trainer):
+    """Trainer with the target-positions loss, token accuracy, token-weighted validation, a replayable
+    length-grouped sampler and atomic ``step-N`` checkpoints."""
+
+    def __init__(self, *args, recipe: dict, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.recipe = recipe
+        self.packed: bool = recipe["packed"]
+        self.direct_head: bool = recipe["direct_head"] and self.args.world_size <= 1
+        self.loss_is_scaled_for_ga = True  # compute_loss divides by the tokens of the whole accumulated batch
+        self._acc_correct = 0.0
+        self._acc_count = 0.0
+        self._staging: Path | None = None
+        self.on_checkpoint = recipe.get("on_checkpoint")
+
+    # data ------------------------------------------------------------------------------------------------------
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        lengths = [len(it["input_ids"]) for it in dataset.items]
+        return LengthGroupedSampler(lengths, self.args.per_device_train_batch_size, self.args.seed)
+
+    def _get_num_items_in_batch(self, batch_samples, device):
+        count = sum(int((b["shift_labels"] != IGNORE_INDEX).sum()) for b in batch_samples)
+        num = torch.tensor(count, device=device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            num = self.accelerator.gather(num).sum()
+        return num
+
+    # loss ------------------------------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        with self.accelerator.autocast():
+            loss_sum, n, correct = token_loss_sums(model, inputs, direct=self.direct_head, packed=self.packed)
+        denom = num_items_in_batch if num_items_in_batch is not None else max(n, 1)
+        loss = loss_sum / denom
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            loss = loss * self.args.world_size  # DDP averages gradients over ranks; the denominator is global
+        if not bool(torch.isfinite(loss_sum)):
+            raise TrainingError(NAN_LOSS, f"The training loss became {loss_sum.item()} at step "
+                                f"{self.state.global_step + 1}. Lower the learning rate (or its multiplier), "
+                                "or check the data for empty or corrupt examples.")
+        self._acc_correct += float(correct)
+        self._acc_count += n
+        return (loss, None) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._acc_count:
+            logs["mean_token_accuracy"] = self._acc_correct / self._acc_count
+            self._acc_correct = 0.0
+            self._acc_count = 0.0
+        super().log(logs, start_time)
+
+    # validation ------------------------------------------------------------------------------------------------
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if dataset is None:
+            return {}
+        model = self.model
+        was_training = model.training
+        model.eval()
+        lengths = [len(it["input_ids"]) for it in dataset.items]
+        total = torch.zeros((), dtype=torch.float64)
+        correct = 0.0
+        count = 0
+        with torch.no_grad():
+            for idx in eval_batches(lengths, self.args.per_device_eval_batch_size):
+                batch = self._prepare_inputs(self.data_collator([dataset.items[i] for i in idx]))
+                with self.accelerator.autocast():
+                    s, n, c = token_loss_sums(model, batch, direct=self.recipe["direct_head"], packed=self.packed)
+                total += s.double().cpu()
+                correct += float(c)
+                count += n
+        if was_training:
+            model.train()
+        metrics = {f"{metric_key_prefix}_loss": float(total / max(count, 1)),
+                   f"{metric_key_prefix}_mean_token_accuracy": correct / max(count, 1)}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=metrics)
+        return metrics
+
+    # checkpoints -----------------------------------------------------------------------------------------------
+    def _get_output_dir(self, trial=None) -> str:
+        if self._staging is not None:
+            return str(self._staging)
+        return super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        step = self.state.global_step
+        checkpoints_dir = Path(self.recipe["checkpoints_dir"])
+        final = checkpoints_dir / f"step-{step}"
+        if self.args.should_save and final.exists():
+            if ckpt.checkpoint_problem(final) is None:
+                return  # this step is already saved (a pause right after a scheduled save)
+            shutil.rmtree(final)
+        staging = ckpt.temp_sibling(final)
+        staging.mkdir(parents=True)
+        try:
+            self._staging = staging
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self._staging = None
+            if not self.args.should_save:
+                return  # DDP: rank 0 publishes (other ranks' RNG states are not kept; resume reseeds them)
+            ckpt.publish(staging / f"checkpoint-{step}", final, step=step, params=self.recipe["params"],
+                         data=self.recipe["data_fingerprint"])
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        ckpt.rotate_checkpoints(Path(self.recipe["run_dir"]), self.recipe["keep_checkpoints"], protect=final)
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(step, final)
+
+
+class _HooksBridge(TrainerCallback):
+    """Turns Trainer events into ``Hooks`` calls and ``should_stop`` answers into control flags."""
+
+    def __init__(self, hooks: Hooks):
+        self.hooks = hooks
+        self.stop_reason: str | None = None
+        self.history: list[dict] = []
+        self.last_metrics: dict[str, float] = {}
+        self.final_logs: dict[str, float] = {}
+        self._t0 = 0.0
+        self._tokens0 = 0
+        self._step0 = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._t0 = time.monotonic()
+        self._tokens0 = state.num_input_tokens_seen
+        self._step0 = state.global_step
+        self.hooks.on_start(state.max_steps)
+
+    def _check(self, control, step_end: bool) -> None:
+        request = self.hooks.should_stop()
+        if request == "cancel":
+            self.stop_reason = "cancel"
+            control.should_training_stop = True
+            control.should_save = False
+            control.should_evaluate = False
+        elif request == "pause" and step_end:
+            # pause only at an optimizer-step boundary, so the checkpoint is a consistent state
+            self.stop_reason = "pause"
+            control.should_training_stop = True
+            control.should_save = True
+            control.should_evaluate = False
+
+    def on_substep_end(self, args, state, control, **kwargs):
+        self._check(control, step_end=False)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        elapsed = max(time.monotonic() - self._t0, 1e-9)
+        done = state.global_step - self._step0
+        tokens = int(state.num_input_tokens_seen)
+        tps = (tokens - self._tokens0) / elapsed
+        eta = elapsed / done * max(state.max_steps - state.global_step, 0) if done > 0 else None
+        self.hooks.on_progress(state.global_step, state.max_steps, float(state.epoch or 0.0), tokens, tps, eta)
+        self._check(control, step_end=True)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        metrics: dict[str, float] = {}
+        if "loss" in logs:
+            metrics["train_loss"] = float(logs["loss"])
+            for src, dst in (("learning_rate", "learning_rate"), ("mean_token_accuracy", "train_mean_token_accuracy"),
+                             ("grad_norm", "grad_norm")):
+                if logs.get(src) is not None:
+                    metrics[dst] = float(logs[src])
+        if "eval_loss" in logs:
+            metrics["valid_loss"] = float(logs["eval_loss"])
+            if "eval_mean_token_accuracy" in logs:
+                metrics["valid_mean_token_accuracy"] = float(logs["eval_mean_token_accuracy"])
+        if "train_runtime" in logs:
+            self.final_logs = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
+        if metrics:
+            if logs.get("epoch") is not None:
+                metrics["epoch"] = float(logs["epoch"])
+            self.last_metrics.update(metrics)
+            self.history.append({"step": state.global_step, **metrics})
+            self.hooks.on_metrics(state.global_step, metrics)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The entry point
+
+
+def _fingerprint(examples) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(len(ex.input_ids).to_bytes(4, "little"))
+        h.update(bytes(str(ex.input_ids[:64]), "ascii"))
+    return h.hexdigest()[:16]
+
+
+def _logging_steps(total_steps: int, requested: int | None) -> int:
+    if requested:
+        return requested
+    return 1 if total_steps <= 1000 else math.ceil(total_steps / 1000)
+
+
+def run_training(spec: RunSpec, hooks: Hooks | None = None) -> RunResult:
+    """Train one adapter. Returns succeeded/cancelled/paused; raises ``TrainingError`` on failure."""
+    hooks = hooks or NullHooks()
+    try:
+        return _run(spec, hooks)
+    except TrainingError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every failure leaves here classified
+        raise classify(exc) from exc
+
+
+def _message(hooks, level: str, message: str, data: dict | None = None) -> None:
+    fn = getattr(hooks, "on_message", None)
+    if fn is not None:
+        fn(level, message, data)
+    logger.log(logging.WARNING if level == "warning" else logging.INFO, message)
+
+
+def _run(spec: RunSpec, hooks: Hooks) -> RunResult:
+    from transformers import set_seed
+
+    device = resolve_device(spec.device)
+    base = Path(spec.base_model_path)
+    if not (base / "config.json").is_file():
+        raise TrainingError(MODEL_MISSING, f"The base model folder {base} is missing or has no config.json.")
+    run_dir = Path(spec.run_dir)
+    checkpoints_dir = run_dir / "checkpoints"
+    checkpoints_dir.mkdir(parents=True, exist_ok=True)
+    ckpt.remove_stale_temp(checkpoints_dir)
+    resume = Path(spec.resume_from) if spec.resume_from else None
+    if resume is not None:
+        problem = ckpt.checkpoint_problem(resume)
+        if problem:
+            raise TrainingError(CHECKPOINT_INVALID, f"Cannot resume from {resume}: {problem}.")
+
+    # data: tokenise once untruncated (the lengths feed "auto"), then truncate
+    tokenizer = load_tokenizer(base)
+    try:
+        params_in = spec.params if isinstance(spec.params, ResolvedParams) else parse_params(spec.params)
+    except InvalidParams as exc:
+        raise TrainingError(INVALID_PARAMS, exc.message) from exc
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    template, loss_on = params_in.template, params_in.loss_on
+    if template == "auto":
+        template = "chat_template" if has_template else "alpaca"
+    install_template(tokenizer, template)
+    train_full, _ = encode_records(tokenizer, spec.train, loss_on=loss_on)
+    valid_full = None
+    if spec.validation is not None:
+        valid_full, _ = encode_records(tokenizer, spec.validation, loss_on=loss_on)
+
+    if isinstance(params_in, ResolvedParams):
+        params = params_in
+    else:
+        mean_len, max_len = length_stats(train_full)
+        gpu_gb = torch.cuda.get_device_properties(0).total_memory / 1024**3 if device == "cuda" else None
+        model_config = json.loads((base / "config.json").read_text(encoding="utf-8"))
+        try:
+            params = resolve_params(
+                params_in, n_examples=len(train_full), n_tokens_mean=mean_len, n_tokens_max=max_len, device=device,
+                gpu_memory_gb=gpu_gb, has_chat_template=has_template,
+                model_max_length=model_config.get("max_position_embeddings"), has_validation=valid_full is not None,
+            )
+        except InvalidParams as exc:
+            raise TrainingError(INVALID_PARAMS, exc.message) from exc
+    if params.device != device:
+        _message(hooks, "warning", f"Parameters were resolved for {params.device} but the run uses {device}.")
+
+    train_examples, train_report = truncate_examples(train_full, params.max_seq_length)
+    data_report: dict[str, Any] = {"train": train_report.to_dict()}
+    valid_examples = None
+    if valid_full is not None:
+        valid_examples, valid_report = truncate_examples(valid_full, params.max_seq_length)
+        data_report["validation"] = valid_report.to_dict()
+    _message(hooks, "info", f"Tokenised {train_report.examples} training examples: {train_report.tokens:,} tokens, "
+             f"{train_report.target_tokens:,} of them trained (loss on {loss_on}, template {template}).", data_report)
+    if train_report.truncated:
+        _message(hooks, "warning", f"{train_report.truncated} of {len(train_full)} training examples were longer "
+                 f"than {params.max_seq_length} tokens and were truncated.", data_report)
+    if train_report.dropped_no_target:
+        _message(hooks, "warning", f"{train_report.dropped_no_target} examples had no trained tokens left and were "
+                 "skipped.", data_report)
+
+    if params.packing:
+        train_items = pack_items(train_examples, params.max_seq_length, seed=params.seed)
+        valid_items = pack_items(valid_examples, params.max_seq_length) if valid_examples else None
+    else:
+        train_items = [to_item(e) for e in train_examples]
+        valid_items = [to_item(e) for e in valid_examples] if valid_examples else None
+    fingerprint = {"train_examples": len(train_examples), "train_tokens": train_report.tokens,
+                   "fingerprint": _fingerprint(train_examples)}
+
+    if resume is not None:
+        manifest = json.loads((resume / ckpt.MANIFEST).read_text(encoding="utf-8"))
+        saved = manifest.get("params") or {}
+        changed = [k for k in RESUME_INVARIANTS if k in saved and saved[k] != getattr(params, k)]
+        if changed:
+            raise TrainingError(CHECKPOINT_INVALID, f"The checkpoint {resume.name} was saved with different "
+                                f"parameters ({', '.join(changed)}); resuming would not continue the same run.")
+        if manifest.get("data", {}).get("fingerprint") not in (None, fingerprint["fingerprint"]):
+            raise TrainingError(CHECKPOINT_INVALID, f"The checkpoint {resume.name} was trained on different data.")
+
+    # a cancel/pause that arrived while the data was prepared: nothing trained in this session
+    early = hooks.should_stop()
+    if early in ("cancel", "pause"):
+        step = 0
+        if resume is not None:
+            step = json.loads((resume / ckpt.TRAINER_STATE).read_text(encoding="utf-8")).get("global_step", 0)
+        return RunResult(status="cancelled" if early == "cancel" else "paused", global_step=step,
+                         total_steps=params.total_steps, metrics={}, trained_tokens=0, adapter_dir=None,
+                         checkpoint=resume, params=params, data_report=data_report, versions=library_versions(),
+                         device_info=device_info(device))
+
+    # model
+    cdtype = compute_dtype(device)
+    model = load_base_model(base, quantization=params.quantization, device=device, dtype=cdtype)
+    set_seed(params.seed)  # LoRA initialisation depends on it
+    model = add_lora(model, params)
+    trainable, total_params = model.get_nb_trainable_parameters()
+    _message(hooks, "info", f"Loaded {base.name} on {device} ({params.quantization}, {str(cdtype).split('.')[-1]}); "
+             f"{trainable:,} trainable LoRA parameters of {total_params:,}.",
+             {"trainable_parameters": trainable, "parameters": total_params})
+
+    bridge = _HooksBridge(hooks)
+    bridge_metrics = bridge.last_metrics
+
+    def on_checkpoint(step: int, path: Path) -> None:
+        hooks.on_checkpoint(step, path, dict(bridge_metrics))
+
+    has_valid = bool(valid_items)
+    train_args = TrainingArguments(
+        output_dir=str(checkpoints_dir),
+        per_device_train_batch_size=params.batch_size,
+        per_device_eval_batch_size=max(params.batch_size, 1),
+        gradient_accumulation_steps=params.gradient_accumulation_steps,
+        num_train_epochs=params.n_epochs,
+        max_steps=params.max_steps or -1,
+        learning_rate=params.learning_rate,
+        lr_scheduler_type=params.lr_scheduler,
+        warmup_steps=params.warmup_ratio,  # < 1: a ratio of the total steps
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        optim="paged_adamw_8bit" if device == "cuda" else "adamw_torch",
+        bf16=device == "cuda" and cdtype == torch.bfloat16,
+        fp16=device == "cuda" and cdtype == torch.float16,
+        use_cpu=device == "cpu",
+        logging_strategy="steps",
+        logging_steps=_logging_steps(params.total_steps, spec.logging_steps),
+        save_strategy="steps",
+        save_steps=params.save_steps,
+        save_total_limit=None,
+        eval_strategy="steps" if has_valid else "no",
+        eval_steps=params.eval_steps if has_valid else None,
+        seed=params.seed,
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        include_num_input_tokens_seen="non_padding",
+        ddp_find_unused_parameters=False,  # LoRA: every adapter gets a gradient; required with checkpointing
+    )
+    recipe = {
+        "packed": params.packing, "direct_head": uses_direct_head(model), "checkpoints_dir": str(checkpoints_dir),
+        "run_dir": str(run_dir), "keep_checkpoints": spec.keep_checkpoints, "params": params.to_dict(),
+        "data_fingerprint": fingerprint, "on_checkpoint": on_checkpoint,
+    }
+    trainer = RecipeTrainer(
+        model=model, args=train_args, train_dataset=_ListDataset(train_items),
+        eval_dataset=_ListDataset(valid_items) if has_valid else None, processing_class=tokenizer,
+        data_collator=Collator(tokenizer.pad_token_id), callbacks=[bridge], recipe=recipe,
+    )
+    if resume is not None:
+        _message(hooks, "info", f"Resuming from {resume.name}.")
+    t0 = time.monotonic()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
+        trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    wall = time.monotonic() - t0
+
+    state = trainer.state
+    status = {"cancel": "cancelled", "pause": "paused"}.get(bridge.stop_reason or "", "succeeded")
+    metrics = dict(bridge.last_metrics)
+    if status == "succeeded" and has_valid and (not bridge.history or "valid_loss" not in bridge.history[-1]
+                                                or bridge.history[-1]["step"] != state.global_step):
+        trainer.evaluate()
+        metrics.update(bridge.last_metrics)
+    session_tokens = state.num_input_tokens_seen - bridge._tokens0
+    metrics.update({
+        "trainable_parameters": float(trainable),
+        "train_runtime_s": round(wall, 3),
+        "session_tokens": float(session_tokens),
+        "tokens_per_s": round(session_tokens / wall, 2) if wall > 0 else 0.0,
+        **{k: float(v) for k, v in peak_memory().items()},
+    })
+    if "train_loss" in bridge.final_logs:
+        metrics["train_loss_mean"] = bridge.final_logs["train_loss"]
+
+    versions = library_versions()
+    info = device_info(device) | {"quantization": params.quantization, "compute_dtype": str(cdtype).split(".")[-1],
+                                  "direct_head": trainer.direct_head}
+    adapter_dir = None
+    if status == "succeeded":
+        summary = {
+            "base_model": str(base.resolve()), "params": params.to_dict(), "metrics": metrics,
+            "global_step": state.global_step, "trained_tokens": int(state.num_input_tokens_seen),
+            "data": data_report | {"fingerprint": fingerprint}, "versions": versions, "device": info,
+            "template": template, "trainable_parameters": trainable, "history": bridge.history,
+            **spec.summary_extra,
+        }
+        adapter_dir = ckpt.save_adapter(model, tokenizer, spec.adapter_dir, summary, base_model_path=base)
+    return RunResult(
+        status=status, global_step=state.global_step, total_steps=state.max_steps, metrics=metrics,
+        trained_tokens=int(state.num_input_tokens_seen), adapter_dir=adapter_dir,
+        checkpoint=ckpt.latest_good_checkpoint(run_dir), params=params, data_report=data_report,
+        versions=versions, device_info=info, history=bridge.history,
+    )
+
+
+def result_to_dict(result: RunResult) -> dict:
+    out = asdict(result)
+    for key in ("adapter_dir", "checkpoint"):
+        out[key] = str(out[key]) if out[key] is not None else None
+    return out
+
+
+__all__ = [
+    "RunSpec", "RunResult", "run_training", "load_base_model", "load_tokenizer", "add_lora", "token_loss_sums",
+    "latest_good_checkpoint", "save_adapter", "TrainingError", "EncodeReport", "available_cpus",
+]
+
+latest_good_checkpoint = ckpt.latest_good_checkpoint
+save_adapter = ckpt.save_adapter
