@@ -113,7 +113,9 @@ def worker(worker_env, tmp_path):
     """Start with worker.start(); always stopped (and its children killed) at the end of the test."""
     w = Worker(worker_env, tmp_path / "qcluster.log")
     yield w
-    w.kill(signal.SIGTERM)
+    # SIGKILL, not a graceful stop (which waits for the job in hand): the supervised child dies with its
+    # supervisor (PR_SET_PDEATHSIG), so nothing outlives the test.
+    w.kill(signal.SIGKILL)
 
 
 def wait_for(predicate, *, timeout: float, interval: float = 0.25, message: str = "condition"):
