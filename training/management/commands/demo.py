@@ -92,7 +92,8 @@ class Command(ServiceCommand):
         out = self.stdout
         out.write(self.style.MIGRATE_HEADING("3. Sample data (validated row by row, stored normalised)"))
         root = Path(settings.BASE_DIR) / "samples"
-        files = [("customer-service", "customer_service_alpaca.json", None),
+        files = [("customer-service", "customer_service_short.jsonl", None),
+                 ("customer-service-long", "customer_service_alpaca.json", None),
                  ("support-sharegpt", "sharegpt_support.json", None),
                  ("support-chat", "chat_openai.jsonl", None),
                  ("questions", "question_classification.jsonl", None)]
@@ -116,9 +117,9 @@ class Command(ServiceCommand):
     # ------------------------------------------------------------------------------------------- training
 
     QUESTIONS = [
-        "How many years is the guarantee on a Xinghe washing machine?",
-        "I need to talk to support by phone - which number do I dial?",
-        "买的东西不想要了，多少天之内能退？",
+        "For how many years is my washing machine covered?",
+        "I want to phone you. What number should I dial?",
+        "从多少钱开始不收运费？",
     ]
 
     def train_and_compare(self, user, team, version) -> None:
