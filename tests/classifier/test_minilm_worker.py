@@ -14,7 +14,7 @@ SAMPLE = ROOT / "samples" / "question_classification.jsonl"
 # The frozen recipe of the quality bar: seed 42, val_ratio 0.2 (stratified), these hyperparameters.
 QUALITY_PARAMS = {"n_epochs": 8, "batch_size": 8, "learning_rate": 3e-3, "seed": 42, "val_ratio": 0.2}
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 
 @pytest.fixture

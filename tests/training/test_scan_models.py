@@ -20,6 +20,7 @@ def scan(*args) -> tuple[str, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_scan_converts_the_bundled_gguf_once_and_registers_both_models(data_dir):
     out, err = scan()
     smol = BaseModel.objects.get(name="SmolLM2-135M-Instruct")

@@ -9,7 +9,7 @@ from tests.training.tiny import chat_records
 from training import services
 from training.models import BaseModel, JobStatus, TrainingTask
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, pytest.mark.heavy]
 
 
 @pytest.fixture
