@@ -125,6 +125,7 @@ def _register_routers() -> None:
     from classifier.api import router as classifier_router
     from datasets_app.api import router as datasets_router
     from datasets_app.openai_files import router as files_v1_router
+    from evaluation.api import router as evaluation_router
     from training.api import router as training_router
     from training.api import tasks_router
     from training.openai_api import router as openai_v1_router
@@ -134,6 +135,7 @@ def _register_routers() -> None:
     api.add_router("/", training_router)
     api.add_router("/", tasks_router)
     api.add_router("/", classifier_router)
+    api.add_router("/", evaluation_router)
     v1.add_router("/", files_v1_router)
     v1.add_router("/", openai_v1_router)
 

@@ -1,0 +1,199 @@
+"""Admin: evaluation runs with headline numbers, results, charts and side-by-side samples; blind reviews with
+a one-pair-at-a-time voting page (the adapter's side is never rendered while voting is open)."""
+
+from __future__ import annotations
+
+import io
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpResponse
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
+
+from core.admin import TeamScopedAdmin
+from core.errors import ApplicationError
+from evaluation import services
+from evaluation.models import EvaluationEvent, EvaluationRun, Review, Vote
+
+
+class EventInline(admin.TabularInline):
+    model = EvaluationEvent
+    extra = 0
+    can_delete = False
+    fields = ["created_at", "level", "message"]
+    readonly_fields = fields
+    max_num = 0
+
+
+def sentence_length_png(results: dict) -> bytes:
+    """Sentence-length histograms of reference, baseline and adapter outputs, overlaid as grouped bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    style = results.get("style") or {}
+    fig, ax = plt.subplots(figsize=(6, 3))
+    try:
+        names = [n for n in ("reference", "base", "adapter") if n in style]
+        bins = list((style.get("reference") or {}).get("sentence_length", {}).get("histogram", {}))
+        width = 0.8 / max(1, len(names))
+        for k, name in enumerate(names):
+            hist = style[name]["sentence_length"]["histogram"]
+            ax.bar([i + k * width for i in range(len(bins))], [hist.get(b, 0) for b in bins], width, label=name)
+        ax.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(bins))], bins)
+        ax.set_xlabel("sentence length (units)")
+        ax.legend()
+        buf = io.BytesIO()
+        fig.tight_layout()
+        fig.savefig(buf, format="png")
+        return buf.getvalue()
+    finally:
+        plt.close(fig)
+
+
+@admin.register(EvaluationRun)
+class EvaluationRunAdmin(TeamScopedAdmin):
+    list_display = ["name", "team", "adapter", "baseline", "status", "perplexity", "win_rate", "created_at"]
+    list_filter = ["status", "team"]
+    list_select_related = ["team", "adapter", "other_adapter"]
+    search_fields = ["name", "adapter__name"]
+    inlines = [EventInline]
+    readonly_fields = [f.name for f in EvaluationRun._meta.fields]
+    change_form_template = "admin/evaluation/evaluationrun/change_form.html"
+    actions = ["cancel_runs", "create_review", "compare_runs"]
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.display(description="Compared with")
+    def baseline(self, obj: EvaluationRun) -> str:
+        return obj.baseline_label
+
+    @admin.display(description="Perplexity")
+    def perplexity(self, obj: EvaluationRun) -> str:
+        return obj.ppl_summary or "—"
+
+    @admin.display(description="Adapter win rate")
+    def win_rate(self, obj: EvaluationRun) -> str:
+        review = obj.reviews.filter(status=Review.Status.CLOSED).first()
+        if review is None:
+            return "—"
+        rate = (services.review_results(user=None, review=review).get("adapter") or {}).get("win_rate")
+        return f"{rate:.0%}" if rate is not None else "—"
+
+    @admin.action(description="Cancel selected runs")
+    def cancel_runs(self, request, queryset):
+        for run in queryset:
+            self.call_service(request, services.evaluation_run_cancel, user=request.user, run=run)
+
+    @admin.action(description="Create a blind A/B review")
+    def create_review(self, request, queryset):
+        for run in queryset:
+            review = self.call_service(request, services.review_create, user=request.user, run=run)
+            if review:
+                self.message_user(request, format_html('Review <a href="{}">{}</a> created.',
+                                                       reverse("admin:evaluation_review_vote", args=[review.pk]),
+                                                       review.pk))
+
+    @admin.action(description="Compare selected runs")
+    def compare_runs(self, request, queryset):
+        runs = list(queryset.select_related("adapter", "dataset_version"))
+        if len({r.dataset_version_id for r in runs}) > 1:
+            self.message_user(request, "Compare runs of the same dataset version.", level=messages.ERROR)
+            return None
+        rows = [{"run": r, "ppl": (r.results or {}).get("perplexity") or {},
+                 "overlap": ((r.results or {}).get("overlap") or {}).get("adapter") or {},
+                 "style": (((r.results or {}).get("style") or {}).get("adapter") or {}).get("distance") or {}}
+                for r in runs]
+        context = {**self.admin_site.each_context(request), "opts": self.model._meta, "rows": rows,
+                   "title": "Compare evaluation runs"}
+        return TemplateResponse(request, "admin/evaluation/evaluationrun/compare.html", context)
+
+    def get_urls(self):
+        return [path("<int:pk>/sentence-lengths.png", self.admin_site.admin_view(self.chart_view),
+                     name="evaluation_evaluationrun_chart")] + super().get_urls()
+
+    def chart_view(self, request, pk: int):
+        run = self.get_queryset(request).filter(pk=pk).first()
+        if run is None:
+            raise Http404
+        return HttpResponse(sentence_length_png(run.results or {}), content_type="image/png")
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        run = self.get_queryset(request).filter(pk=object_id).first()
+        extra = {"samples": run.samples.all()[:50] if run else [], "results": (run.results or {}) if run else {}}
+        return super().change_view(request, object_id, form_url, extra_context={**(extra_context or {}), **extra})
+
+
+@admin.register(Review)
+class ReviewAdmin(TeamScopedAdmin):
+    team_field = "run__team"
+    list_display = ["id", "run", "status", "created_at", "vote_link"]
+    list_filter = ["status"]
+    list_select_related = ["run"]
+    readonly_fields = ["run", "created_by", "status", "seed", "created_at", "closed_at"]
+    fields = readonly_fields
+    actions = ["close_reviews"]
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.display(description="Vote")
+    def vote_link(self, obj: Review):
+        return format_html('<a href="{}">vote</a> · <a href="{}">results</a> · <a href="{}">CSV</a>',
+                           reverse("admin:evaluation_review_vote", args=[obj.pk]),
+                           reverse("admin:evaluation_review_results", args=[obj.pk]),
+                           reverse("admin:evaluation_review_csv", args=[obj.pk]))
+
+    @admin.action(description="Close voting (reveals the sides)")
+    def close_reviews(self, request, queryset):
+        for review in queryset:
+            self.call_service(request, services.review_close, user=request.user, review=review)
+
+    def get_urls(self):
+        wrap = self.admin_site.admin_view
+        return [path("<int:pk>/vote/", wrap(self.vote_view), name="evaluation_review_vote"),
+                path("<int:pk>/results/", wrap(self.results_view), name="evaluation_review_results"),
+                path("<int:pk>/votes.csv", wrap(self.csv_view), name="evaluation_review_csv")] + super().get_urls()
+
+    def _review(self, request, pk: int) -> Review:
+        review = self.get_queryset(request).filter(pk=pk).first()
+        if review is None:
+            raise Http404
+        return review
+
+    def vote_view(self, request, pk: int):
+        review = self._review(request, pk)
+        if request.method == "POST":
+            try:
+                services.vote_cast(user=request.user, pair=int(request.POST.get("pair", 0)),
+                                   choice=request.POST.get("choice", ""), comment=request.POST.get("comment", ""))
+            except (ApplicationError, ValueError) as exc:
+                messages.error(request, str(exc))
+            return redirect("admin:evaluation_review_vote", pk=pk)
+        pair = services.review_next_pair(user=request.user, review=review) \
+            if review.status == Review.Status.OPEN else None
+        done = Vote.objects.filter(pair__review=review, reviewer=request.user).count()
+        context = {**self.admin_site.each_context(request), "opts": self.model._meta, "review": review,
+                   "pair": pair, "done": done, "total": review.pairs.count(), "title": f"Review {review.pk}",
+                   "choices": Vote.Choice.choices}
+        return TemplateResponse(request, "admin/evaluation/review/vote.html", context)
+
+    def results_view(self, request, pk: int):
+        review = self._review(request, pk)
+        context = {**self.admin_site.each_context(request), "opts": self.model._meta, "review": review,
+                   "results": services.review_results(user=request.user, review=review),
+                   "title": f"Results of review {review.pk}"}
+        return TemplateResponse(request, "admin/evaluation/review/results.html", context)
+
+    def csv_view(self, request, pk: int):
+        review = self._review(request, pk)
+        if not self.has_view_permission(request, review):
+            raise PermissionDenied
+        response = HttpResponse(services.votes_csv(review=review), content_type="text/csv")
+        response["Content-Disposition"] = f'attachment; filename="review-{review.pk}-votes.csv"'
+        return response

@@ -1,0 +1,240 @@
+"""The evaluation job's child-process body, registered as the ``evaluation`` kind on ``training.jobs``.
+
+Computes the chosen metric groups (``perplexity``, ``samples``, ``style``, ``overlap``; ``classifier`` for
+classifier adapters) on the run's dataset version, stores the samples, and reports progress and events
+through the shared ``JobContext`` (same queue, claim, heartbeat, cancel flag and crash recovery as training).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+
+from evaluation import metrics as m
+from evaluation.models import EvaluationEvent, EvaluationRun, EvaluationSample
+from training import jobs
+from training.models import Adapter, EventLevel, JobStatus
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GENERATION = {"max_new_tokens": 128, "temperature": 0.0, "top_p": 1.0, "seed": 0, "n_samples": 8,
+                      "batch_size": 8}
+
+
+class Cancelled(Exception):
+    """The run's cancel flag was seen between two steps."""
+
+
+def settings_for(run: EvaluationRun) -> dict:
+    gen = {**DEFAULT_GENERATION, **(run.generation or {})}
+    if not gen.get("max_seq_length"):
+        gen["max_seq_length"] = (run.adapter.metrics or {}).get("max_seq_length") or \
+            run.adapter.base_model.max_position_embeddings or 1024
+    return gen
+
+
+def _device() -> str:
+    from training.recipe import resolve_device
+
+    return resolve_device(getattr(settings, "TRAINING_DEVICE", "auto"))
+
+
+def _tokenizer(adapter: Adapter):
+    from transformers import AutoTokenizer
+
+    folder = Path(adapter.path)
+    tok = AutoTokenizer.from_pretrained(str(folder if (folder / "tokenizer_config.json").is_file()
+                                            else adapter.base_model.path))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def split_prompt(record: dict) -> tuple[list[dict], str] | None:
+    """(messages before the last assistant turn, that turn's content), or None for plain-text records."""
+    messages = record.get("messages") or []
+    last = max((i for i, msg in enumerate(messages) if msg.get("role") == "assistant"), default=None)
+    if last is None or last == 0:
+        return None
+    return messages[:last], str(messages[last].get("content") or "")
+
+
+def prompt_text(messages: list[dict]) -> str:
+    return next((str(x.get("content") or "") for x in reversed(messages) if x.get("role") == "user"),
+                str(messages[-1].get("content") or ""))
+
+
+class Progress:
+    def __init__(self, ctx: jobs.JobContext, total: int) -> None:
+        self.ctx, self.total, self.step = ctx, max(1, total), 0
+        ctx.update(step=0, total_steps=self.total)
+
+    def advance(self, n: int = 1) -> None:
+        self.step = min(self.total, self.step + n)
+        self.ctx.update(step=self.step)
+        if self.ctx.control() == "cancel":
+            raise Cancelled
+
+
+def compute_perplexity(run: EvaluationRun, records: list[dict], gen: dict, progress: Progress) -> dict:
+    """Loss on assistant tokens for the baseline (base model, or the other adapter) and for the adapter."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    device = _device()
+    tok = _tokenizer(run.adapter)
+    examples, report = m.encode_for_loss(tok, records, max_seq_length=int(gen["max_seq_length"]))
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    base = AutoModelForCausalLM.from_pretrained(run.adapter.base_model.path, dtype=dtype).to(device)
+    model = PeftModel.from_pretrained(base, run.adapter.path, adapter_name="adapter")
+    kwargs = {"pad_token_id": tok.pad_token_id, "batch_size": int(gen["batch_size"]), "device": device}
+    if run.other_adapter_id:
+        model.load_adapter(run.other_adapter.path, adapter_name="other")
+        model.set_adapter("other")
+        baseline = m.loss_on_examples(model, examples, **kwargs)
+    else:
+        with model.disable_adapter():
+            baseline = m.loss_on_examples(model, examples, **kwargs)
+    progress.advance()
+    model.set_adapter("adapter")
+    adapted = m.loss_on_examples(model, examples, **kwargs)
+    progress.advance()
+    del model, base
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return {"base": baseline["perplexity"], "adapter": adapted["perplexity"],
+            "base_loss": baseline["loss"], "adapter_loss": adapted["loss"], "tokens": adapted["tokens"],
+            "relative_change": m.relative_change(baseline["perplexity"], adapted["perplexity"]),
+            "baseline": run.baseline_label, "examples": report["examples"], "truncated": report["truncated"]}
+
+
+def generate_samples(run: EvaluationRun, records: list[dict], gen: dict, progress: Progress) -> list[dict]:
+    from training.inference import GenerationRequest, generate
+
+    rows = []
+    prompts = [p for p in (split_prompt(r) for r in records) if p is not None][: int(gen["n_samples"])]
+    base_path = run.adapter.base_model.path
+    for i, (messages, reference) in enumerate(prompts):
+        req = GenerationRequest(messages=messages, max_new_tokens=int(gen["max_new_tokens"]),
+                                temperature=float(gen["temperature"]), top_p=float(gen["top_p"]),
+                                seed=gen.get("seed"))
+        if run.other_adapter_id:
+            other = run.other_adapter
+            baseline = generate(base_path, f"adapter-{other.pk}", other.path, req).text
+        else:
+            baseline = generate(base_path, None, None, req).text
+        answer = generate(base_path, f"adapter-{run.adapter.pk}", run.adapter.path, req).text
+        rows.append({"index": i, "prompt": prompt_text(messages), "reference": reference, "base_answer": baseline,
+                     "adapter_answer": answer,
+                     "metrics": {"base": m.overlap(baseline, reference), "adapter": m.overlap(answer, reference)}})
+        progress.advance()
+    return rows
+
+
+def classifier_metrics(run: EvaluationRun, records: list[dict]) -> dict:
+    """Accuracy, macro-F1, per-class table and confusion matrix (the classifier app's own functions)."""
+    from classifier.recipe import classification_metrics, load_for_inference, predict_texts
+
+    device = _device()
+    model, tok, id2label = load_for_inference(run.adapter.path, run.adapter.base_model.path, device=device)
+    rows = [r for r in records if "text" in r and "label" in r]
+    labels = [id2label[i] for i in sorted(id2label)]
+    index = {label: i for i, label in enumerate(labels)}
+    rows = [r for r in rows if str(r["label"]) in index]
+    preds = predict_texts(model, tok, id2label, [r["text"] for r in rows], device=device)
+    return classification_metrics([index[str(r["label"])] for r in rows], [index[p["label"]] for p in preds], labels)
+
+
+def run_evaluation_job(run: EvaluationRun, ctx: jobs.JobContext) -> None:
+    from datasets_app.services import iter_records
+    from training.errors import TrainingError, classify
+
+    run = EvaluationRun.objects.select_related("adapter__base_model", "other_adapter", "dataset_version").get(
+        pk=run.pk)
+    gen = settings_for(run)
+    chosen = list(run.metric_names or [])
+    try:
+        records = list(iter_records(run.dataset_version))
+        results: dict = {"dataset_version": run.dataset_version_id, "records": len(records),
+                         "generation": gen, "baseline": run.baseline_label}
+        if run.adapter.kind == Adapter.Kind.CLASSIFIER:
+            progress = Progress(ctx, 1)
+            results["classifier"] = classifier_metrics(run, records)
+            progress.advance()
+        else:
+            needs_samples = bool({"samples", "style", "overlap"} & set(chosen))
+            n_prompts = min(int(gen["n_samples"]), sum(1 for r in records if split_prompt(r))) if needs_samples else 0
+            progress = Progress(ctx, (2 if "perplexity" in chosen else 0) + n_prompts)
+            if "perplexity" in chosen:
+                ctx.event(f"Computing loss on {len(records)} records (max {gen['max_seq_length']} tokens).")
+                results["perplexity"] = compute_perplexity(run, records, gen, progress)
+                ppl = results["perplexity"]
+                ctx.event(f"Perplexity {ppl['base']:.4g} ({run.baseline_label}) → {ppl['adapter']:.4g} (adapter).",
+                          data=ppl)
+            samples = []
+            if needs_samples:
+                ctx.event(f"Generating answers for {n_prompts} prompts.")
+                samples = generate_samples(run, records, gen, progress)
+                with transaction.atomic():
+                    EvaluationSample.objects.filter(run=run).delete()
+                    EvaluationSample.objects.bulk_create([EvaluationSample(run=run, **row) for row in samples])
+            refs = [s["reference"] for s in samples]
+            if "style" in chosen and samples:
+                results["style"] = m.style_report({"base": [s["base_answer"] for s in samples],
+                                                   "adapter": [s["adapter_answer"] for s in samples]}, refs)
+            if "overlap" in chosen and samples:
+                results["overlap"] = {
+                    "base": m.mean_overlap((s["base_answer"], s["reference"]) for s in samples),
+                    "adapter": m.mean_overlap((s["adapter_answer"], s["reference"]) for s in samples)}
+            if samples:
+                results["samples"] = len(samples)
+    except jobs.LostClaim:
+        raise
+    except Cancelled:
+        ctx.finish(JobStatus.CANCELLED)
+        ctx.event("Cancelled.")
+        return
+    except TrainingError as exc:
+        _fail(ctx, exc.code, exc.message)
+        return
+    except Exception as exc:  # an unforeseen error still ends as a classified failure, never a stuck row
+        err = classify(exc)
+        log.exception("evaluation run %s failed", run.pk)
+        _fail(ctx, err.code, err.message)
+        return
+    headline = {}
+    if "perplexity" in results:
+        headline = {"ppl_base": results["perplexity"]["base"], "ppl_adapter": results["perplexity"]["adapter"]}
+    if "classifier" in results:
+        headline = {"accuracy": results["classifier"]["accuracy"], "macro_f1": results["classifier"]["macro_f1"]}
+    _write_artefacts(run, results)
+    ctx.finish(JobStatus.SUCCEEDED, results=results, metrics=headline, device=_device())
+    ctx.event("Succeeded.", data=headline)
+
+
+def _write_artefacts(run: EvaluationRun, results: dict) -> None:
+    """results.json and samples.jsonl in the run's folder, next to its log."""
+    import json
+
+    folder = jobs.run_dir(run)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps(results, ensure_ascii=False, indent=2, default=str),
+                                         encoding="utf-8")
+    with (folder / "samples.jsonl").open("w", encoding="utf-8") as fh:
+        for s in EvaluationSample.objects.filter(run=run).order_by("index"):
+            fh.write(json.dumps({"prompt": s.prompt, "reference": s.reference, "base_answer": s.base_answer,
+                                 "adapter_answer": s.adapter_answer, "metrics": s.metrics}, ensure_ascii=False)
+                     + "\n")
+
+
+def _fail(ctx: jobs.JobContext, code: str, message: str) -> None:
+    ctx.finish(JobStatus.FAILED, error_code=code, error_message=message, eta_seconds=None)
+    ctx.event(f"Failed: {message}", level=EventLevel.ERROR, data={"code": code})
+
+
+jobs.register(jobs.JobKind(name="evaluation", model=EvaluationRun, event_model=EvaluationEvent, event_fk="run",
+                           run=run_evaluation_job))
