@@ -22,6 +22,18 @@ DEMO_TEAM = "demo"
 DEMO_USER = "admin"
 
 
+def stop_worker(worker: subprocess.Popen) -> None:
+    """Ask the demo's worker to stop; its job is over, so kill it if it takes long (it waits for idle loops)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(worker.pid, signal.SIGTERM)
+    try:
+        worker.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+
+
 class Command(ServiceCommand):
     help = "Set up the demo team and admin user, register the bundled models and run the main job end to end."
 
@@ -139,9 +151,7 @@ class Command(ServiceCommand):
         try:
             task = wait_with_progress(task, self.stderr._out)
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(worker.pid, signal.SIGTERM)
-            worker.wait(timeout=60)
+            stop_worker(worker)
         if task.status != "succeeded":
             raise SystemExit(f"Training {task.status}: {task.error_code} {task.error_message}")
         adapter = task.adapters.get()
