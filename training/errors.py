@@ -53,13 +53,22 @@ def _is_oom(exc: BaseException) -> bool:
     )
 
 
+def _is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    # torch.save and safetensors report a full disk as RuntimeError / SafetensorError, not OSError
+    text = str(exc)
+    return "No space left on device" in text or "file write failed" in text
+
+
 def classify(exc: BaseException) -> TrainingError:
     """Map any exception raised while training onto a ``TrainingError``."""
     if isinstance(exc, TrainingError):
         return exc
     if _is_oom(exc):
         return TrainingError(OUT_OF_MEMORY, f"Out of memory. {OOM_ADVICE}")
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return TrainingError(DISK_FULL, f"The disk is full ({exc.filename or 'while writing'}). Free space in the "
-                             "data directory (old checkpoints, exports) and resume the task.")
+    if _is_disk_full(exc):
+        where = getattr(exc, "filename", None) or "while writing"
+        return TrainingError(DISK_FULL, f"The disk is full ({where}). Free space in the data directory (old "
+                             "checkpoints, exports) and resume the task.")
     return TrainingError(INTERNAL, f"{type(exc).__name__}: {exc}")
