@@ -10,6 +10,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.management import call_command
 from tqdm import tqdm
 
 from accounts.models import Role, Team
@@ -168,3 +169,9 @@ class Command(ServiceCommand):
             out.write(f"   Q: {question}")
             out.write(f"      base:    {before}")
             out.write(f"      adapter: {after}")
+
+        out.write(self.style.MIGRATE_HEADING("6. Evaluation report of the demo adapter (perplexity before/after, "
+                                             "samples)"))
+        call_command("evaluate", adapter.name, "--metrics", "perplexity,samples", "--samples", "2",
+                     "--max-new-tokens", "48", "--foreground", "--user", user.username, stdout=self.stdout,
+                     stderr=self.stderr)
