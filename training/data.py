@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -31,6 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from training.errors import TrainingError
+
+# see training/recipe.py: must be set before torch is first imported (this module imports it)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant", "tool")
