@@ -14,7 +14,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-mysql serve worker migrate install install-test sysdeps lint clean-venv
+.PHONY: demo test test-mysql serve worker migrate install install-test sysdeps browser lint clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,15 @@ sysdeps:
 	  else echo "Please install libmariadb-dev and pkg-config (sudo apt-get install libmariadb-dev pkg-config)"; exit 1; fi; \
 	fi
 
+# The browser tests drive Debian's Chromium (Playwright never downloads a browser build of its own).
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "Installing chromium (the browser tests drive it headless)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "Please install chromium (sudo apt-get install chromium): the browser tests need /usr/bin/chromium"; exit 1; fi; \
+	fi
+
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(MAKE) --no-print-directory sysdeps
 	# torch first, pinned, so that nothing pulls a multi-GB CUDA build (a GPU host installs its own first).
@@ -37,7 +46,8 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
-	$(PIP) install -q -e ".[test]"
+	$(MAKE) --no-print-directory browser
+	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(PIP) install -q -e ".[test]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -45,6 +55,8 @@ install-test: $(VENV)/.installed-test
 
 migrate: install
 	$(MANAGE) migrate --no-input -v 0
+	# Static files into STATIC_ROOT, which production (DJANGO_DEBUG=0) serves through WhiteNoise.
+	$(MANAGE) collectstatic --no-input -v 0
 
 # The main job end to end on the embedded SQLite database and the bundled models.
 demo: migrate
@@ -60,7 +72,7 @@ worker: migrate
 	$(MANAGE) qcluster
 
 # The whole suite. DATABASE_URL=mysql://root@127.0.0.1:3306/lora_studio runs it on MySQL/MariaDB.
-test: install-test
+test: install-test browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

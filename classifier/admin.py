@@ -15,10 +15,12 @@ from accounts import visibility
 from accounts.models import Team
 from classifier import services
 from classifier.models import ClassifierEvent, ClassifierTask
+from core import admin_ui
 from core.admin import TeamScopedAdmin
+from core.admin_ui import format_duration, status_badge
 from core.commands import format_count
 from core.errors import ApplicationError
-from training.admin import format_duration, progress_bar, status_badge
+from training.job_admin import JobControlAdminMixin
 from training.models import BaseModel
 
 
@@ -97,15 +99,17 @@ def confusion_png(report: dict, title: str = "") -> bytes:
 
 
 @admin.register(ClassifierTask)
-class ClassifierTaskAdmin(TeamScopedAdmin):
+class ClassifierTaskAdmin(JobControlAdminMixin, TeamScopedAdmin):
     list_display = ["name", "team", "status_col", "progress_col", "accuracy_col", "macro_f1_col", "base_model",
                     "duration_col", "created_at"]
-    list_filter = ["status", "team", "base_model"]
-    search_fields = ["name", "base_model__name"]
+    list_filter = ["status", admin_ui.VisibleTeamFilter, ("base_model", admin_ui.VisibleRelatedFilter)]
+    search_fields = ["name", "base_model__name", "team__name", "train_version__dataset__name"]
     list_select_related = ["team", "base_model", "adapter"]
     ordering = ["-created_at"]
     inlines = [EventInline]
     actions = ["cancel_tasks", "pause_tasks", "resume_tasks", "retry_tasks"]
+    control_services = {"cancel": services.classifier_task_cancel, "pause": services.classifier_task_pause,
+                        "resume": services.classifier_task_resume, "retry": services.classifier_task_retry}
     change_form_template = "admin/classifier/classifiertask/change_form.html"
     change_list_template = "admin/classifier/classifiertask/change_list.html"
     fieldsets = [
@@ -137,10 +141,7 @@ class ClassifierTaskAdmin(TeamScopedAdmin):
 
     @admin.display(description="Progress")
     def progress_col(self, obj: ClassifierTask) -> str:
-        label = f"{obj.step}/{obj.total_steps}" if obj.total_steps else ""
-        if obj.eta_seconds and obj.status == "running":
-            label += f" · ETA {format_duration(obj.eta_seconds)}"
-        return progress_bar(obj.progress_percent, label)
+        return admin_ui.job_progress(obj)
 
     @admin.display(description="Accuracy")
     def accuracy_col(self, obj: ClassifierTask) -> str:
@@ -180,50 +181,16 @@ class ClassifierTaskAdmin(TeamScopedAdmin):
         return format_html('<table class="per-class"><thead><tr><th>label</th><th>precision</th><th>recall</th>'
                            '<th>F1</th><th>support</th></tr></thead><tbody>{}</tbody></table>', body)
 
-    # ---- actions ------------------------------------------------------------------------------------
-
-    def _bulk(self, request, queryset, service, verb: str) -> None:
-        done = 0
-        for task in queryset:
-            if self.call_service(request, service, user=request.user, task=task) is not None:
-                done += 1
-        if done:
-            self.message_user(request, f"{verb} {done} task(s).", level=messages.SUCCESS)
-
-    @admin.action(description="Cancel selected tasks")
-    def cancel_tasks(self, request, queryset):
-        self._bulk(request, queryset, services.classifier_task_cancel, "Cancel requested for")
-
-    @admin.action(description="Pause selected tasks (checkpoint, then stop)")
-    def pause_tasks(self, request, queryset):
-        self._bulk(request, queryset, services.classifier_task_pause, "Pause requested for")
-
-    @admin.action(description="Resume selected paused tasks")
-    def resume_tasks(self, request, queryset):
-        self._bulk(request, queryset, services.classifier_task_resume, "Resumed")
-
-    @admin.action(description="Retry selected failed/cancelled tasks")
-    def retry_tasks(self, request, queryset):
-        self._bulk(request, queryset, services.classifier_task_retry, "Queued again")
-
     # ---- extra views --------------------------------------------------------------------------------
 
     def get_urls(self):
         wrap = self.admin_site.admin_view
         return [
             path("start/", wrap(self.start_view), name="classifier_classifiertask_start"),
-            path("<int:pk>/progress.json", wrap(self.progress_view), name="classifier_classifiertask_progress"),
             path("<int:pk>/confusion.png", wrap(self.confusion_view), name="classifier_classifiertask_confusion"),
             path("<int:pk>/try/", wrap(self.try_view), name="classifier_classifiertask_try"),
-            path("<int:pk>/control/<str:action>/", wrap(self.control_view),
-                 name="classifier_classifiertask_control"),
+            *self.job_urls(),
         ] + super().get_urls()
-
-    def _task(self, request, pk: int) -> ClassifierTask:
-        task = self.get_queryset(request).filter(pk=pk).first()
-        if task is None:
-            raise Http404("Classifier task not found.")
-        return task
 
     def start_view(self, request):
         if not self.has_view_permission(request) or not visibility.teams(request.user, write=True).exists():
@@ -243,13 +210,6 @@ class ClassifierTaskAdmin(TeamScopedAdmin):
         context = {**self.admin_site.each_context(request), "title": "Start classifier training", "form": form,
                    "opts": self.model._meta}
         return TemplateResponse(request, "admin/classifier/classifiertask/start.html", context)
-
-    def progress_view(self, request, pk: int):
-        task = self._task(request, pk)
-        events = list(task.events.order_by("-id").values("id", "created_at", "level", "type", "message")[:20])
-        return JsonResponse({"status": task.status, "step": task.step, "total_steps": task.total_steps,
-                             "percent": task.progress_percent, "epoch": task.epoch, "eta_seconds": task.eta_seconds,
-                             "metrics": task.metrics, "error": task.error_message, "events": events})
 
     def confusion_view(self, request, pk: int):
         task = self._task(request, pk)
@@ -274,15 +234,3 @@ class ClassifierTaskAdmin(TeamScopedAdmin):
         except ApplicationError as exc:
             return JsonResponse({"detail": exc.message, "code": exc.code}, status=exc.status)
         return JsonResponse(pred)
-
-    def control_view(self, request, pk: int, action: str):
-        if request.method != "POST":
-            return HttpResponseNotAllowed(["POST"])
-        task = self._task(request, pk)
-        service = {"cancel": services.classifier_task_cancel, "pause": services.classifier_task_pause,
-                   "resume": services.classifier_task_resume, "retry": services.classifier_task_retry}.get(action)
-        if service is None:
-            raise Http404("Unknown action.")
-        self.call_service(request, service, user=request.user, task=task,
-                          success=f"{action.capitalize()}: done for {task.name}.")
-        return redirect("admin:classifier_classifiertask_change", task.pk)

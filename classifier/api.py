@@ -8,7 +8,7 @@ from accounts.auth import principal
 from classifier import services
 from classifier.models import ClassifierTask
 from classifier.schemas import ClassifierTaskIn, ClassifierTaskOut, PredictIn, PredictOut
-from core.pagination import Pagination
+from core.pagination import Mapped, Pagination
 from core.schemas import ErrorOut
 from training.schemas import EventPage
 
@@ -34,7 +34,7 @@ def task_create(request, payload: ClassifierTaskIn):
 @paginate(Pagination)
 def task_list(request, filters: Query[TaskFilter]):
     qs = services.classifier_task_list(user=principal(request), team=filters.team, status=filters.status)
-    return [ClassifierTaskOut.from_task(t) for t in qs]
+    return Mapped(qs, ClassifierTaskOut.from_task)  # the page is cut in SQL
 
 
 @router.get("/classifier/tasks/{ref}", response={200: ClassifierTaskOut, **ERRORS})

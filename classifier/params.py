@@ -30,7 +30,7 @@ class ClassifierParams(BaseModel):
     lora_alpha: int = Field(16, ge=1, le=1024)
     lora_dropout: float = Field(0.1, ge=0.0, le=0.9)
     target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGET_MODULES), min_length=1)
-    n_epochs: int = Field(3, ge=1, le=100)
+    n_epochs: int = Field(6, ge=1, le=100)
     batch_size: int = Field(16, ge=1, le=512)
     learning_rate: float = Field(1e-3, gt=0.0, le=1.0)
     weight_decay: float = Field(0.01, ge=0.0, le=1.0)

@@ -17,6 +17,7 @@ from django.utils import timezone
 from accounts.models import Team
 from accounts.visibility import get_visible, require_write, resolve_team, visible_to
 from core.errors import ApplicationError, Conflict, NotFound
+from training import job_services
 from training.models import Adapter, BaseModel
 
 
@@ -165,55 +166,20 @@ def classifier_latest_checkpoint(task) -> str | None:
 
 
 def classifier_task_cancel(*, user, task):
-    from training import jobs
-    from training.models import TERMINAL
-
-    require_write(user, task)
-    if task.status in TERMINAL:
-        raise Conflict(f"Task {task.name!r} is already {task.status}.", code="invalid_state")
-    jobs.request_cancel(task)
-    task.refresh_from_db()
-    return task
+    return job_services.job_cancel(user=user, job=task)
 
 
 def classifier_task_pause(*, user, task):
-    from training import jobs
-
-    require_write(user, task)
-    if not jobs.request_pause(task):
-        raise Conflict(f"Only running or queued tasks can be paused; {task.name!r} is {task.status}.",
-                       code="invalid_state")
-    task.refresh_from_db()
-    return task
+    return job_services.job_pause(user=user, job=task)
 
 
 def classifier_task_resume(*, user, task):
-    from training import jobs
-    from training.models import JobStatus
-
-    require_write(user, task)
-    checkpoint = classifier_latest_checkpoint(task) or ""
-    note = f"Resumed from {Path(checkpoint).name}." if checkpoint else "Resumed from the start (no checkpoint)."
-    if not jobs.requeue(task, from_statuses={JobStatus.PAUSED}, resume_from=checkpoint, note=note):
-        raise Conflict(f"Only paused tasks can be resumed; {task.name!r} is {task.status}.", code="invalid_state")
-    task.refresh_from_db()
-    return task
+    return job_services.job_resume(user=user, job=task, checkpoint=classifier_latest_checkpoint(task))
 
 
 def classifier_task_retry(*, user, task):
     """Run a failed or cancelled task again, from its last good checkpoint if it has one."""
-    from training import jobs
-    from training.models import JobStatus
-
-    require_write(user, task)
-    checkpoint = classifier_latest_checkpoint(task) or ""
-    note = f"Retry from {Path(checkpoint).name}." if checkpoint else "Retry from the start."
-    if not jobs.requeue(task, from_statuses={JobStatus.FAILED, JobStatus.CANCELLED}, resume_from=checkpoint,
-                        reset=True, note=note):
-        raise Conflict(f"Only failed or cancelled tasks can be retried; {task.name!r} is {task.status}.",
-                       code="invalid_state")
-    task.refresh_from_db()
-    return task
+    return job_services.job_retry(user=user, job=task, checkpoint=classifier_latest_checkpoint(task))
 
 
 def classifier_events_page(*, task, after: int | None = None, limit: int = 100):

@@ -99,7 +99,7 @@ v1 = NinjaAPI(
 @v1.exception_handler(ApplicationError)
 def _v1_app_error(request, exc: ApplicationError):
     # Another team's object reads as missing; a read-only role is a 403.
-    headers = {"Retry-After": "60"} if exc.status == 429 else None
+    headers = {"Retry-After": str(getattr(exc, "retry_after", 60))} if exc.status == 429 else None
     return openai_error(request, exc.status, exc.message, code=exc.code, param=exc.param, headers=headers)
 
 

@@ -33,8 +33,12 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    # Before staticfiles: `runserver` (make serve) serves static files through WhiteNoise too.
+    "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django_q",
+    # ninja's own templates and static Swagger UI: the API docs load from this server (no CDN), under our CSP.
+    "ninja",
     "accounts",
     "datasets_app",
     "training",
@@ -44,7 +48,10 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files (the admin's CSS/JS) served by the app itself: no CDN, no separate web server needed.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "core.middleware.UploadLimitMiddleware",
+    "core.middleware.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -95,6 +102,18 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
+# Production serves what `manage.py collectstatic` put in STATIC_ROOT, compressed and with hashed names
+# (cached forever by browsers); development serves the apps' folders directly.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage" if DEBUG
+                    else "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
+# Fixed at start-up from DJANGO_DEBUG (the test runner turns settings.DEBUG off on its own).
+WHITENOISE_AUTOREFRESH = DEBUG
+WHITENOISE_USE_FINDERS = DEBUG
+# A missing manifest entry (collectstatic not run after an upgrade) serves the unhashed name instead of a 500.
+WHITENOISE_MANIFEST_STRICT = False
 LOGIN_URL = "admin:login"
 
 # Uploads: keep large bodies on disk rather than in memory; the hard cap lives in datasets_app.
@@ -108,6 +127,10 @@ CSRF_COOKIE_HTTPONLY = False
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
+# Admin login throttling (accounts/throttle.py): failures per username / per address, and the lockout window.
+LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+LOGIN_FAILURE_LIMIT_PER_IP = env_int("LOGIN_FAILURE_LIMIT_PER_IP", 20, minimum=1)
+LOGIN_LOCKOUT_SECONDS = env_int("LOGIN_LOCKOUT_SECONDS", 900, minimum=1)
 if not DEBUG:
     SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", True)
     SESSION_COOKIE_SECURE = True
@@ -138,6 +161,13 @@ Q_CLUSTER = {
     "save_limit": 500,
     "poll": 1,
     "label": "Queue",
+    # Cluster statistics (the dashboard's worker status) go to a file cache that every process of the host shares.
+    "cache": "queue-stats",
+}
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "queue-stats": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+                    "LOCATION": str(DATA_DIR / "cache" / "queue-stats")},
 }
 
 # Fairness: how many jobs of one team may run at once across all workers.
@@ -157,12 +187,18 @@ TRAINING_DEVICE = env_str("TRAINING_DEVICE", "auto")
 TRAINING_MEMORY_LIMIT_BYTES = env_int("TRAINING_MEMORY_LIMIT_BYTES", 0, minimum=0) or None
 JOB_STALE_SECONDS = env_int("JOB_STALE_SECONDS", 90, minimum=10)
 JOB_MAX_RECOVERIES = env_int("JOB_MAX_RECOVERIES", 2, minimum=0)
+# How long a job's child keeps retrying its database writes while the database restarts.
+JOB_DB_RETRY_SECONDS = env_int("JOB_DB_RETRY_SECONDS", 300, minimum=0)
 
 # Inference (/v1/chat/completions): models kept loaded per process and per-request bounds.
 INFERENCE_MAX_BASES = env_int("INFERENCE_MAX_BASES", 1, minimum=1)
 INFERENCE_MAX_ADAPTERS = env_int("INFERENCE_MAX_ADAPTERS", 4, minimum=1)
 INFERENCE_MAX_NEW_TOKENS = env_int("INFERENCE_MAX_NEW_TOKENS", 1024, minimum=1)
 INFERENCE_MAX_PROMPT_TOKENS = env_int("INFERENCE_MAX_PROMPT_TOKENS", 4096, minimum=16)
+# Per team and minute on /v1/chat/completions (429 with Retry-After beyond them); per web process with the
+# default cache (see core/ratelimit.py).
+INFERENCE_TEAM_REQUESTS_PER_MINUTE = env_int("INFERENCE_TEAM_REQUESTS_PER_MINUTE", 60, minimum=1)
+INFERENCE_TEAM_TOKENS_PER_MINUTE = env_int("INFERENCE_TEAM_TOKENS_PER_MINUTE", 200_000, minimum=1)
 # Classifier predictions (/api/classifier/{adapter}/predict): texts per request.
 CLASSIFIER_MAX_BATCH = env_int("CLASSIFIER_MAX_BATCH", 64, minimum=1)
 # Queue quota of one team: active (queued, running, paused) fine-tuning jobs; beyond it /v1/ answers 429.

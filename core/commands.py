@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 from django.core.management.base import BaseCommand, CommandError
 
 from core.errors import ApplicationError
@@ -36,7 +38,16 @@ def format_count(n: int) -> str:
     return str(n)
 
 
+def display_width(text: str) -> int:
+    """Terminal columns of ``text``: East Asian wide and fullwidth characters take two."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
 def table(rows: list[list[str]], headers: list[str]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=False)).rstrip()  # noqa: E731
+    widths = [max(display_width(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
+
+    def line(cells) -> str:
+        return "  ".join(str(c) + " " * (w - display_width(str(c)))
+                         for c, w in zip(cells, widths, strict=False)).rstrip()
+
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])

@@ -23,6 +23,7 @@ from django.utils.html import format_html
 
 from accounts import visibility
 from core.admin import TeamScopedAdmin
+from core.admin_ui import VisibleTeamFilter, status_badge
 from core.errors import ApplicationError
 from datasets_app import formats, services
 from datasets_app.models import Dataset, DatasetVersion
@@ -35,27 +36,12 @@ def _base_model_queryset(user):
     return visibility.visible_to(user, BaseModel.objects.filter(available=True), include_global=True)
 
 
-class VisibleTeamFilter(admin.SimpleListFilter):
-    """Team filter listing only the user's teams (the stock FK filter would list every team)."""
-
-    title = "team"
-    parameter_name = "team"
-    team_lookup = "team_id"
-
-    def lookups(self, request, model_admin):
-        return [(t.pk, t.name) for t in visibility.teams(request.user)]
-
-    def queryset(self, request, queryset):
-        return queryset.filter(**{self.team_lookup: self.value()}) if self.value() else queryset
-
-
 class VersionTeamFilter(VisibleTeamFilter):
     team_lookup = "dataset__team_id"
 
 
 def _status_badge(version: DatasetVersion) -> str:
-    color = "#2e7d32" if version.is_ready else "#ba2121"
-    return format_html('<b style="color:{}">{}</b>', color, version.get_status_display())
+    return status_badge(version.status, version.get_status_display())
 
 
 def _issues(version: DatasetVersion) -> str:
@@ -142,7 +128,7 @@ class SplitForm(forms.Form):
 class DatasetAdmin(TeamScopedAdmin):
     list_display = ["name", "team", "format", "versions_count", "latest", "created_by", "created_at"]
     list_filter = ["format", VisibleTeamFilter]
-    search_fields = ["name", "description"]
+    search_fields = ["name", "description", "team__name"]
     list_select_related = ["team", "created_by"]
     fields = ["name", "team", "format", "description", "created_by", "created_at"]
     readonly_fields = ["name", "team", "format", "created_by", "created_at"]
@@ -231,11 +217,11 @@ class DatasetVersionAdmin(TeamScopedAdmin):
     list_display = ["version_ref", "team", "status_badge", "format", "row_count", "split", "issues", "created_by",
                     "created_at"]
     list_filter = ["status", "format", "split_role", VersionTeamFilter]
-    search_fields = ["dataset__name", "sha256", "source_filename"]
+    search_fields = ["dataset__name", "sha256", "source_filename", "dataset__team__name"]
     list_select_related = ["dataset", "dataset__team", "created_by", "parent"]
     readonly_fields = ["dataset", "number", "status_badge", "format", "row_count", "sha256", "path",
                        "source_filename", "created_by", "created_at", "parent", "split_role", "split_seed",
-                       "split_ratio", "issues", "stats_table"]
+                       "split_ratio", "issues", "stats_table", "trained_adapters"]
     fields = readonly_fields
     actions = ["split_action"]
     change_form_template = "admin/datasets_app/datasetversion/change_form.html"
@@ -279,6 +265,22 @@ class DatasetVersionAdmin(TeamScopedAdmin):
         if stats.get("labels"):
             parts.append("labels " + ", ".join(f"{k}: {v}" for k, v in stats["labels"].items()))
         return " · ".join(parts)
+
+    @admin.display(description="Adapters trained on it")
+    def trained_adapters(self, obj: DatasetVersion) -> str:
+        from django.db.models import Q
+        from django.utils.html import format_html_join
+
+        from training.models import Adapter
+
+        # A task trains only on its own team's data, so these adapters share the version's visibility.
+        qs = Adapter.objects.filter(team_id=obj.dataset.team_id).filter(
+            Q(task__train_version=obj) | Q(task__validation_version=obj) | Q(classifier_task__train_version=obj)
+            | Q(classifier_task__validation_version=obj)).distinct().order_by("-created_at")
+        rows = [(reverse("admin:training_adapter_change", args=[a.pk]), a.name, a.stage, a.status) for a in qs[:100]]
+        if not rows:
+            return "—"
+        return format_html_join(", ", '<a href="{}">{}</a> ({}, {})', rows)
 
     # -- extra pages ---------------------------------------------------------------------------------------------
 

@@ -339,7 +339,11 @@ def _require_ready(version: DatasetVersion) -> None:
 def version_file(version: DatasetVersion) -> Path:
     """Absolute path of a ready version's normalised JSONL (for downloads and the training loader)."""
     _require_ready(version)
-    path = storage.absolute(version.path)
+    try:
+        path = storage.absolute(version.path)
+    except ValueError:  # a row pointing outside DATA_DIR is never served (a damaged or tampered database)
+        raise Conflict(f"The stored file of dataset version {version.ref} is not under DATA_DIR; it is not served.",
+                       code="dataset_file_missing", param="dataset") from None
     if not path.is_file():
         raise Conflict(f"The file of dataset version {version.ref} is missing from DATA_DIR.",
                        code="dataset_file_missing", param="dataset")

@@ -44,6 +44,12 @@ READ_CHUNK = 1 << 16
 HISTOGRAM_BINS = 30
 BOM = b"\xef\xbb\xbf"
 NUL = b"\x00"
+# Archives and compressed files, by their magic bytes: refused, never unpacked (no decompression bombs).
+COMPRESSED_MAGIC = {
+    b"PK\x03\x04": "zip", b"PK\x05\x06": "zip", b"PK\x07\x08": "zip", b"\x1f\x8b": "gzip",
+    b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd", b"7z\xbc\xaf\x27\x1c": "7z",
+    b"Rar!\x1a\x07": "rar", b"\x04\x22\x4d\x18": "lz4",
+}
 
 # Every code the validator can produce, with its severity, for documentation and the admin's legend.
 CODES: dict[str, tuple[str, str]] = {
@@ -62,6 +68,7 @@ CODES: dict[str, tuple[str, str]] = {
     "invalid_json": (ERROR, "the line (or array element) is not valid JSON"),
     "invalid_csv": (ERROR, "a CSV row does not match the header"),
     "invalid_encoding": (ERROR, "not UTF-8, or contains NUL bytes / unpaired surrogates"),
+    "compressed_file": (ERROR, "an archive or compressed file (zip, gzip, ...): upload the plain text file"),
     "unknown_format": (ERROR, "the format cannot be detected from the first example"),
     "line_too_long": (ERROR, "a line (or array element) is over the maximum length"),
     "nesting_too_deep": (ERROR, "JSON nested deeper than the maximum depth"),
@@ -543,6 +550,15 @@ class _Validator:
         return self.report
 
     def _dispatch(self, src: _Source) -> None:
+        magic = src.peek(10)
+        kind = next((k for m, k in COMPRESSED_MAGIC.items() if magic.startswith(m)), None)
+        if kind is None and re.match(rb"BZh[1-9]1AY&SY", magic):
+            kind = "bzip2"
+        if kind is not None:
+            self.report.container = "unknown"
+            self.report.add(1, "compressed_file", f"the file is a {kind} archive or compressed file; upload the "
+                            "uncompressed JSONL, JSON or CSV file instead")
+            raise _Stop
         head = src.peek(4)
         if head.startswith((b"\xff\xfe", b"\xfe\xff")):
             self.report.container = "unknown"

@@ -13,6 +13,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from core import admin_ui
 from core.admin import TeamScopedAdmin
 from core.errors import ApplicationError
 from evaluation import services
@@ -55,12 +56,27 @@ def sentence_length_png(results: dict) -> bytes:
         plt.close(fig)
 
 
+def word_frequency_rows(results: dict) -> dict:
+    """The word-frequency comparison as rows of proportional bars (HTML, not an image: Chinese words render in
+    the browser's fonts, which a server-side image library would need a CJK font for)."""
+    rows = results.get("word_frequencies") or []
+    if not rows:
+        return {}
+    sides = [k for k in ("reference", "base", "adapter") if k in rows[0]]
+    peak = max((row[k] for row in rows for k in sides), default=0) or 1.0
+    return {"sides": sides, "rows": [{"word": row["word"],
+                                      "bars": [{"side": k, "value": row[k], "percent": f"{100 * row[k]:.1f}",
+                                                "width": round(100 * row[k] / peak, 1)} for k in sides]}
+                                     for row in rows]}
+
+
 @admin.register(EvaluationRun)
 class EvaluationRunAdmin(TeamScopedAdmin):
-    list_display = ["name", "team", "adapter", "baseline", "status", "perplexity", "win_rate", "created_at"]
-    list_filter = ["status", "team"]
+    list_display = ["name", "team", "adapter", "baseline", "status_col", "progress_col", "perplexity", "win_rate",
+                    "duration_col", "created_at"]
+    list_filter = ["status", admin_ui.VisibleTeamFilter, ("adapter", admin_ui.VisibleRelatedFilter)]
     list_select_related = ["team", "adapter", "other_adapter"]
-    search_fields = ["name", "adapter__name"]
+    search_fields = ["name", "adapter__name", "team__name", "dataset_version__dataset__name"]
     inlines = [EventInline]
     readonly_fields = [f.name for f in EvaluationRun._meta.fields]
     change_form_template = "admin/evaluation/evaluationrun/change_form.html"
@@ -68,6 +84,18 @@ class EvaluationRunAdmin(TeamScopedAdmin):
 
     def has_add_permission(self, request):
         return False
+
+    @admin.display(description="Status", ordering="status")
+    def status_col(self, obj: EvaluationRun) -> str:
+        return admin_ui.status_badge(obj.status)
+
+    @admin.display(description="Progress")
+    def progress_col(self, obj: EvaluationRun) -> str:
+        return admin_ui.job_progress(obj)
+
+    @admin.display(description="Duration")
+    def duration_col(self, obj: EvaluationRun) -> str:
+        return admin_ui.format_duration(obj.duration_seconds)
 
     @admin.display(description="Compared with")
     def baseline(self, obj: EvaluationRun) -> str:
@@ -125,22 +153,41 @@ class EvaluationRunAdmin(TeamScopedAdmin):
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         run = self.get_queryset(request).filter(pk=object_id).first()
-        extra = {"samples": run.samples.all()[:50] if run else [], "results": (run.results or {}) if run else {}}
+        results = (run.results or {}) if run else {}
+        extra = {"samples": run.samples.all()[:50] if run else [], "results": results,
+                 "word_chart": word_frequency_rows(results)}
         return super().change_view(request, object_id, form_url, extra_context={**(extra_context or {}), **extra})
+
+
+class ReviewTeamFilter(admin_ui.VisibleTeamFilter):
+    team_lookup = "run__team_id"
 
 
 @admin.register(Review)
 class ReviewAdmin(TeamScopedAdmin):
     team_field = "run__team"
-    list_display = ["id", "run", "status", "created_at", "vote_link"]
-    list_filter = ["status"]
-    list_select_related = ["run"]
+    list_display = ["id", "run", "team", "status_col", "pairs_col", "created_at", "vote_link"]
+    list_filter = ["status", ReviewTeamFilter]
+    search_fields = ["run__name", "run__adapter__name"]
+    list_select_related = ["run", "run__team"]
     readonly_fields = ["run", "created_by", "status", "seed", "created_at", "closed_at"]
     fields = readonly_fields
     actions = ["close_reviews"]
 
     def has_add_permission(self, request):
         return False
+
+    @admin.display(description="Team", ordering="run__team__name")
+    def team(self, obj: Review) -> str:
+        return obj.run.team.name
+
+    @admin.display(description="Status", ordering="status")
+    def status_col(self, obj: Review) -> str:
+        return admin_ui.status_badge(obj.status)
+
+    @admin.display(description="Pairs")
+    def pairs_col(self, obj: Review) -> int:
+        return obj.pairs.count()
 
     @admin.display(description="Vote")
     def vote_link(self, obj: Review):

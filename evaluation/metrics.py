@@ -206,6 +206,15 @@ def style_report(outputs: dict[str, Sequence[str]], reference: Sequence[str]) ->
     return report
 
 
+def word_comparison(outputs: dict[str, Sequence[str]], reference: Sequence[str], *, top_k: int = 15) -> list[dict]:
+    """The reference's ``top_k`` most frequent words with their relative frequency in the reference and in each
+    output corpus: ``[{"word": w, "reference": f, "<name>": f, ...}]`` (what the comparison chart draws)."""
+    ref = word_frequencies(reference)
+    freqs = {name: word_frequencies(texts) for name, texts in outputs.items()}
+    top = sorted(ref.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k]
+    return [{"word": w, "reference": f, **{name: fq.get(w, 0.0) for name, fq in freqs.items()}} for w, f in top]
+
+
 # ================================================================================================ overlap
 
 def normalize(text: str) -> str:

@@ -184,8 +184,10 @@ def run_evaluation_job(run: EvaluationRun, ctx: jobs.JobContext) -> None:
                     EvaluationSample.objects.bulk_create([EvaluationSample(run=run, **row) for row in samples])
             refs = [s["reference"] for s in samples]
             if "style" in chosen and samples:
-                results["style"] = m.style_report({"base": [s["base_answer"] for s in samples],
-                                                   "adapter": [s["adapter_answer"] for s in samples]}, refs)
+                outputs = {"base": [s["base_answer"] for s in samples],
+                           "adapter": [s["adapter_answer"] for s in samples]}
+                results["style"] = m.style_report(outputs, refs)
+                results["word_frequencies"] = m.word_comparison(outputs, refs)
             if "overlap" in chosen and samples:
                 results["overlap"] = {
                     "base": m.mean_overlap((s["base_answer"], s["reference"]) for s in samples),

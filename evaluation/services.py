@@ -21,7 +21,8 @@ from accounts.visibility import as_principal, get_visible, require_write, resolv
 from core.errors import ApplicationError, Conflict, NotFound
 from evaluation import metrics as m
 from evaluation.models import METRIC_CHOICES, EvaluationRun, EvaluationSample, Review, ReviewPair, Vote
-from training.models import TERMINAL, Adapter, JobStatus
+from training import job_services
+from training.models import Adapter, JobStatus
 
 DEFAULT_METRICS = ("perplexity", "samples", "style", "overlap")
 GENERATION_KEYS = {"max_new_tokens": int, "temperature": float, "top_p": float, "seed": int, "n_samples": int,
@@ -166,14 +167,7 @@ def evaluation_run_get(*, user, ref: str | int) -> EvaluationRun:
 
 
 def evaluation_run_cancel(*, user, run: EvaluationRun) -> EvaluationRun:
-    from training import jobs
-
-    require_write(user, run)
-    if run.status in TERMINAL:
-        raise Conflict(f"Evaluation run {run.pk} is already {run.status}.", code="invalid_state")
-    jobs.request_cancel(run)
-    run.refresh_from_db()
-    return run
+    return job_services.job_cancel(user=user, job=run)
 
 
 def evaluation_samples(*, run: EvaluationRun):
@@ -300,14 +294,11 @@ def review_results(*, user, review: Review) -> dict:
 
 
 def votes_csv(*, review: Review) -> str:
-    import csv
-    import io
+    from core.csv_export import to_csv
 
-    buf = io.StringIO()
-    writer = csv.writer(buf)
     reveal = is_revealed(review)
-    writer.writerow(["pair", "reviewer", "choice", "comment", "created_at"] + (["adapter_side"] if reveal else []))
-    for v in Vote.objects.filter(pair__review=review).select_related("pair", "reviewer").order_by("pair__order", "id"):
-        writer.writerow([v.pair.order, v.reviewer.get_username(), v.choice, v.comment, v.created_at.isoformat()]
-                        + ([v.pair.adapter_side] if reveal else []))
-    return buf.getvalue()
+    header = ["pair", "reviewer", "choice", "comment", "created_at"] + (["adapter_side"] if reveal else [])
+    votes = Vote.objects.filter(pair__review=review).select_related("pair", "reviewer").order_by("pair__order", "id")
+    # Comments and usernames are user input: to_csv escapes cells a spreadsheet would read as formulas.
+    return to_csv(header, ([v.pair.order, v.reviewer.get_username(), v.choice, v.comment, v.created_at.isoformat()]
+                           + ([v.pair.adapter_side] if reveal else []) for v in votes))

@@ -11,10 +11,21 @@ from django.utils.html import format_html
 
 from accounts import visibility
 from accounts.models import Team
+from core import admin_ui
 from core.admin import TeamScopedAdmin
 from core.commands import format_bytes, format_count
-from training import services
-from training.models import Adapter, BaseModel, Checkpoint, TrainingEvent, TrainingTask
+from core.errors import ApplicationError
+from training import lifecycle, services
+from training.job_admin import JobControlAdminMixin
+from training.models import (
+    Adapter,
+    BaseModel,
+    Checkpoint,
+    MergeEvent,
+    MergeJob,
+    TrainingEvent,
+    TrainingTask,
+)
 
 
 @admin.register(BaseModel)
@@ -80,33 +91,9 @@ class BaseModelAdmin(TeamScopedAdmin):
 
 # ================================================================================================ tasks
 
-STATUS_COLOURS = {
-    "validating": "#6c757d", "queued": "#6c757d", "running": "#0d6efd", "paused": "#fd7e14",
-    "succeeded": "#198754", "failed": "#dc3545", "cancelled": "#495057",
-}
-
-
-def status_badge(status: str) -> str:
-    colour = STATUS_COLOURS.get(status, "#6c757d")
-    return format_html('<span class="job-status" data-status="{}" style="background:{};color:#fff;padding:2px 8px;'
-                       'border-radius:10px;font-size:11px">{}</span>', status, colour, status)
-
-
-def progress_bar(percent: float, label: str = "") -> str:
-    return format_html(
-        '<div class="job-progress" title="{}" style="width:140px;background:#e9ecef;border-radius:4px;height:14px;'
-        'position:relative"><div style="width:{}%;background:#0d6efd;height:14px;border-radius:4px"></div>'
-        '<span style="position:absolute;top:0;left:4px;font-size:10px;line-height:14px">{}</span></div>',
-        label, f"{percent:.1f}", label or f"{percent:.0f}%")
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+# Badges, progress bars and durations look the same in every app's lists and on the dashboard.
+STATUS_COLOURS, status_badge, progress_bar, format_duration = (
+    admin_ui.STATUS_COLOURS, admin_ui.status_badge, admin_ui.progress_bar, admin_ui.format_duration)
 
 
 class EventInline(admin.TabularInline):
@@ -145,6 +132,9 @@ class StartTrainingForm(forms.Form):
                              help_text='Hyperparameters as JSON, e.g. {"n_epochs": 3, "quantization": "nf4"}; '
                                        'anything left out is "auto".')
     priority = forms.IntegerField(initial=0, min_value=-100, max_value=100)
+    evaluate = forms.BooleanField(required=False, label="Evaluate on success",
+                                  help_text="Queue an evaluation run (perplexity, samples, style, overlap against "
+                                            "the base model) when the adapter is ready.")
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
@@ -160,28 +150,32 @@ class StartTrainingForm(forms.Form):
 
 
 @admin.register(TrainingTask)
-class TrainingTaskAdmin(TeamScopedAdmin):
+class TrainingTaskAdmin(JobControlAdminMixin, TeamScopedAdmin):
     list_display = ["name", "team", "status_col", "progress_col", "loss_col", "base_model", "device",
                     "duration_col", "created_at"]
-    list_filter = ["status", "team", "base_model", "device"]
-    search_fields = ["name", "base_model__name"]
+    list_filter = ["status", admin_ui.VisibleTeamFilter, ("base_model", admin_ui.VisibleRelatedFilter), "device"]
+    search_fields = ["name", "base_model__name", "team__name", "train_version__dataset__name"]
     list_select_related = ["team", "base_model"]
     ordering = ["-created_at"]
     inlines = [CheckpointInline, EventInline]
     actions = ["cancel_tasks", "pause_tasks", "resume_tasks", "retry_tasks", "clone_tasks"]
+    control_services = {"cancel": services.training_task_cancel, "pause": services.training_task_pause,
+                        "resume": services.training_task_resume, "retry": services.training_task_retry,
+                        "clone": services.training_task_clone}
     change_form_template = "admin/training/trainingtask/change_form.html"
     change_list_template = "admin/training/trainingtask/change_list.html"
     fieldsets = [
         (None, {"fields": ["name", "team", "status", "priority", "base_model", "train_version",
                            "validation_version", "adapter_link"]}),
-        ("Parameters", {"fields": ["params", "resolved_params", "auto_explanation", "estimated_memory_bytes",
-                                   "seed"]}),
+        ("Parameters", {"fields": ["params", "resolved_params", "auto_explanation", "estimated_memory",
+                                   "seed", "evaluate_on_success", "evaluation_metrics"]}),
         ("Progress", {"fields": ["step", "total_steps", "epoch", "tokens_seen", "tokens_per_second",
-                                 "eta_seconds", "metrics", "trained_tokens"]}),
+                                 "eta", "metrics", "trained_tokens"]}),
         ("Run", {"fields": ["device", "worker", "attempts", "recoveries", "heartbeat_at", "library_versions",
                             "log_path", "resume_from", "cancel_requested", "pause_requested"]}),
         ("Error", {"fields": ["error_code", "error_message", "error_param"]}),
-        ("Times", {"fields": ["created_by", "created_at", "queued_at", "started_at", "paused_at", "finished_at"]}),
+        ("Times", {"fields": ["created_by", "created_at", "queued_at", "started_at", "paused_at", "finished_at",
+                              "duration_col"]}),
     ]
 
     def get_readonly_fields(self, request, obj=None):
@@ -203,10 +197,7 @@ class TrainingTaskAdmin(TeamScopedAdmin):
 
     @admin.display(description="Progress")
     def progress_col(self, obj: TrainingTask) -> str:
-        label = f"{obj.step}/{obj.total_steps}" if obj.total_steps else ""
-        if obj.eta_seconds and obj.status == "running":
-            label += f" · ETA {format_duration(obj.eta_seconds)}"
-        return progress_bar(obj.progress_percent, label)
+        return admin_ui.job_progress(obj)
 
     @admin.display(description="Loss")
     def loss_col(self, obj: TrainingTask) -> str:
@@ -217,6 +208,14 @@ class TrainingTaskAdmin(TeamScopedAdmin):
     def duration_col(self, obj: TrainingTask) -> str:
         return format_duration(obj.duration_seconds)
 
+    @admin.display(description="Estimated memory")
+    def estimated_memory(self, obj: TrainingTask) -> str:
+        return format_bytes(obj.estimated_memory_bytes) if obj.estimated_memory_bytes else "—"
+
+    @admin.display(description="ETA")
+    def eta(self, obj: TrainingTask) -> str:
+        return format_duration(obj.eta_seconds) if obj.eta_seconds and obj.status == "running" else "—"
+
     @admin.display(description="Adapter")
     def adapter_link(self, obj: TrainingTask) -> str:
         adapter = obj.adapters.first()
@@ -225,53 +224,16 @@ class TrainingTaskAdmin(TeamScopedAdmin):
         url = reverse("admin:training_adapter_change", args=[adapter.pk])
         return format_html('<a href="{}">{}</a>', url, adapter.name)
 
-    # ---- actions ------------------------------------------------------------------------------------
-
-    def _bulk(self, request, queryset, service, verb: str) -> None:
-        done = 0
-        for task in queryset:
-            if self.call_service(request, service, user=request.user, task=task) is not None:
-                done += 1
-        if done:
-            self.message_user(request, f"{verb} {done} task(s).", level=messages.SUCCESS)
-
-    @admin.action(description="Cancel selected tasks")
-    def cancel_tasks(self, request, queryset):
-        self._bulk(request, queryset, services.training_task_cancel, "Cancel requested for")
-
-    @admin.action(description="Pause selected tasks (checkpoint, then stop)")
-    def pause_tasks(self, request, queryset):
-        self._bulk(request, queryset, services.training_task_pause, "Pause requested for")
-
-    @admin.action(description="Resume selected paused tasks")
-    def resume_tasks(self, request, queryset):
-        self._bulk(request, queryset, services.training_task_resume, "Resumed")
-
-    @admin.action(description="Retry selected failed/cancelled tasks")
-    def retry_tasks(self, request, queryset):
-        self._bulk(request, queryset, services.training_task_retry, "Queued again")
-
-    @admin.action(description="Clone selected tasks (same inputs, new run)")
-    def clone_tasks(self, request, queryset):
-        self._bulk(request, queryset, services.training_task_clone, "Cloned")
-
     # ---- extra views --------------------------------------------------------------------------------
 
     def get_urls(self):
         wrap = self.admin_site.admin_view
         return [
             path("start/", wrap(self.start_view), name="training_trainingtask_start"),
-            path("<int:pk>/progress.json", wrap(self.progress_view), name="training_trainingtask_progress"),
             path("<int:pk>/chart.png", wrap(self.chart_view), name="training_trainingtask_chart"),
             path("<int:pk>/log.txt", wrap(self.log_view), name="training_trainingtask_log"),
-            path("<int:pk>/control/<str:action>/", wrap(self.control_view), name="training_trainingtask_control"),
+            *self.job_urls(),
         ] + super().get_urls()
-
-    def _task(self, request, pk: int) -> TrainingTask:
-        task = self.get_queryset(request).filter(pk=pk).first()
-        if task is None:
-            raise Http404("Training task not found.")
-        return task
 
     def start_view(self, request):
         if not self.has_view_permission(request) or not visibility.teams(request.user, write=True).exists():
@@ -284,7 +246,7 @@ class TrainingTaskAdmin(TeamScopedAdmin):
                                      name=data["name"], base_model=data["base_model"],
                                      train_version=data["train_version"],
                                      validation_version=data["validation_version"], params=data["params"] or {},
-                                     priority=data["priority"])
+                                     priority=data["priority"], evaluate=data["evaluate"])
             if task is not None:
                 auto = "; ".join(f"{k}: {v}" for k, v in (task.auto_explanation or {}).items())
                 self.message_user(request, f"Queued task {task.name}." + (f" Auto values — {auto}" if auto else ""),
@@ -293,16 +255,6 @@ class TrainingTaskAdmin(TeamScopedAdmin):
         context = {**self.admin_site.each_context(request), "title": "Start training", "form": form,
                    "opts": self.model._meta}
         return TemplateResponse(request, "admin/training/trainingtask/start.html", context)
-
-    def progress_view(self, request, pk: int):
-        task = self._task(request, pk)
-        events = list(task.events.order_by("-id").values("id", "created_at", "level", "type", "message")[:20])
-        return JsonResponse({
-            "status": task.status, "step": task.step, "total_steps": task.total_steps,
-            "percent": task.progress_percent, "epoch": task.epoch, "eta_seconds": task.eta_seconds,
-            "tokens_per_second": task.tokens_per_second, "tokens_seen": task.tokens_seen, "metrics": task.metrics,
-            "error": task.error_message, "events": events,
-        })
 
     def chart_view(self, request, pk: int):
         from training.charts import loss_chart_png
@@ -325,43 +277,48 @@ class TrainingTaskAdmin(TeamScopedAdmin):
             data = fh.read()
         return HttpResponse(data, content_type="text/plain; charset=utf-8")
 
-    def control_view(self, request, pk: int, action: str):
-        if request.method != "POST":
-            return HttpResponseNotAllowed(["POST"])
-        task = self._task(request, pk)
-        service = {"cancel": services.training_task_cancel, "pause": services.training_task_pause,
-                   "resume": services.training_task_resume, "retry": services.training_task_retry,
-                   "clone": services.training_task_clone}.get(action)
-        if service is None:
-            raise Http404("Unknown action.")
-        result = self.call_service(request, service, user=request.user, task=task,
-                                   success=f"{action.capitalize()}: done for {task.name}.")
-        if action == "clone" and result is not None:
-            return redirect("admin:training_trainingtask_change", result.pk)
-        return redirect("admin:training_trainingtask_change", task.pk)
+
+
+STAGE_ACTIONS = {
+    # action name: (service, keyword arguments, message)
+    "candidate": ("adapter_promote", {"stage": "candidate"}, "Stage: candidate."),
+    "draft": ("adapter_promote", {"stage": "draft"}, "Stage: draft."),
+    "production": ("adapter_promote", {"stage": "production"}, "Production requested or applied."),
+    "approve": ("adapter_approve", {}, "Approved for production."),
+    "archive": ("adapter_archive", {}, "Archived."),
+    "restore": ("adapter_restore", {}, "Restored."),
+    "delete": ("adapter_delete", {}, "Files deleted; the adapter stays listed, archived."),
+}
 
 
 @admin.register(Adapter)
 class AdapterAdmin(TeamScopedAdmin):
-    list_display = ["name", "team", "kind", "base_model", "task_link", "params_col", "size_col", "status",
-                    "created_at"]
-    list_filter = ["kind", "status", "team", "base_model"]
-    search_fields = ["name", "base_model__name", "task__name"]
+    list_display = ["name", "model_name", "team", "kind", "stage_col", "status_col", "base_model", "task_link",
+                    "params_col", "size_col", "created_at"]
+    list_filter = ["stage", "status", "kind", "source", admin_ui.VisibleTeamFilter,
+                   ("base_model", admin_ui.VisibleRelatedFilter)]
+    search_fields = ["name", "model_name", "base_model__name", "task__name", "team__name"]
     list_select_related = ["team", "base_model", "task"]
-    readonly_fields = ["team", "kind", "base_model", "task", "path", "lora_config", "trainable_parameters",
-                       "size_bytes", "metrics", "label_map", "created_by", "created_at", "download"]
-    fields = ["name", "status", *readonly_fields]
-    actions = ["archive"]
+    readonly_fields = ["team", "kind", "stage_col", "serving", "approval", "base_model", "task", "source", "path",
+                       "lora_config", "trainable_parameters", "size_bytes", "metrics", "label_map", "created_by",
+                       "created_at", "files_deleted_at", "download"]
+    fields = ["name", "model_name", *readonly_fields]
+    actions = ["archive", "promote_candidate", "reproduce"]
+    change_form_template = "admin/training/adapter/change_form.html"
 
     def has_add_permission(self, request):
         return False
 
+    def has_delete_permission(self, request, obj=None):
+        # Deleting keeps the row (lineage, audit trail): it is the "Delete files" button, not Django's delete.
+        return False
+
     @admin.display(description="Task")
     def task_link(self, obj: Adapter) -> str:
-        if not obj.task_id:
+        task = lifecycle.origin_task(obj)
+        if task is None:
             return "—"
-        return format_html('<a href="{}">{}</a>', reverse("admin:training_trainingtask_change", args=[obj.task_id]),
-                           obj.task.name)
+        return format_html('<a href="{}">{}</a>', _task_url(task), task.name)
 
     @admin.display(description="Trainable params", ordering="trainable_parameters")
     def params_col(self, obj: Adapter) -> str:
@@ -371,24 +328,212 @@ class AdapterAdmin(TeamScopedAdmin):
     def size_col(self, obj: Adapter) -> str:
         return format_bytes(obj.size_bytes)
 
+    @admin.display(description="Stage", ordering="stage")
+    def stage_col(self, obj: Adapter) -> str:
+        return status_badge(obj.stage)
+
+    @admin.display(description="Status", ordering="status")
+    def status_col(self, obj: Adapter) -> str:
+        if obj.files_deleted_at:
+            return format_html("{} files deleted", status_badge("archived"))
+        return status_badge(obj.status)
+
+    @admin.display(description="Served as")
+    def serving(self, obj: Adapter) -> str:
+        return format_html("<code>{}</code>{}", obj.serving_name,
+                           " (in production now)" if obj.stage == Adapter.Stage.PRODUCTION else "")
+
+    @admin.display(description="Approval")
+    def approval(self, obj: Adapter) -> str:
+        if obj.approval_requested_at:
+            who = obj.approval_requested_by.username if obj.approval_requested_by_id else "?"
+            return f"Production requested by {who} on {obj.approval_requested_at:%Y-%m-%d %H:%M}; waiting for a " \
+                   "team admin who is not the author."
+        approved = obj.events.filter(action="approved").select_related("actor").first()
+        if approved:
+            return f"Approved for production by {approved.actor.username if approved.actor_id else '?'} on " \
+                   f"{approved.created_at:%Y-%m-%d %H:%M}."
+        return "—"
+
     @admin.display(description="Download")
     def download(self, obj: Adapter) -> str:
-        return format_html('<a href="{}">{}.zip</a>', reverse("admin:training_adapter_download", args=[obj.pk]),
-                           obj.name)
+        if obj.files_deleted_at:
+            return "—"
+        return format_html('<a href="{}">{}.zip</a> (with a README.md model card)',
+                           reverse("admin:training_adapter_download", args=[obj.pk]), obj.name)
+
+    # ---- actions ------------------------------------------------------------------------------------
+
+    def _run(self, request, adapter: Adapter, action: str, note: str = "") -> object | None:
+        service_name, kwargs, message = STAGE_ACTIONS[action]
+        result = self.call_service(request, getattr(lifecycle, service_name), user=request.user, adapter=adapter,
+                                   note=note, **kwargs)
+        if result is not None:
+            text = message
+            if action == "production" and result.stage != Adapter.Stage.PRODUCTION:
+                text = "Production requested: a team admin who is not the author must approve it."
+            self.message_user(request, f"{adapter.name}: {text}", level=messages.SUCCESS)
+            self.log_change(request, result, f"{action}: {text}" + (f" Note: {note}" if note else ""))
+        return result
 
     @admin.action(description="Archive selected adapters")
     def archive(self, request, queryset):
         for adapter in queryset:
-            self.call_service(request, services.adapter_archive, user=request.user, adapter=adapter)
+            self._run(request, adapter, "archive")
+
+    @admin.action(description="Promote selected adapters to candidate")
+    def promote_candidate(self, request, queryset):
+        for adapter in queryset:
+            self._run(request, adapter, "candidate")
+
+    @admin.action(description="Reproduce: clone the task of each selected adapter with identical inputs")
+    def reproduce(self, request, queryset):
+        for adapter in queryset:
+            task = self.call_service(request, lifecycle.adapter_reproduce, user=request.user, adapter=adapter)
+            if task is not None:
+                self.message_user(request, format_html('Queued <a href="{}">{}</a> to reproduce {}.',
+                                                       _task_url(task), task.name, adapter.name), messages.SUCCESS)
+
+    # ---- extra views --------------------------------------------------------------------------------
 
     def get_urls(self):
-        return [path("<int:pk>/download/", self.admin_site.admin_view(self.download_view),
-                     name="training_adapter_download")] + super().get_urls()
+        wrap = self.admin_site.admin_view
+        return [
+            path("<int:pk>/download/", wrap(self.download_view), name="training_adapter_download"),
+            path("<int:pk>/ollama/", wrap(self.ollama_view), name="training_adapter_ollama"),
+            path("<int:pk>/lifecycle/<str:action>/", wrap(self.lifecycle_view), name="training_adapter_lifecycle"),
+            path("<int:pk>/merge/", wrap(self.merge_view), name="training_adapter_merge"),
+            path("<int:pk>/reproduce/", wrap(self.reproduce_view), name="training_adapter_reproduce"),
+            path("<int:pk>/classify/", wrap(self.classify_view), name="training_adapter_classify"),
+        ] + super().get_urls()
 
-    def download_view(self, request, pk: int):
+    def _adapter(self, request, pk: int) -> Adapter:
         adapter = self.get_queryset(request).filter(pk=pk).first()
         if adapter is None:
             raise Http404("Adapter not found.")
-        response = StreamingHttpResponse(services.adapter_zip_stream(adapter), content_type="application/zip")
-        response["Content-Disposition"] = f'attachment; filename="{adapter.name}.zip"'
+        return adapter
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra = dict(extra_context or {})
+        adapter = self.get_queryset(request).filter(pk=object_id).first() if str(object_id).isdigit() else None
+        if adapter is not None:
+            extra["lineage"] = lifecycle.adapter_lineage(user=request.user, adapter=adapter)
+            extra["can_write"] = visibility.can_write(request.user, adapter)
+            extra["can_approve"] = lifecycle.can_approve(request.user, adapter)
+            extra["lifecycle_actions"] = sorted(STAGE_ACTIONS)
+            extra["task_url"] = _task_url(lifecycle.origin_task(adapter)) if lifecycle.origin_task(adapter) else ""
+        return super().change_view(request, object_id, form_url, extra_context=extra)
+
+    def _zip(self, filename: str, stream) -> StreamingHttpResponse:
+        response = StreamingHttpResponse(stream, content_type="application/zip")
+        response["Content-Disposition"] = f'attachment; filename="{filename}"'
         return response
+
+    def download_view(self, request, pk: int):
+        adapter = self._adapter(request, pk)
+        try:
+            return self._zip(*lifecycle.adapter_export(user=request.user, adapter=adapter))
+        except ApplicationError as exc:
+            self.message_user(request, exc.message, level=messages.ERROR)
+            return redirect("admin:training_adapter_change", pk)
+
+    def ollama_view(self, request, pk: int):
+        adapter = self._adapter(request, pk)
+        temperature = request.GET.get("temperature") or None
+        try:
+            temperature = float(temperature) if temperature is not None else None
+            return self._zip(*lifecycle.adapter_ollama_bundle(user=request.user, adapter=adapter,
+                                                              from_ref=request.GET.get("from") or None,
+                                                              name=request.GET.get("name") or None,
+                                                              temperature=temperature))
+        except ValueError:
+            self.message_user(request, "temperature must be a number.", level=messages.ERROR)
+        except ApplicationError as exc:
+            self.message_user(request, exc.message, level=messages.ERROR)
+        return redirect("admin:training_adapter_change", pk)
+
+    def lifecycle_view(self, request, pk: int, action: str):
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if action not in STAGE_ACTIONS:
+            raise Http404("Unknown action.")
+        self._run(request, self._adapter(request, pk), action, note=request.POST.get("note", "")[:2000])
+        return redirect("admin:training_adapter_change", pk)
+
+    def merge_view(self, request, pk: int):
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        adapter = self._adapter(request, pk)
+        job = self.call_service(request, lifecycle.adapter_merge, user=request.user, adapter=adapter,
+                                name=request.POST.get("name") or None)
+        if job is not None:
+            self.message_user(request, format_html(
+                'Queued <a href="{}">merge job {}</a>: the result registers as base model {}.',
+                reverse("admin:training_mergejob_change", args=[job.pk]), job.pk, job.output_name), messages.SUCCESS)
+            self.log_change(request, adapter, f"merge queued as job {job.pk} -> {job.output_name}")
+        return redirect("admin:training_adapter_change", pk)
+
+    def reproduce_view(self, request, pk: int):
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        adapter = self._adapter(request, pk)
+        task = self.call_service(request, lifecycle.adapter_reproduce, user=request.user, adapter=adapter)
+        if task is None:
+            return redirect("admin:training_adapter_change", pk)
+        self.message_user(request, f"Queued {task.name} with the inputs of {adapter.name}.", messages.SUCCESS)
+        return redirect(_task_url(task))
+
+    def classify_view(self, request, pk: int):
+        """The "try it" box of classifier adapters: one text through ``classifier.predict``."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        adapter = self._adapter(request, pk)
+        from django.apps import apps
+
+        if not apps.is_installed("classifier"):
+            raise Http404("No classifier app.")
+        from classifier.services import classifier_predict
+
+        try:
+            pred = classifier_predict(user=request.user, adapter=adapter, texts=[request.POST.get("text", "")])[0]
+        except ApplicationError as exc:
+            return JsonResponse({"detail": exc.message, "code": exc.code, "param": exc.param}, status=exc.status)
+        return JsonResponse(pred)
+
+
+def _task_url(task) -> str:
+    meta = task._meta
+    return reverse(f"admin:{meta.app_label}_{meta.model_name}_change", args=[task.pk])
+
+
+class MergeEventInline(EventInline):
+    model = MergeEvent
+
+
+@admin.register(MergeJob)
+class MergeJobAdmin(TeamScopedAdmin):
+    """Merge jobs are queued from the adapter page (or API/command); this lists them and their logs."""
+
+    list_display = ["name", "team", "status_col", "adapter", "output_name", "result", "duration_col", "created_at"]
+    list_filter = ["status", admin_ui.VisibleTeamFilter]
+    search_fields = ["name", "adapter__name", "output_name"]
+    list_select_related = ["team", "adapter", "result"]
+    inlines = [MergeEventInline]
+    fields = ["name", "team", "status", "adapter", "output_name", "output_path", "result", "error_code",
+              "error_message", "created_by", "created_at", "queued_at", "started_at", "finished_at", "worker",
+              "device"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="Status", ordering="status")
+    def status_col(self, obj: MergeJob) -> str:
+        return status_badge(obj.status)
+
+    @admin.display(description="Duration")
+    def duration_col(self, obj: MergeJob) -> str:
+        return format_duration(obj.duration_seconds)

@@ -4,20 +4,29 @@
 from django.http import StreamingHttpResponse
 from ninja import Query, Router, Schema, Status
 from ninja.pagination import paginate
+from pydantic import Field
 
 from accounts.auth import principal
 from accounts.visibility import team_ids
 from core.errors import PermissionDenied
-from core.pagination import Pagination
+from core.pagination import Mapped, Pagination
 from core.schemas import ErrorOut
-from training import services
+from training import lifecycle, services
 from training.models import Adapter, BaseModel, TrainingTask
 from training.schemas import (
+    AdapterEventOut,
     AdapterOut,
     BaseModelOut,
     CheckpointOut,
     CloneIn,
     EventPage,
+    LineageOut,
+    MergeIn,
+    MergeJobOut,
+    NoteIn,
+    PromoteIn,
+    ReproduceIn,
+    ReproduceOut,
     ScanOut,
     TrainingTaskIn,
     TrainingTaskOut,
@@ -69,7 +78,8 @@ def task_create(request, payload: TrainingTaskIn):
     task = services.training_task_create(user=principal(request), team=payload.team, name=payload.name,
                                          base_model=payload.base_model, train_version=payload.train_version,
                                          validation_version=payload.validation_version, params=payload.params,
-                                         priority=payload.priority)
+                                         priority=payload.priority, evaluate=payload.evaluate,
+                                         evaluation_metrics=payload.evaluation_metrics)
     return Status(201, TrainingTaskOut.from_task(task))
 
 
@@ -77,7 +87,11 @@ def task_create(request, payload: TrainingTaskIn):
 @paginate(Pagination)
 def task_list(request, filters: Query[TaskFilter]):
     qs = services.training_task_list(user=principal(request), team=filters.team, status=filters.status)
-    return [TrainingTaskOut.from_task(t) for t in qs.prefetch_related("adapters").select_related("created_by")]
+    # The page is cut in SQL (Mapped), through the (team, -created_at) index: related rows come in a constant
+    # number of prefetch queries, since joining the small team and base-model tables first made the database
+    # sort every task of the team for each page.
+    qs = qs.select_related(None).prefetch_related("adapters", "team", "base_model", "created_by")
+    return Mapped(qs, TrainingTaskOut.from_task)
 
 
 @tasks_router.get("/training/tasks/{ref}", response={200: TrainingTaskOut, **ERRORS})
@@ -155,15 +169,104 @@ def adapter_detail(request, ref: str):
     return services.adapter_get(user=principal(request), ref=ref)
 
 
+def _adapter_action(request, ref: str, action, **kwargs):
+    who = principal(request)
+    return action(user=who, adapter=services.adapter_get(user=who, ref=ref), **kwargs)
+
+
+@tasks_router.post("/adapters/{ref}/promote", response={200: AdapterOut, **ERRORS})
+def adapter_promote(request, ref: str, payload: PromoteIn):
+    """Change the stage (draft, candidate, production). Production needs the approval of a team admin who is
+    not the author: such an admin's promote is the approval; anyone else's is recorded as a request."""
+    return _adapter_action(request, ref, lifecycle.adapter_promote, stage=payload.stage, note=payload.note)
+
+
+@tasks_router.post("/adapters/{ref}/approve", response={200: AdapterOut, **ERRORS})
+def adapter_approve(request, ref: str, payload: NoteIn):
+    """A team admin who is not the author puts a candidate into production (the previous one becomes candidate)."""
+    return _adapter_action(request, ref, lifecycle.adapter_approve, note=payload.note)
+
+
 @tasks_router.post("/adapters/{ref}/archive", response={200: AdapterOut, **ERRORS})
 def adapter_archive(request, ref: str):
-    who = principal(request)
-    return services.adapter_archive(user=who, adapter=services.adapter_get(user=who, ref=ref))
+    return _adapter_action(request, ref, lifecycle.adapter_archive)
+
+
+@tasks_router.post("/adapters/{ref}/restore", response={200: AdapterOut, **ERRORS})
+def adapter_restore(request, ref: str):
+    return _adapter_action(request, ref, lifecycle.adapter_restore)
+
+
+@tasks_router.delete("/adapters/{ref}", response={200: AdapterOut, **ERRORS})
+def adapter_delete(request, ref: str):
+    """Delete the adapter's files (409 while a job uses it); the row stays, archived, with its history."""
+    return _adapter_action(request, ref, lifecycle.adapter_delete)
+
+
+def _zip_response(filename: str, stream) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(stream, content_type="application/zip")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
 
 
 @tasks_router.get("/adapters/{ref}/download", response={200: None, **ERRORS})
 def adapter_download(request, ref: str):
-    adapter = services.adapter_get(user=principal(request), ref=ref)
-    response = StreamingHttpResponse(services.adapter_zip_stream(adapter), content_type="application/zip")
-    response["Content-Disposition"] = f'attachment; filename="{adapter.name}.zip"'
-    return response
+    """The adapter folder as a zip, with a README.md model card (same as /export)."""
+    return _zip_response(*_adapter_action(request, ref, lifecycle.adapter_export))
+
+
+@tasks_router.get("/adapters/{ref}/export", response={200: None, **ERRORS})
+def adapter_export(request, ref: str):
+    """The adapter folder as a zip, with a README.md model card (base, data hash, parameters, metrics)."""
+    return _zip_response(*_adapter_action(request, ref, lifecycle.adapter_export))
+
+
+class OllamaQuery(Schema):
+    base: str | None = Field(None, alias="from", description="FROM line: a path or an Ollama model name "
+                                                              "(default: the base model's folder).")
+    name: str | None = Field(None, description="Model name for `ollama create` (default: the adapter's).")
+    temperature: float | None = None
+
+
+@tasks_router.get("/adapters/{ref}/ollama", response={200: None, **ERRORS})
+def adapter_ollama(request, ref: str, query: Query[OllamaQuery]):
+    """An Ollama bundle: Modelfile (FROM, ADAPTER ./adapter, TEMPLATE, PARAMETERs), the adapter and a README."""
+    return _zip_response(*_adapter_action(request, ref, lifecycle.adapter_ollama_bundle, from_ref=query.base,
+                                          name=query.name, temperature=query.temperature))
+
+
+@tasks_router.post("/adapters/{ref}/merge", response={201: MergeJobOut, **ERRORS})
+def adapter_merge(request, ref: str, payload: MergeIn):
+    """Queue a merge of the adapter into its base model; the result registers as a new base model."""
+    job = _adapter_action(request, ref, lifecycle.adapter_merge, name=payload.name, priority=payload.priority)
+    return Status(201, MergeJobOut.from_job(job))
+
+
+@tasks_router.get("/adapters/{ref}/lineage", response={200: LineageOut, **ERRORS})
+def adapter_lineage(request, ref: str):
+    """Dataset version -> task (params, versions, seed, device, duration) -> adapter -> evaluations -> exports."""
+    return _adapter_action(request, ref, lifecycle.adapter_lineage)
+
+
+@tasks_router.get("/adapters/{ref}/events", response={200: list[AdapterEventOut], **ERRORS})
+def adapter_events(request, ref: str):
+    return _adapter_action(request, ref, lifecycle.adapter_lineage)["events"]
+
+
+@tasks_router.post("/adapters/{ref}/reproduce", response={201: ReproduceOut, **ERRORS})
+def adapter_reproduce(request, ref: str, payload: ReproduceIn):
+    """Clone the task that trained the adapter with identical inputs (data version, base, params, seed)."""
+    task = _adapter_action(request, ref, lifecycle.adapter_reproduce, name=payload.name)
+    kind = "training" if isinstance(task, TrainingTask) else "classifier"
+    return Status(201, {"kind": kind, "id": task.pk, "name": task.name, "status": task.status})
+
+
+@tasks_router.get("/merges", response=list[MergeJobOut])
+@paginate(Pagination)
+def merge_list(request):
+    return Mapped(lifecycle.merge_job_list(user=principal(request)).select_related("created_by"), MergeJobOut.from_job)
+
+
+@tasks_router.get("/merges/{job_id}", response={200: MergeJobOut, **ERRORS})
+def merge_detail(request, job_id: int):
+    return MergeJobOut.from_job(lifecycle.merge_job_get(user=principal(request), ref=job_id))

@@ -24,3 +24,9 @@ class TrainingConfig(AppConfig):
 
     def ready(self) -> None:
         post_migrate.connect(ensure_schedule, sender=self)
+        # A (re)started queue worker dispatches at once: recovers a dead worker's jobs, picks up queued ones.
+        from django_q.signals import post_spawn
+
+        from training.jobs import on_worker_spawn
+
+        post_spawn.connect(on_worker_spawn, dispatch_uid="training-worker-spawn")

@@ -14,8 +14,9 @@ tokenizer's offsets. That works for any template, including SmolLM2's, which has
 
 Batching (issue 9): no padding to ``max_seq_length``. Batches group examples of similar length (a
 deterministic per-epoch shuffle, so resuming replays the same batches) and are padded only to their own
-longest member; labels arrive pre-shifted (``shift_labels``) so the loss can be computed at the target
-positions only. Optional packing concatenates examples into rows with ``position_ids`` restarting at 0 for
+longest member (or, on CPU, not padded at all: ``Collator(flat=True)`` concatenates them into one row that
+attention splits back per example); labels arrive pre-shifted (``shift_labels``) so the loss can be computed at
+the target positions only. Optional packing concatenates examples into rows with ``position_ids`` restarting at 0 for
 each example; transformers then builds a block-diagonal mask (no attention across examples) on every
 backend, CPU included.
 """
@@ -315,12 +316,22 @@ def pack_items(examples: list[Example], max_len: int, seed: int = 0) -> list[dic
 
 
 class Collator:
-    """Pads a batch to its own longest row (never to max_seq_length)."""
+    """Pads a batch to its own longest row (never to max_seq_length), or, with ``flat``, pads nothing at all.
 
-    def __init__(self, pad_token_id: int | None):
+    ``flat`` (issue 9): the batch's examples are concatenated into one row of shape ``[1, total tokens]`` with
+    ``position_ids`` restarting at 0 for each example and ``cu_seq_lens_q`` = the example boundaries, which
+    ``training.recipe``'s attention uses to attend within each example only. Every matmul then runs on real
+    tokens only, as one large matrix; the all-ones ``attention_mask`` is kept only so that the Trainer counts
+    non-padding tokens (the pad id may be a real token, e.g. SmolLM2's ``<|im_end|>``).
+    """
+
+    def __init__(self, pad_token_id: int | None, *, flat: bool = False):
         self.pad_token_id = 0 if pad_token_id is None else int(pad_token_id)
+        self.flat = flat
 
     def __call__(self, items: list[dict]) -> dict:
+        if self.flat:
+            return self._flat(items)
         import torch
 
         width = max(len(it["input_ids"]) for it in items)
@@ -344,6 +355,33 @@ class Collator:
             batch["position_ids"] = torch.tensor(pos, dtype=torch.long)
         return batch
 
+    @staticmethod
+    def _flat(items: list[dict]) -> dict:
+        import torch
+
+        ids: list[int] = []
+        labels: list[int] = []
+        pos: list[int] = []
+        bounds = [0]
+        for it in items:
+            n = len(it["input_ids"])
+            ids += it["input_ids"]
+            labels += it["shift_labels"]
+            # packed rows (pack_items) already hold several examples: each restart of position_ids is a boundary
+            p = list(it["position_ids"]) if "position_ids" in it else list(range(n))
+            base = len(pos)
+            bounds += [base + k for k in range(1, n) if p[k] == 0]
+            bounds.append(base + n)
+            pos += p
+        total = len(ids)
+        return {
+            "input_ids": torch.tensor([ids], dtype=torch.long),
+            "shift_labels": torch.tensor([labels], dtype=torch.long),
+            "position_ids": torch.tensor([pos], dtype=torch.long),
+            "attention_mask": torch.ones((1, total), dtype=torch.long),
+            "cu_seq_lens_q": torch.tensor(bounds, dtype=torch.int32),
+        }
+
 
 def _sampler_base():
     import torch
@@ -352,7 +390,8 @@ def _sampler_base():
 
 
 class LengthGroupedSampler(_sampler_base()):  # type: ignore[misc]
-    """Indices ordered so that each consecutive ``batch_size`` chunk holds examples of similar length.
+    """Indices ordered so that each consecutive ``batch_size`` chunk holds examples of similar length
+    (or, with ``grouped=False``, simply shuffled).
 
     The order depends only on (seed, epoch): examples are shuffled, split into mega-batches, sorted by a
     jittered length inside each (so batch membership still varies between epochs), cut into batches, and
@@ -360,11 +399,15 @@ class LengthGroupedSampler(_sampler_base()):  # type: ignore[misc]
     batches the interrupted run would have seen.
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int, mega_batches: int = 16):
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, mega_batches: int = 16, *,
+                 grouped: bool = True):
         self.lengths = list(lengths)
         self.batch_size = max(1, int(batch_size))
         self.seed = int(seed)
         self.mega = max(1, mega_batches) * self.batch_size
+        # Flat (padding-free) batches have no padding to save: grouping would only put the longest examples in
+        # one batch, whose activations then set the run's peak memory. grouped=False: a plain seeded shuffle.
+        self.grouped = grouped
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -377,6 +420,8 @@ class LengthGroupedSampler(_sampler_base()):  # type: ignore[misc]
         rng = random.Random(self.seed * 1_000_003 + self.epoch)
         idx = list(range(len(self.lengths)))
         rng.shuffle(idx)
+        if not self.grouped:
+            return [idx[k: k + self.batch_size] for k in range(0, len(idx), self.batch_size)]
         batches = []
         for m in range(0, len(idx), self.mega):
             chunk = idx[m: m + self.mega]

@@ -38,6 +38,36 @@ HEARTBEAT_SECONDS = 5
 CANCEL_GRACE_SECONDS = 30
 
 
+def db_retry_seconds() -> float:
+    return float(getattr(settings, "JOB_DB_RETRY_SECONDS", 300))
+
+
+def with_db_retry(fn: Callable[[], object], *, what: str, deadline_s: float | None = None):
+    """Run a small database operation, riding out a database restart: on a connection error, close the
+    broken connection and try again (1 s, 2 s, ... up to 10 s apart) for up to JOB_DB_RETRY_SECONDS.
+
+    Only outside a transaction (a broken transaction cannot be retried piecemeal), and only for
+    connection-level errors: everything else is raised at once.
+    """
+    from django.db import InterfaceError, OperationalError, connection
+
+    deadline = time.monotonic() + (db_retry_seconds() if deadline_s is None else deadline_s)
+    delay = 1.0
+    while True:
+        try:
+            return fn()
+        except (OperationalError, InterfaceError) as exc:
+            if connection.in_atomic_block or time.monotonic() + delay > deadline:
+                raise
+            log.warning("database unavailable during %s (%s); retrying in %.0fs", what, exc, delay)
+            try:
+                connection.close()
+            except Exception:  # noqa: BLE001 - the connection is already broken; reconnecting is the point
+                pass
+            time.sleep(delay)
+            delay = min(10.0, delay * 2)
+
+
 def stale_after() -> timedelta:
     return timedelta(seconds=getattr(settings, "JOB_STALE_SECONDS", 90))
 
@@ -262,6 +292,10 @@ def supervise(job: Job, token: str) -> str:
 
 
 def _after_child_exit(job: Job, token: str, returncode: int) -> str:
+    return with_db_retry(lambda: _record_child_exit(job, token, returncode), what="recording the child's exit")
+
+
+def _record_child_exit(job: Job, token: str, returncode: int) -> str:
     model = type(job)
     close_old_connections()
     row = model.objects.filter(pk=job.pk).first()
@@ -302,17 +336,56 @@ def recover_or_fail(job: Job, token: str, reason: str) -> str:
     return JobStatus.FAILED
 
 
+def holder_is_dead(worker: str) -> bool:
+    """True when ``worker`` ("host:pid ...") names a process of this host that no longer runs (or is a zombie).
+
+    Lets a restarted worker recover its predecessor's jobs at once instead of waiting for their heartbeat
+    to go stale; on another host, or when unsure, it says False and the heartbeat rule decides.
+    """
+    host, _, rest = (worker or "").partition(":")
+    pid = rest.split(" ", 1)[0]
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(")", 1)[-1].split()[0] in ("Z", "X")
+    except OSError:
+        return False
+
+
 def recover_stale(now=None) -> int:
-    """Jobs RUNNING whose heartbeat stopped (worker or machine died) are recovered or failed."""
+    """Jobs RUNNING whose heartbeat stopped (worker or machine died), or whose supervising process on this
+    host is gone, are recovered from their last good checkpoint or failed."""
     now = now or timezone.now()
     cutoff = now - stale_after()
     count = 0
     for kind in _kinds():
-        for job in kind.model.objects.filter(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff):
-            seconds = int((now - job.heartbeat_at).total_seconds())
-            recover_or_fail(job, job.run_token, f"no heartbeat for {seconds}s from worker {job.worker or '?'}")
+        for job in kind.model.objects.filter(status=JobStatus.RUNNING):
+            if job.heartbeat_at is not None and job.heartbeat_at < cutoff:
+                seconds = int((now - job.heartbeat_at).total_seconds())
+                reason = f"no heartbeat for {seconds}s from worker {job.worker or '?'}"
+            elif holder_is_dead(job.worker):
+                reason = f"its worker process {job.worker} is gone"
+            else:
+                continue
+            recover_or_fail(job, job.run_token, reason)
             count += 1
     return count
+
+
+def on_worker_spawn(sender=None, **kwargs) -> None:
+    """django-q2's ``post_spawn``: a (re)started worker asks for a dispatch, which recovers the jobs of a
+    worker that died and picks up queued ones, instead of waiting for the periodic schedule."""
+    try:
+        wake_worker()
+    except Exception as exc:  # noqa: BLE001 - never keep a worker from starting
+        log.warning("could not queue the start-up dispatch: %s", exc)
 
 
 def finish(job: Job, token: str | None, status: str, **fields) -> bool:
@@ -347,24 +420,29 @@ class JobContext:
         self._flags_checked = 0.0
         self._flags = (False, False)
 
+    # Every write and read of the child goes through with_db_retry: a database restart pauses the run
+    # (at most JOB_DB_RETRY_SECONDS) instead of failing it.
+
     def update(self, **fields) -> None:
         fields.setdefault("heartbeat_at", timezone.now())
-        if not self.model.objects.filter(pk=self.job.pk, run_token=self.token).update(**fields):
+        updated = with_db_retry(lambda: self.model.objects.filter(pk=self.job.pk, run_token=self.token)
+                                .update(**fields), what="a progress update")
+        if not updated:
             raise LostClaim(f"{self.model.__name__} {self.job.pk} is no longer held by this run")
         for key, value in fields.items():
             setattr(self.job, key, value)
 
     def event(self, message: str, *, level: str = EventLevel.INFO, type: str = EventType.MESSAGE,
               data: dict | None = None) -> None:
-        add_event(self.job, message, level=level, type=type, data=data)
+        with_db_retry(lambda: add_event(self.job, message, level=level, type=type, data=data), what="an event")
 
     def control(self, *, max_age: float = 1.0) -> str | None:
         """'cancel', 'pause' or None; reads the row at most once per ``max_age`` seconds."""
         now = time.monotonic()
         if now - self._flags_checked >= max_age:
             self._flags_checked = now
-            row = self.model.objects.filter(pk=self.job.pk).values("cancel_requested", "pause_requested",
-                                                                   "run_token").first()
+            row = with_db_retry(lambda: self.model.objects.filter(pk=self.job.pk).values(
+                "cancel_requested", "pause_requested", "run_token").first(), what="reading control flags")
             if row is None or row["run_token"] != self.token:
                 raise LostClaim("claim lost")
             self._flags = (row["cancel_requested"], row["pause_requested"])
@@ -375,7 +453,7 @@ class JobContext:
         return None
 
     def finish(self, status: str, **fields) -> None:
-        if not finish(self.job, self.token, status, **fields):
+        if not with_db_retry(lambda: finish(self.job, self.token, status, **fields), what="recording the result"):
             raise LostClaim("claim lost before the result was recorded")
 
 

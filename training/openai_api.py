@@ -5,8 +5,6 @@ model is named ``ft:<base>:<team>:<suffix>:<pk>`` and each checkpoint ``...:ckpt
 """
 
 # No `from __future__ import annotations`: ninja resolves the schemas at import.
-import csv
-import io
 import json
 import re
 import time
@@ -20,6 +18,7 @@ from pydantic import ConfigDict, Field
 
 from accounts.auth import principal
 from accounts.visibility import resolve_team, visible_to
+from core.csv_export import to_csv
 from core.errors import ApplicationError, NotFound
 from training import services
 from training.models import ACTIVE, Adapter, BaseModel, Checkpoint, TrainingTask
@@ -404,14 +403,11 @@ def result_file_csv(who, file_id: str) -> str:
     for data in task.events.filter(type="metrics").order_by("id").values_list("data", flat=True):
         if data and "step" in data:
             rows.setdefault(int(data["step"]), {}).update(data)
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"])
-    for step in sorted(rows):
-        r = rows[step]
-        writer.writerow([step, r.get("train_loss", ""), r.get("train_mean_token_accuracy", ""),
-                         r.get("valid_loss", ""), r.get("valid_mean_token_accuracy", "")])
-    return out.getvalue()
+    header = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+    # Metrics come from event data: to_csv keeps numbers as they are and escapes formula-like text.
+    return to_csv(header, ([step, rows[step].get("train_loss", ""), rows[step].get("train_mean_token_accuracy", ""),
+                            rows[step].get("valid_loss", ""), rows[step].get("valid_mean_token_accuracy", "")]
+                           for step in sorted(rows)), lineterminator="\n")
 
 
 def result_file_out(who, file_id: str) -> dict:
@@ -438,6 +434,11 @@ def model_list(request):
         for c in task.checkpoints.all():
             data.append({"id": f"{fine_tuned_name(task)}:ckpt-step-{c.step}", "created": _ts(c.created_at),
                          "owned_by": task.team.name})
+    production = visible_to(who, Adapter.objects.filter(stage=Adapter.Stage.PRODUCTION, status=Adapter.Status.READY,
+                                                        kind=Adapter.Kind.CAUSAL_LM)).select_related("team")
+    for adapter in production.order_by("team__name", "model_name"):
+        data.append({"id": adapter.serving_name, "created": _ts(adapter.stage_changed_at or adapter.created_at),
+                     "owned_by": adapter.team.name})
     return {"object": "list", "data": data, "has_more": False}
 
 
@@ -448,10 +449,29 @@ class ResolvedModel:
                  owner: str = "system") -> None:
         self.name, self.base, self.adapter_path, self.key, self.owner = name, base, adapter_path, key, owner
 
+    def require_files(self) -> "ResolvedModel":
+        """A clear 404 instead of a loader traceback (500) when the folders vanished from disk."""
+        from pathlib import Path
+
+        missing = not (Path(self.base.path) / "config.json").is_file() or (
+            self.adapter_path is not None and not (Path(self.adapter_path) / "adapter_config.json").is_file())
+        if missing:
+            raise NotFound(f"The files of model {self.name!r} are missing on this server; ask an admin to restore "
+                           "or rescan them.", code="model_files_missing", param="model")
+        return self
+
 
 def resolve_model(who, name: str, *, param: str = "model") -> ResolvedModel:
     missing = NotFound(f"The model {name!r} does not exist or you do not have access to it.",
                        code="model_not_found", param=param)
+    from training.lifecycle import PRODUCTION_REF_RE, adapter_for_serving
+
+    if PRODUCTION_REF_RE.match(name):  # <team>/<model name>:production -> the adapter in production now
+        try:
+            adapter = adapter_for_serving(user=who, ref=name)
+        except ApplicationError:
+            raise missing from None
+        return ResolvedModel(name, adapter.base_model, adapter.path, f"adapter-{adapter.pk}", adapter.team.name)
     if not name.startswith("ft:"):
         try:
             base = services.base_model_get(user=who, ref=name, kind=BaseModel.Kind.CAUSAL_LM)
@@ -526,7 +546,7 @@ def _generation_request(payload: ChatIn):
                              stop=[s for s in stop if s])
 
 
-def _check_prompt(resolved: ResolvedModel, req) -> None:
+def _check_prompt(resolved: ResolvedModel, req) -> int:
     from training.inference import count_prompt_tokens
 
     limit = getattr(settings, "INFERENCE_MAX_PROMPT_TOKENS", 4096)
@@ -536,6 +556,25 @@ def _check_prompt(resolved: ResolvedModel, req) -> None:
         raise ApplicationError(f"The prompt has {n} tokens; with max_tokens={req.max_new_tokens} it exceeds the "
                                f"limit ({min(limit, context)} tokens).", code="context_length_exceeded",
                                param="messages")
+    return n
+
+
+def _check_team_rate(team, tokens: int) -> None:
+    """Per team and minute: at most INFERENCE_TEAM_REQUESTS_PER_MINUTE requests and
+    INFERENCE_TEAM_TOKENS_PER_MINUTE tokens (prompt + max_tokens, counted when the request is admitted)."""
+    from core.ratelimit import RateLimited, consume
+
+    requests = getattr(settings, "INFERENCE_TEAM_REQUESTS_PER_MINUTE", 60)
+    token_limit = getattr(settings, "INFERENCE_TEAM_TOKENS_PER_MINUTE", 200_000)
+    over = consume(f"chat-requests:{team.pk}", 1, limit=requests)
+    if over is not None:
+        raise RateLimited(f"Team {team.name!r} sent {over.used} chat requests this minute (limit {requests}); "
+                          f"retry in {over.retry_after}s.", retry_after=over.retry_after)
+    over = consume(f"chat-tokens:{team.pk}", tokens, limit=token_limit)
+    if over is not None:
+        raise RateLimited(f"Team {team.name!r} used {over.used} of its {token_limit} tokens this minute and this "
+                          f"request needs {tokens}; retry in {over.retry_after}s.", retry_after=over.retry_after,
+                          code="tokens_rate_limit_exceeded")
 
 
 @router.post("/chat/completions", response={200: dict})
@@ -543,9 +582,10 @@ def chat_completions(request, payload: ChatIn):
     from training import inference
 
     who = principal(request)
-    resolved = resolve_model(who, payload.model)
+    resolved = resolve_model(who, payload.model).require_files()
     req = _generation_request(payload)
-    _check_prompt(resolved, req)
+    prompt_tokens = _check_prompt(resolved, req)
+    _check_team_rate(who.team or resolve_team(who, None, write=False), prompt_tokens + req.max_new_tokens)
     completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     if not payload.stream:

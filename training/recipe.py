@@ -14,11 +14,15 @@ DDP through ``accelerate launch``/``torchrun`` with no code of ours.
 
 Device choices (issue 4, measured on 2 CPU cores): CUDA uses NF4 + bf16 (fp16 without bf16 support),
 gradient checkpointing and paged 8-bit AdamW; CPU uses fp32, no checkpointing and every available core,
-since bf16 + checkpointing is >5x slower there. NF4 is honoured on CPU too (bitsandbytes >= 0.49).
+since bf16 + checkpointing was >5x slower on CPUs without AMX (on AMX CPUs bf16 is faster: benchmarks/RESULTS.md;
+not adopted yet). NF4 is honoured on CPU too (bitsandbytes >= 0.49).
 
-Speed (issue 9): batches are padded only to their own longest example (length-grouped), and the LM head
-and cross-entropy run only at the positions whose label counts (the assistant tokens), not at every
-position of the 49k-vocabulary output.
+Speed (issue 9): the LM head and cross-entropy run only at the positions whose label counts (the assistant
+tokens), not at every position of the 49k-vocabulary output. On CPU a batch is not padded at all: its examples
+are concatenated into one row and attention runs per example (``varlen_sdpa``), so every matmul sees real tokens
+only, as one large matrix, and SDPA takes its causal kernel without a mask instead of materialising a
+batch x heads x length x length mask and attention matrix; batches are then simply shuffled. Elsewhere (CUDA)
+batches are length-grouped and padded to their own longest example. Measured in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -83,6 +87,11 @@ DIRECT_HEAD_MODEL_TYPES = {
     "llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "olmo", "olmo2", "starcoder2", "gemma", "qwen2_moe",
     "qwen3_moe", "mixtral",
 }
+
+# Models whose attention layers call the attention interface with the decoder's keyword arguments and take RoPE
+# positions from ``position_ids``: they can run flat (padding-free) batches through ``varlen_sdpa``.
+FLAT_BATCH_MODEL_TYPES = DIRECT_HEAD_MODEL_TYPES
+VARLEN_ATTENTION = "lora_studio_varlen_sdpa"
 
 # Parameters that must not change between a checkpoint and its resumption (the schedule and data order).
 RESUME_INVARIANTS = ("batch_size", "gradient_accumulation_steps", "n_epochs", "learning_rate", "lr_scheduler",
@@ -305,21 +314,90 @@ def uses_direct_head(model) -> bool:
     return lm.get_output_embeddings() is not None
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Padding-free batches on CPU: attention per example inside one concatenated row
+
+
+def varlen_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
+                is_causal: bool | None = None, **kwargs):
+    """transformers' SDPA attention, run separately on each example of a flat row.
+
+    A flat batch (``Collator(flat=True)``) is one row holding several examples; ``cu_seq_lens_q`` holds their
+    boundaries. Flash-attention's varlen kernels do this on CUDA; CPU has none, so each example's slice of the
+    queries, keys and values goes through the ordinary causal SDPA (no mask: PyTorch's fused CPU kernel, which
+    neither builds nor stores a length x length matrix). Without ``cu_seq_lens_q`` it is plain SDPA.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    bounds = kwargs.pop("cu_seq_lens_q", None)
+    for name in ("cu_seq_lens_k", "max_length_q", "max_length_k"):
+        kwargs.pop(name, None)
+    if bounds is None or query.shape[0] != 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    cuts = bounds.tolist()
+    if len(cuts) == 2:
+        return sdpa_attention_forward(module, query, key, value, None, dropout=dropout, scaling=scaling,
+                                      is_causal=True, **kwargs)
+    # torch.split, not slicing: the backward of a split is one concatenation, while each slice's backward
+    # would write its gradient into a zero tensor of the whole row (measured: a third of the step's time).
+    lengths = [b - a for a, b in zip(cuts[:-1], cuts[1:], strict=False)]
+    outs = []
+    for q, k, v in zip(query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2),
+                       strict=True):
+        out, _ = sdpa_attention_forward(module, q, k, v, None, dropout=dropout, scaling=scaling, is_causal=True,
+                                        **kwargs)
+        outs.append(out)  # (1, length, heads, head_dim)
+    return torch.cat(outs, dim=1), None
+
+
+def _register_varlen_attention() -> None:
+    from transformers import AttentionInterface
+
+    # No entry in the mask interface: transformers then builds no mask at all for this implementation.
+    AttentionInterface.register(VARLEN_ATTENTION, varlen_sdpa)
+
+
+def uses_flat_batches(model, device: str) -> bool:
+    """Whether this run trains on flat batches: CPU, a model type known to route attention through the interface,
+    loaded with SDPA (NF4/int8 included: quantisation changes the linear layers, not attention)."""
+    lm = _causal_lm(model)
+    config = getattr(lm, "config", None)
+    return (device == "cpu" and config is not None and getattr(config, "model_type", None) in FLAT_BATCH_MODEL_TYPES
+            and getattr(config, "_attn_implementation", None) in ("sdpa", VARLEN_ATTENTION))
+
+
+def enable_flat_batches(model) -> None:
+    """Switch the model's attention to ``varlen_sdpa`` (identical to SDPA on batches without boundaries)."""
+    _register_varlen_attention()
+    _causal_lm(model).set_attn_implementation(VARLEN_ATTENTION)
+
+
+def forward_kwargs(batch: dict, *, packed: bool) -> dict[str, Any]:
+    """The model's keyword arguments (besides ``input_ids``) for a flat, packed or padded batch."""
+    kwargs: dict[str, Any] = {"use_cache": False}
+    if "cu_seq_lens_q" in batch:
+        kwargs["position_ids"] = batch["position_ids"]
+        kwargs["cu_seq_lens_q"] = batch["cu_seq_lens_q"]
+    elif packed:
+        kwargs["position_ids"] = batch["position_ids"]  # no attention mask: block-diagonal from position_ids
+    else:
+        kwargs["attention_mask"] = batch["attention_mask"]
+    return kwargs
+
+
 def token_loss_sums(model, batch: dict, *, direct: bool, packed: bool):
     """Sum of token cross-entropies, number of target tokens and of correct argmax predictions.
 
     ``direct``: run the decoder, then the LM head only on the hidden states of target positions (exact; must
     not be used through a DDP wrapper, whose gradient hooks need its own forward). Otherwise the model's
-    forward with ``logits_to_keep`` = the positions where any row has a target.
+    forward with ``logits_to_keep`` = the positions where any row has a target. A flat batch (it carries
+    ``cu_seq_lens_q``) needs the model switched to ``varlen_sdpa`` (``enable_flat_batches``).
     """
     input_ids = batch["input_ids"]
     shift_labels = batch["shift_labels"]
     target = shift_labels != IGNORE_INDEX
-    kwargs: dict[str, Any] = {"use_cache": False}
-    if packed:
-        kwargs["position_ids"] = batch["position_ids"]  # no attention mask: block-diagonal from position_ids
-    else:
-        kwargs["attention_mask"] = batch["attention_mask"]
+    kwargs = forward_kwargs(batch, packed=packed)
     if direct:
         lm = _causal_lm(model)
         hidden = lm.get_decoder()(input_ids=input_ids, **kwargs)[0]
@@ -358,6 +436,7 @@ class RecipeTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.recipe = recipe
         self.packed: bool = recipe["packed"]
+        self.flat: bool = recipe.get("flat", False)
         self.direct_head: bool = recipe["direct_head"] and self.args.world_size <= 1
         self.loss_is_scaled_for_ga = True  # compute_loss divides by the tokens of the whole accumulated batch
         self._acc_correct = 0.0
@@ -369,7 +448,8 @@ class RecipeTrainer(Trainer):
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         lengths = [len(it["input_ids"]) for it in dataset.items]
-        return LengthGroupedSampler(lengths, self.args.per_device_train_batch_size, self.args.seed)
+        return LengthGroupedSampler(lengths, self.args.per_device_train_batch_size, self.args.seed,
+                                    grouped=not self.flat)
 
     def _get_num_items_in_batch(self, batch_samples, device):
         count = sum(int((b["shift_labels"] != IGNORE_INDEX).sum()) for b in batch_samples)
@@ -668,6 +748,9 @@ def _run(spec: RunSpec, hooks: Hooks) -> RunResult:
     model = load_base_model(base, quantization=params.quantization, device=device, dtype=cdtype)
     set_seed(params.seed)  # LoRA initialisation depends on it
     model = add_lora(model, params)
+    flat = uses_flat_batches(model, device)
+    if flat:
+        enable_flat_batches(model)
     trainable, total_params = model.get_nb_trainable_parameters()
     _message(hooks, "info", f"Loaded {base.name} on {device} ({params.quantization}, {str(cdtype).split('.')[-1]}); "
              f"{trainable:,} trainable LoRA parameters of {total_params:,}.",
@@ -712,14 +795,15 @@ def _run(spec: RunSpec, hooks: Hooks) -> RunResult:
         ddp_find_unused_parameters=False,  # LoRA: every adapter gets a gradient; required with checkpointing
     )
     recipe = {
-        "packed": params.packing, "direct_head": uses_direct_head(model), "checkpoints_dir": str(checkpoints_dir),
+        "packed": params.packing, "direct_head": uses_direct_head(model), "flat": flat,
+        "checkpoints_dir": str(checkpoints_dir),
         "run_dir": str(run_dir), "keep_checkpoints": spec.keep_checkpoints, "params": params.to_dict(),
         "data_fingerprint": fingerprint, "on_checkpoint": on_checkpoint,
     }
     trainer = RecipeTrainer(
         model=model, args=train_args, train_dataset=_ListDataset(train_items),
         eval_dataset=_ListDataset(valid_items) if has_valid else None, processing_class=tokenizer,
-        data_collator=Collator(tokenizer.pad_token_id), callbacks=[bridge], recipe=recipe,
+        data_collator=Collator(tokenizer.pad_token_id, flat=flat), callbacks=[bridge], recipe=recipe,
     )
     if resume is not None:
         _message(hooks, "info", f"Resuming from {resume.name}.")
@@ -749,7 +833,7 @@ def _run(spec: RunSpec, hooks: Hooks) -> RunResult:
 
     versions = library_versions()
     info = device_info(device) | {"quantization": params.quantization, "compute_dtype": str(cdtype).split(".")[-1],
-                                  "direct_head": trainer.direct_head}
+                                  "direct_head": trainer.direct_head, "flat_batches": flat}
     adapter_dir = None
     if status == "succeeded":
         summary = {
@@ -777,6 +861,7 @@ def result_to_dict(result: RunResult) -> dict:
 
 __all__ = [
     "RunSpec", "RunResult", "run_training", "load_base_model", "load_tokenizer", "add_lora", "token_loss_sums",
+    "enable_flat_batches", "uses_flat_batches", "varlen_sdpa",
     "latest_good_checkpoint", "save_adapter", "TrainingError", "EncodeReport", "available_cpus",
 ]
 

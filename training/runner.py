@@ -18,7 +18,17 @@ from django.utils import timezone
 
 from training import jobs
 from training.hooks import NullHooks
-from training.models import Adapter, Checkpoint, EventLevel, EventType, JobStatus, TrainingEvent, TrainingTask
+from training.models import (
+    Adapter,
+    Checkpoint,
+    EventLevel,
+    EventType,
+    JobStatus,
+    MergeEvent,
+    MergeJob,
+    TrainingEvent,
+    TrainingTask,
+)
 
 log = logging.getLogger(__name__)
 SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -68,11 +78,15 @@ class DbHooks(NullHooks):
 
     def on_checkpoint(self, step: int, path: Path, metrics: dict) -> None:
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-        Checkpoint.objects.update_or_create(task=self.task, step=step,
-                                            defaults={"path": str(path), "metrics": {"step": step, **clean}})
-        # Rotation may have removed older folders: drop their rows so the list shows what can be resumed.
-        Checkpoint.objects.filter(task=self.task).exclude(step=step).exclude(
-            path__in=[str(p) for p in Path(path).parent.glob("step-*")]).delete()
+
+        def record() -> None:
+            Checkpoint.objects.update_or_create(task=self.task, step=step,
+                                                defaults={"path": str(path), "metrics": {"step": step, **clean}})
+            # Rotation may have removed older folders: drop their rows so the list shows what can be resumed.
+            Checkpoint.objects.filter(task=self.task).exclude(step=step).exclude(
+                path__in=[str(p) for p in Path(path).parent.glob("step-*")]).delete()
+
+        jobs.with_db_retry(record, what="recording a checkpoint")  # rides out a database restart
         self.ctx.event(f"Checkpoint saved at step {step}.", data={"step": step})
 
     def on_message(self, level: str, message: str, data: dict | None = None) -> None:
@@ -102,8 +116,11 @@ def register_adapter(task: TrainingTask, folder: Path, *, metrics: dict, trainab
     config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
     keep = ("r", "lora_alpha", "lora_dropout", "target_modules", "task_type", "bias", "peft_type",
             "base_model_name_or_path")
+    from training.lifecycle import default_model_name
+
     return Adapter.objects.create(
-        name=adapter_unique_name(task.team, task.name), team=task.team, created_by=task.created_by,
+        name=adapter_unique_name(task.team, task.name), model_name=default_model_name(task), team=task.team,
+        created_by=task.created_by,
         kind=Adapter.Kind.CAUSAL_LM, base_model=task.base_model, task=task, path=str(folder),
         lora_config={k: config.get(k) for k in keep if k in config}, trainable_parameters=trainable,
         size_bytes=_folder_size(folder), metrics=metrics)
@@ -152,10 +169,16 @@ def run_training_job(task: TrainingTask, ctx: jobs.JobContext) -> None:
               "seed": result.params.seed}
     if result.status == "succeeded":
         trainable = int(result.metrics.get("trainable_parameters", 0)) or _trainable_from_summary(result.adapter_dir)
-        with transaction.atomic():
-            adapter = register_adapter(task, result.adapter_dir, metrics=common["metrics"], trainable=trainable)
-            ctx.finish(JobStatus.SUCCEEDED, eta_seconds=None, **common)
+        def register_and_finish() -> Adapter:
+            with transaction.atomic():
+                registered = register_adapter(task, result.adapter_dir, metrics=common["metrics"],
+                                              trainable=trainable)
+                ctx.finish(JobStatus.SUCCEEDED, eta_seconds=None, **common)
+            return registered
+
+        adapter = jobs.with_db_retry(register_and_finish, what="registering the adapter")
         ctx.event(f"Succeeded: adapter {adapter.name} ({result.trained_tokens:,} tokens trained).")
+        announce_adapter(task, adapter, ctx)
     elif result.status == "paused":
         ctx.finish(JobStatus.PAUSED, resume_from=str(result.checkpoint or ""), **common)
         ctx.event(f"Paused at step {result.global_step}" +
@@ -163,6 +186,19 @@ def run_training_job(task: TrainingTask, ctx: jobs.JobContext) -> None:
     else:
         ctx.finish(JobStatus.CANCELLED, **common)
         ctx.event(f"Cancelled at step {result.global_step}.")
+
+
+def announce_adapter(task: TrainingTask, adapter: Adapter, ctx: jobs.JobContext) -> None:
+    """Tell the other apps (e.g. evaluation on success); their failures are logged, never the task's."""
+    from training.signals import adapter_trained
+
+    task.refresh_from_db()
+    for receiver, response in adapter_trained.send_robust(sender=TrainingTask, task=task, adapter=adapter):
+        if isinstance(response, Exception):
+            log.error("adapter_trained receiver %r failed for task %s: %s", receiver, task.pk, response)
+            ctx.event(f"Follow-up after success failed: {response}", level="warning")
+        elif isinstance(response, str) and response:
+            ctx.event(response)
 
 
 def _trainable_from_summary(folder: Path | None) -> int:
@@ -187,3 +223,13 @@ def _latest_checkpoint(task: TrainingTask) -> str | None:
 
 jobs.register(jobs.JobKind(name="training", model=TrainingTask, event_model=TrainingEvent, event_fk="task",
                            run=run_training_job, latest_checkpoint=_latest_checkpoint))
+
+
+def _run_merge_job(job, ctx: jobs.JobContext) -> None:
+    from training.merge import run_merge_job
+
+    run_merge_job(job, ctx)
+
+
+# Merging an adapter into its base model runs on the same queue, claim and supervised child as training.
+jobs.register(jobs.JobKind(name="merge", model=MergeJob, event_model=MergeEvent, event_fk="job", run=_run_merge_job))

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from ninja import Schema
+from ninja import Field, Schema
 
 
 class BaseModelOut(Schema):
@@ -48,6 +48,9 @@ class TrainingTaskIn(Schema):
     validation_version: str | int | None = None
     params: dict = {}
     priority: int = 0
+    evaluate: bool = Field(False, description="Queue an evaluation run of the adapter when the task succeeds.")
+    evaluation_metrics: list[str] | None = Field(
+        None, description="Metrics of that evaluation (perplexity, samples, style, overlap); default all.")
 
 
 class CloneIn(Schema):
@@ -104,10 +107,13 @@ class TrainingTaskOut(Schema):
     paused_at: datetime | None
     finished_at: datetime | None
     adapter_id: int | None
+    evaluate_on_success: bool
+    evaluation_metrics: list[str]
 
     @staticmethod
     def from_task(task) -> dict:
-        adapter = task.adapters.order_by("-pk").first() if task.pk else None
+        # max() over .all() uses a prefetch_related("adapters") when the caller made one (lists do).
+        adapter = max(task.adapters.all(), key=lambda a: a.pk, default=None) if task.pk else None
         return {
             "id": task.pk, "name": task.name, "team": task.team.name,
             "created_by": task.created_by.username if task.created_by_id else None,
@@ -127,6 +133,7 @@ class TrainingTaskOut(Schema):
             "heartbeat_at": task.heartbeat_at, "created_at": task.created_at, "queued_at": task.queued_at,
             "started_at": task.started_at, "paused_at": task.paused_at, "finished_at": task.finished_at,
             "adapter_id": adapter.pk if adapter else None,
+            "evaluate_on_success": task.evaluate_on_success, "evaluation_metrics": task.evaluation_metrics or [],
         }
 
 
@@ -166,6 +173,14 @@ class AdapterOut(Schema):
     size_bytes: int
     metrics: dict
     label_map: dict
+    model_name: str
+    stage: str
+    source: str
+    serving_name: str
+    approval_requested_by: str | None
+    stage_changed_at: datetime | None
+    files_deleted_at: datetime | None
+    created_by: str | None
     created_at: datetime
 
     @staticmethod
@@ -173,5 +188,86 @@ class AdapterOut(Schema):
         return obj.team.name
 
     @staticmethod
+    def resolve_approval_requested_by(obj) -> str | None:
+        return obj.approval_requested_by.username if obj.approval_requested_by_id else None
+
+    @staticmethod
+    def resolve_created_by(obj) -> str | None:
+        return obj.created_by.username if obj.created_by_id else None
+
+    @staticmethod
     def resolve_base_model(obj) -> str:
         return obj.base_model.name
+
+
+class PromoteIn(Schema):
+    stage: str
+    note: str = ""
+
+
+class NoteIn(Schema):
+    note: str = ""
+
+
+class MergeIn(Schema):
+    name: str | None = None
+    priority: int = 0
+
+
+class ReproduceIn(Schema):
+    name: str | None = None
+
+
+class ReproduceOut(Schema):
+    kind: str
+    id: int
+    name: str
+    status: str
+
+
+class MergeJobOut(Schema):
+    id: int
+    name: str
+    team: str
+    adapter_id: int
+    status: str
+    output_name: str
+    output_path: str
+    base_model_id: int | None
+    error: ErrorInfo | None
+    created_by: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @staticmethod
+    def from_job(job) -> dict:
+        return {"id": job.pk, "name": job.name, "team": job.team.name, "adapter_id": job.adapter_id,
+                "status": job.status, "output_name": job.output_name, "output_path": job.output_path,
+                "base_model_id": job.result_id,
+                "error": {"code": job.error_code, "message": job.error_message, "param": job.error_param or None}
+                if job.error_code else None,
+                "created_by": job.created_by.username if job.created_by_id else None,
+                "created_at": job.created_at, "started_at": job.started_at, "finished_at": job.finished_at}
+
+
+class AdapterEventOut(Schema):
+    id: int
+    action: str
+    from_stage: str
+    to_stage: str
+    actor: str | None
+    note: str
+    data: dict
+    created_at: datetime
+
+
+class LineageOut(Schema):
+    adapter: dict
+    dataset: dict | None
+    validation_dataset: dict | None
+    task: dict | None
+    evaluations: list[dict]
+    merges: list[dict]
+    exports: list[dict]
+    events: list[AdapterEventOut]

@@ -15,7 +15,7 @@ from django.utils import timezone
 from accounts.models import Team
 from accounts.visibility import get_visible, require_write, resolve_team, visible_to
 from core.errors import ApplicationError, Conflict, NotFound
-from training import model_scan
+from training import job_services, model_scan
 from training.models import BaseModel
 
 log = logging.getLogger(__name__)
@@ -254,10 +254,40 @@ def _unique_task_name(team: Team, name: str) -> str:
     return f"{name}-{n}"
 
 
+def _evaluation_request(evaluate, metrics) -> list[str]:
+    """Validate the evaluation a task asks for on success; the names come from the evaluation app."""
+    from training.signals import evaluation_metric_names
+
+    if not isinstance(evaluate, bool):
+        raise ApplicationError("evaluate must be true or false.", code="invalid_parameter", param="evaluate")
+    if isinstance(metrics, str):
+        metrics = [m.strip() for m in metrics.split(",") if m.strip()]
+    metrics = list(metrics or [])
+    if not evaluate:
+        if metrics:
+            raise ApplicationError("evaluation_metrics needs evaluate=true.", code="invalid_parameter",
+                                   param="evaluation_metrics")
+        return []
+    if not evaluation_metric_names:
+        raise ApplicationError("No evaluation app is installed.", code="invalid_parameter", param="evaluate")
+    aliases = {"ppl": "perplexity", "sample": "samples"}
+    cleaned: list[str] = []
+    for name in metrics:
+        name = aliases.get(str(name), str(name))
+        if name not in evaluation_metric_names:
+            raise ApplicationError(f"Unknown evaluation metric {name!r}; choose from "
+                                   f"{', '.join(sorted(evaluation_metric_names))}.", code="invalid_parameter",
+                                   param="evaluation_metrics")
+        if name not in cleaned:
+            cleaned.append(name)
+    return cleaned
+
+
 def training_task_create(*, user, name: str | None, base_model: BaseModel | str | int, train_version,
                          validation_version=None, params: dict | None = None, team: Team | str | None = None,
                          priority: int = 0, suffix: str = "", metadata: dict | None = None,
-                         fail_invalid_files: bool = False, cloned_from=None):
+                         fail_invalid_files: bool = False, cloned_from=None, evaluate: bool = False,
+                         evaluation_metrics: list[str] | str | None = None):
     """Validate everything synchronously, then create a queued task and wake a worker on commit.
 
     ``fail_invalid_files`` (the OpenAI protocol): a file that failed validation still creates the job,
@@ -277,6 +307,7 @@ def training_task_create(*, user, name: str | None, base_model: BaseModel | str 
     if not isinstance(priority, int) or not -100 <= priority <= 100:
         raise ApplicationError("priority must be an integer from -100 to 100.", code="invalid_parameter",
                                param="priority")
+    metrics_requested = _evaluation_request(evaluate, evaluation_metrics)
     name = (name or "").strip() or f"{model.name}-{train.dataset.name}"
     if len(name) > 180:
         raise ApplicationError("name is longer than 180 characters.", code="invalid_parameter", param="name")
@@ -296,7 +327,8 @@ def training_task_create(*, user, name: str | None, base_model: BaseModel | str 
         task = TrainingTask(name=_unique_task_name(team, name), team=team, created_by=getattr(user, "user", user),
                             base_model=model, train_version=train, validation_version=validation,
                             params=params or {}, priority=priority, suffix=suffix[:64], metadata=metadata or {},
-                            cloned_from=cloned_from)
+                            cloned_from=cloned_from, evaluate_on_success=bool(evaluate),
+                            evaluation_metrics=metrics_requested)
         if file_problem:
             task.status = JobStatus.FAILED
             task.finished_at = now
@@ -350,58 +382,24 @@ def training_task_get(*, user, ref: str | int, for_update: bool = False):
 
 
 def training_task_cancel(*, user, task):
-    from training import jobs
-    from training.models import TERMINAL
-
-    require_write(user, task)
-    if task.status in TERMINAL:
-        raise Conflict(f"Task {task.name!r} is already {task.status}.", code="invalid_state")
-    jobs.request_cancel(task)
-    task.refresh_from_db()
-    return task
+    return job_services.job_cancel(user=user, job=task)
 
 
 def training_task_pause(*, user, task):
-    from training import jobs
-
-    require_write(user, task)
-    if not jobs.request_pause(task):
-        raise Conflict(f"Only running or queued tasks can be paused; {task.name!r} is {task.status}.",
-                       code="invalid_state")
-    task.refresh_from_db()
-    return task
+    return job_services.job_pause(user=user, job=task)
 
 
 def training_task_resume(*, user, task):
-    from training import jobs
-    from training.models import JobStatus
-
-    require_write(user, task)
-    checkpoint = latest_checkpoint_path(task) or ""
-    note = f"Resumed from {Path(checkpoint).name}." if checkpoint else "Resumed from the start (no checkpoint)."
-    if not jobs.requeue(task, from_statuses={JobStatus.PAUSED}, resume_from=checkpoint, note=note):
-        raise Conflict(f"Only paused tasks can be resumed; {task.name!r} is {task.status}.", code="invalid_state")
-    task.refresh_from_db()
-    return task
+    return job_services.job_resume(user=user, job=task, checkpoint=latest_checkpoint_path(task))
 
 
 def training_task_retry(*, user, task):
     """Run a failed or cancelled task again, continuing from its last good checkpoint if it has one."""
-    from training import jobs
-    from training.models import JobStatus
-
-    require_write(user, task)
-    checkpoint = latest_checkpoint_path(task) or ""
-    note = f"Retry from {Path(checkpoint).name}." if checkpoint else "Retry from the start."
     if task.error_code == "invalid_file":
+        require_write(user, task)
         raise Conflict("This task's data failed validation: fix the file and create a new task.",
                        code="invalid_state")
-    if not jobs.requeue(task, from_statuses={JobStatus.FAILED, JobStatus.CANCELLED}, resume_from=checkpoint,
-                        reset=True, note=note):
-        raise Conflict(f"Only failed or cancelled tasks can be retried; {task.name!r} is {task.status}.",
-                       code="invalid_state")
-    task.refresh_from_db()
-    return task
+    return job_services.job_retry(user=user, job=task, checkpoint=latest_checkpoint_path(task))
 
 
 def training_task_clone(*, user, task, name: str | None = None, params: dict | None = None, **changes):
@@ -414,7 +412,8 @@ def training_task_clone(*, user, task, name: str | None = None, params: dict | N
                                                                                             task.base_model),
         train_version=changes.get("train_version", task.train_version),
         validation_version=changes.get("validation_version", task.validation_version), params=merged,
-        priority=task.priority, suffix=task.suffix, metadata=task.metadata, cloned_from=task)
+        priority=task.priority, suffix=task.suffix, metadata=task.metadata, cloned_from=task,
+        evaluate=task.evaluate_on_success, evaluation_metrics=task.evaluation_metrics)
 
 
 def latest_checkpoint_path(task) -> str | None:
@@ -442,7 +441,8 @@ def training_events_page(*, task, after: int | None = None, limit: int = 100):
 def adapter_list(*, user, team: str | None = None, base_model: str | None = None, kind: str | None = None):
     from training.models import Adapter
 
-    qs = visible_to(user, Adapter.objects.all()).select_related("team", "base_model", "task")
+    qs = visible_to(user, Adapter.objects.all()).select_related("team", "base_model", "task", "created_by",
+                                                                "approval_requested_by")
     if team:
         qs = qs.filter(team__name=team)
     if base_model:
@@ -477,48 +477,15 @@ def adapter_unique_name(team: Team, name: str) -> str:
     return f"{name}-{n}"
 
 
-def adapter_archive(*, user, adapter):
-    from training.models import Adapter
+def adapter_archive(*, user, adapter, note: str = ""):
+    """Archive (refused while a job uses it or it is in production): see ``training.lifecycle``."""
+    from training.lifecycle import adapter_archive as archive
 
-    require_write(user, adapter)
-    adapter.status = Adapter.Status.ARCHIVED
-    adapter.save(update_fields=["status"])
-    return adapter
+    return archive(user=user, adapter=adapter, note=note)
 
 
-def adapter_zip_stream(adapter):
-    """Yield a zip of the adapter folder, built as it streams (no temp file, constant memory)."""
-    import io
-    import zipfile
+def adapter_zip_stream(*, user, adapter):
+    """The adapter folder as a streamed zip with a README.md model card (``training.lifecycle.adapter_export``)."""
+    from training.lifecycle import adapter_export
 
-    root = Path(adapter.path)
-    if not root.is_dir():
-        raise NotFound("The adapter's files are missing on disk.", code="adapter_files_missing")
-
-    class _Sink(io.RawIOBase):
-        def __init__(self) -> None:
-            self.chunks: list[bytes] = []
-
-        def writable(self) -> bool:
-            return True
-
-        def write(self, b) -> int:
-            self.chunks.append(bytes(b))
-            return len(b)
-
-    def generate():
-        sink = _Sink()
-        with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            for path in sorted(root.rglob("*")):
-                if path.is_file() and not path.is_symlink():
-                    with zf.open(f"{adapter.name}/{path.relative_to(root)}", "w", force_zip64=True) as dest, \
-                            path.open("rb") as src:
-                        while block := src.read(1 << 20):
-                            dest.write(block)
-                            if sink.chunks:
-                                yield b"".join(sink.chunks)
-                                sink.chunks.clear()
-        if sink.chunks:
-            yield b"".join(sink.chunks)
-
-    return generate()
+    return adapter_export(user=user, adapter=adapter)[1]

@@ -10,9 +10,11 @@ import pytest
 from tests.training.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-SAMPLE = ROOT / "samples" / "question_classification.jsonl"
-# The frozen recipe of the quality bar: seed 42, val_ratio 0.2 (stratified), these hyperparameters.
-QUALITY_PARAMS = {"n_epochs": 8, "batch_size": 8, "learning_rate": 3e-3, "seed": 42, "val_ratio": 0.2}
+# The frozen split of the quality bar: 240 training and 60 held-out questions (stratified by label and
+# language when the sample set was written), trained with the default hyperparameters and seed 42.
+TRAIN = ROOT / "samples" / "question_classification_train.jsonl"
+HELD_OUT = ROOT / "samples" / "question_classification_val.jsonl"
+QUALITY_PARAMS = {"seed": 42}
 
 pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
@@ -28,20 +30,24 @@ def minilm(db, minilm_dir):
                                     size_bytes=info.size_bytes, tokenizer_present=True, config=info.config)
 
 
-@pytest.mark.django_db(transaction=True)
-def test_minilm_trains_on_the_worker_and_predicts_through_the_api(make_team, make_user, token_for, bearer, minilm,
-                                                                 make_cls_version, worker):
+def _rows(path: Path) -> list[dict]:
     import json
 
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_minilm_reaches_the_quality_bar_through_the_worker_and_predicts(make_team, make_user, token_for, bearer,
+                                                                      minilm, make_cls_version, worker):
     from classifier import services
     from classifier.models import ClassifierTask
 
     team = make_team("alpha")
     alice = make_user("alice", team, "member")
-    rows = [json.loads(line) for line in SAMPLE.read_text(encoding="utf-8").splitlines() if line.strip()]
-    version = make_cls_version(team, rows)
-    task = services.classifier_task_create(user=alice, name="questions", base_model=minilm, train_version=version,
-                                           params={"n_epochs": 1, "batch_size": 16})
+    train = make_cls_version(team, _rows(TRAIN), name="questions")
+    held_out = make_cls_version(team, _rows(HELD_OUT), name="questions-held-out")
+    task = services.classifier_task_create(user=alice, name="questions", base_model=minilm, train_version=train,
+                                           validation_version=held_out, params=QUALITY_PARAMS)
     worker.start()
     from training import jobs
 
@@ -49,21 +55,19 @@ def test_minilm_trains_on_the_worker_and_predicts_through_the_api(make_team, mak
     task = wait_for(lambda: (t := ClassifierTask.objects.get(pk=task.pk)).is_terminal and t, timeout=600,
                     message=f"classifier task to finish\n{worker.log()}")
     assert task.status == "succeeded", f"{task.error_code}: {task.error_message}\n{worker.log()[-3000:]}"
-    assert task.adapter.kind == "classifier" and task.report["confusion_matrix"]
+    report = task.report
+    assert task.adapter.kind == "classifier" and report["confusion_matrix"]
+    assert report["macro_f1"] >= 0.85, report
+    assert sum(map(sum, report["confusion_matrix"])) == 60
+    # Trainable parameters (LoRA + head) are reported next to the full count.
+    trainable, total = task.trainable_parameters, task.total_parameters
+    assert 0 < trainable < total / 10, (trainable, total)
+
     client = bearer(token_for(alice, team))
     r = client.post(f"/api/classifier/{task.adapter_id}/predict",
-                    {"texts": ["数据平台上怎么新建一张 Hive 表？", "你好呀！", "How do I bake bread?"]},
+                    {"texts": ["数据平台上的 Hive 表怎么加一个分区？", "你好呀，今天开心吗？", "How do I bake bread?"]},
                     content_type="application/json")
     assert r.status_code == 200, r.content
     preds = r.json()["predictions"]
-    assert len(preds) == 3 and all(set(p["probabilities"]) == {"data_platform", "general_chat", "unrelated"}
-                                   for p in preds)
-
-
-def test_minilm_reaches_the_quality_bar_on_the_frozen_split(minilm_dir, tmp_path):
-    from classifier.recipe import ClassifierSpec, train_classifier
-
-    result = train_classifier(ClassifierSpec(base_model_path=minilm_dir, train=SAMPLE, run_dir=tmp_path / "run",
-                                             adapter_dir=tmp_path / "adapter", params=QUALITY_PARAMS))
-    assert result.status == "succeeded"
-    assert result.report["macro_f1"] >= 0.85, result.report
+    assert all(set(p["probabilities"]) == {"data_platform", "general_chat", "unrelated"} for p in preds)
+    assert [p["label"] for p in preds] == ["data_platform", "general_chat", "unrelated"], preds

@@ -158,3 +158,25 @@ def test_the_task_list_shows_only_the_callers_teams(setup, tiny_encoder, make_te
     bob = make_user("bob", beta, "admin")
     assert client.get("/api/classifier/tasks").json()["count"] == 1
     assert bearer(token_for(bob, beta)).get("/api/classifier/tasks").json()["count"] == 0
+
+
+def test_an_evaluation_run_of_a_classifier_adapter_reports_its_classification_metrics(setup, tiny_encoder,
+                                                                                     fast_params):
+    from evaluation.services import evaluation_run_create
+
+    team, alice, version, _client = setup
+    task = run_in_process(create(alice, version, tiny_encoder, params=fast_params))
+    run = evaluation_run_create(user=alice, adapter=task.adapter, dataset=version.pk, metrics=["perplexity"])
+    assert run.metric_names == ["classifier"]  # a classifier is judged by its labels, whatever was asked
+    assert jobs.run_foreground(run) == JobStatus.SUCCEEDED
+    run.refresh_from_db()
+    result = run.results["classifier"]
+    # the same numbers as predicting every row through the serving path
+    from datasets_app.services import iter_records
+
+    rows = list(iter_records(version))
+    preds = services.classifier_predict(user=alice, adapter=task.adapter, texts=[r["text"] for r in rows])
+    correct = sum(p["label"] == r["label"] for p, r in zip(preds, rows, strict=True))
+    assert result["accuracy"] == pytest.approx(correct / len(rows))
+    assert sum(map(sum, result["confusion_matrix"])) == len(rows)
+    assert set(result["per_class"]) == {"chat", "data", "other"}

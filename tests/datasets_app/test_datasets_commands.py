@@ -27,8 +27,8 @@ def run(*args, **kwargs) -> str:
     ("customer_service_alpaca.json", "alpaca", 34),
     ("sharegpt_support.json", "sharegpt", 12),
     ("chat_openai.jsonl", "openai", 14),
-    ("question_classification.jsonl", "classification", 66),
-    ("question_classification.csv", "classification", 66),
+    ("question_classification.jsonl", "classification", 300),
+    ("question_classification.csv", "classification", 300),
 ])
 def test_every_sample_imports(sample, fmt, rows, teams, data_dir):
     out = run("import_dataset", str(SAMPLES / sample), "--name", "sample", "--team", "alpha")

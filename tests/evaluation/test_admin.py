@@ -22,6 +22,20 @@ def test_run_list_and_detail_show_samples_side_by_side(logged_in):
     assert "9 → 3" in client.get("/admin/evaluation/evaluationrun/").content.decode()
     page = client.get(f"/admin/evaluation/evaluationrun/{run.pk}/change/").content.decode()
     assert "BASE0" in page and "ADAPTER0" in page and "ref0" in page
+    assert 'id="word-frequencies"' not in page
+
+
+def test_run_detail_draws_the_word_frequency_comparison(logged_in):
+    client, alice, run = logged_in
+    run.results = {"word_frequencies": [{"word": "保修", "reference": 0.2, "base": 0.05, "adapter": 0.1},
+                                        {"word": "two", "reference": 0.1, "base": 0.0, "adapter": 0.1}]}
+    run.save(update_fields=["results"])
+    page = client.get(f"/admin/evaluation/evaluationrun/{run.pk}/change/").content.decode()
+    chart = page[page.index('id="word-frequencies"'):]
+    chart = chart[:chart.index("</table>")]
+    assert "保修" in chart and "20.0%" in chart and "5.0%" in chart
+    # bars are proportional to the largest frequency on the chart
+    assert 'style="width:100.0%"' in chart and 'style="width:25.0%"' in chart and 'style="width:0.0%"' in chart
 
 
 def test_voting_page_shows_one_pair_without_the_side_and_records_the_vote(logged_in):

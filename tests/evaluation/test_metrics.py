@@ -113,3 +113,17 @@ def test_max_seq_length_truncates_the_evaluated_tokens(tiny_model_dir):
     cut_at = len(full[0]) - 3
     cut, report = m.encode_for_loss(tok, chat_records(2), max_seq_length=cut_at)
     assert report["truncated"] == 2 and all(len(ex) <= cut_at for ex in cut)
+
+
+def test_word_comparison_lists_the_reference_top_words_with_each_outputs_frequency():
+    reference = ["tea tea tea coffee"]
+    rows = m.word_comparison({"base": ["water water"], "adapter": ["tea coffee coffee tea"]}, reference, top_k=2)
+    # reference: tea 3/4, coffee 1/4; base has neither; adapter: tea 2/4, coffee 2/4
+    assert rows == [{"word": "tea", "reference": 0.75, "base": 0.0, "adapter": 0.5},
+                    {"word": "coffee", "reference": 0.25, "base": 0.0, "adapter": 0.5}]
+    # Chinese is segmented into words (jieba), not characters.
+    # words: 我们 喜欢 喝茶 我们 喜欢 咖啡 (punctuation is not a word); ties in word order
+    zh = m.word_comparison({"adapter": ["我们喜欢喝茶"]}, ["我们喜欢喝茶。我们喜欢咖啡。"], top_k=3)
+    assert [(r["word"], r["reference"], r["adapter"]) for r in zh] == [
+        ("喜欢", pytest.approx(1 / 3), pytest.approx(1 / 3)), ("我们", pytest.approx(1 / 3), pytest.approx(1 / 3)),
+        ("咖啡", pytest.approx(1 / 6), 0.0)]

@@ -47,19 +47,19 @@ def test_pairs_api_hides_the_adapter_side_until_closed(done_run, token_for, bear
     team, alice, run = done_run
     review = services.review_create(user=alice, run=run, seed=3)
     client = bearer(token_for(alice, team))
-    body = client.get(f"/api/reviews/{review.pk}/pairs").content.decode()
+    body = client.get(f"/api/evaluation/reviews/{review.pk}/pairs").content.decode()
     assert "adapter_side" not in body and "ADAPTER0" in body
-    results = client.get(f"/api/reviews/{review.pk}/results").json()
+    results = client.get(f"/api/evaluation/reviews/{review.pk}/results").json()
     assert results["revealed"] is False and "adapter" not in results
     pair = review.pairs.get(order=0)
     adapter_choice = pair.adapter_side
-    r = client.post(f"/api/reviews/{review.pk}/pairs/{pair.pk}/vote", {"choice": adapter_choice},
+    r = client.post(f"/api/evaluation/reviews/{review.pk}/pairs/{pair.pk}/vote", {"choice": adapter_choice},
                     content_type="application/json")
     assert r.status_code == 201
-    assert client.post(f"/api/reviews/{review.pk}/close").status_code == 200
-    results = client.get(f"/api/reviews/{review.pk}/results").json()
+    assert client.post(f"/api/evaluation/reviews/{review.pk}/close").status_code == 200
+    results = client.get(f"/api/evaluation/reviews/{review.pk}/results").json()
     assert results["revealed"] is True and results["adapter"]["wins"] == 1
-    assert "adapter_side" in client.get(f"/api/reviews/{review.pk}/votes.csv").content.decode()
+    assert "adapter_side" in client.get(f"/api/evaluation/reviews/{review.pk}/votes.csv").content.decode()
 
 
 def test_a_reviewer_votes_once_per_pair(done_run, token_for, bearer):
@@ -67,7 +67,7 @@ def test_a_reviewer_votes_once_per_pair(done_run, token_for, bearer):
     review = services.review_create(user=alice, run=run, seed=3)
     pair = review.pairs.first()
     client = bearer(token_for(alice, team))
-    url = f"/api/reviews/{review.pk}/pairs/{pair.pk}/vote"
+    url = f"/api/evaluation/reviews/{review.pk}/pairs/{pair.pk}/vote"
     assert client.post(url, {"choice": "a"}, content_type="application/json").status_code == 201
     r = client.post(url, {"choice": "b"}, content_type="application/json")
     assert r.status_code == 409 and r.json()["code"] == "already_voted"
@@ -81,8 +81,8 @@ def test_non_members_cannot_see_or_vote(done_run, make_team, make_user, token_fo
     other = make_team("beta")
     bob = make_user("bob", other, "member")
     client = bearer(token_for(bob, other))
-    assert client.get(f"/api/reviews/{review.pk}/pairs").status_code == 404
-    r = client.post(f"/api/reviews/{review.pk}/pairs/{pair.pk}/vote", {"choice": "a"},
+    assert client.get(f"/api/evaluation/reviews/{review.pk}/pairs").status_code == 404
+    r = client.post(f"/api/evaluation/reviews/{review.pk}/pairs/{pair.pk}/vote", {"choice": "a"},
                     content_type="application/json")
     assert r.status_code == 404
     from core.errors import NotFound

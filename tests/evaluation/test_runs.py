@@ -1,4 +1,4 @@
-"""Evaluation runs through the services, the shared job machinery (foreground) and /api/evaluations."""
+"""Evaluation runs through the services, the shared job machinery (foreground) and /api/evaluation/runs."""
 
 from __future__ import annotations
 
@@ -72,23 +72,23 @@ def test_unknown_metric_is_refused(setup):
 def test_api_create_list_detail_and_team_isolation(setup, make_team, make_user, token_for, bearer):
     team, alice, version, adapter = setup
     client = bearer(token_for(alice, team))
-    r = client.post("/api/evaluations", {"adapter": adapter.name, "dataset": str(version.pk),
+    r = client.post("/api/evaluation/runs", {"adapter": adapter.name, "dataset": str(version.pk),
                                          "metrics": ["ppl", "samples"]}, content_type="application/json")
     assert r.status_code == 201, r.content
     run_id = r.json()["id"]
     assert r.json()["metrics"] == ["perplexity", "samples"] and r.json()["status"] == "queued"
-    assert client.get("/api/evaluations").json()["count"] == 1
-    assert client.get(f"/api/evaluations/{run_id}").status_code == 200
+    assert client.get("/api/evaluation/runs").json()["count"] == 1
+    assert client.get(f"/api/evaluation/runs/{run_id}").status_code == 200
 
     other_team = make_team("beta")
     bob = make_user("bob", other_team, "member")
     outsider = bearer(token_for(bob, other_team))
-    assert outsider.get(f"/api/evaluations/{run_id}").status_code == 404
-    assert outsider.get(f"/api/evaluations/{run_id}/samples").status_code == 404
-    assert outsider.get("/api/evaluations").json()["count"] == 0
-    r = outsider.post("/api/evaluations", {"adapter": adapter.name}, content_type="application/json")
+    assert outsider.get(f"/api/evaluation/runs/{run_id}").status_code == 404
+    assert outsider.get(f"/api/evaluation/runs/{run_id}/samples").status_code == 404
+    assert outsider.get("/api/evaluation/runs").json()["count"] == 0
+    r = outsider.post("/api/evaluation/runs", {"adapter": adapter.name}, content_type="application/json")
     assert r.status_code == 404
-    assert client.post(f"/api/evaluations/{run_id}/cancel").json()["status"] == "cancelled"
+    assert client.post(f"/api/evaluation/runs/{run_id}/cancel").json()["status"] == "cancelled"
 
 
 def test_evaluate_command_prints_json_results(setup):
@@ -104,3 +104,49 @@ def test_evaluate_command_prints_json_results(setup):
     result = json.loads(out.getvalue())
     assert result["status"] == "succeeded"
     assert result["perplexity"]["adapter"] < result["perplexity"]["base"]
+
+
+def test_training_task_asking_for_an_evaluation_gets_one_queued_on_success(setup, tiny_base_model):
+    from core.errors import ApplicationError
+    from training import jobs
+    from training.services import training_task_clone, training_task_create
+
+    team, alice, version, _adapter = setup
+    params = {"n_epochs": 1, "batch_size": 4, "lora_r": 4, "save_steps": 1000}
+    with pytest.raises(ApplicationError) as err:
+        training_task_create(user=alice, name="t", base_model=tiny_base_model.pk, train_version=version.pk,
+                             params=params, evaluate=True, evaluation_metrics=["ppl", "bleu"])
+    assert err.value.param == "evaluation_metrics" and "bleu" in err.value.message
+    with pytest.raises(ApplicationError) as err:
+        training_task_create(user=alice, name="t", base_model=tiny_base_model.pk, train_version=version.pk,
+                             params=params, evaluation_metrics=["ppl"])
+    assert err.value.param == "evaluation_metrics"
+
+    task = training_task_create(user=alice, name="with-eval", base_model=tiny_base_model.pk,
+                                train_version=version.pk, params=params, evaluate=True,
+                                evaluation_metrics="ppl,samples")
+    assert task.evaluate_on_success and task.evaluation_metrics == ["perplexity", "samples"]
+    assert jobs.run_foreground(task) == "succeeded"
+    adapter = task.adapters.get()
+    run = EvaluationRun.objects.get(adapter=adapter)
+    assert run.status == "queued" and run.metric_names == ["perplexity", "samples"]
+    assert run.dataset_version == version and run.created_by == alice and run.team == team
+    assert task.events.filter(message__startswith=f"Evaluation run {run.pk} queued").exists()
+    # a clone asks for the same evaluation; a task without the flag gets none
+    assert training_task_clone(user=alice, task=task).evaluation_metrics == ["perplexity", "samples"]
+    plain = training_task_create(user=alice, name="no-eval", base_model=tiny_base_model.pk,
+                                 train_version=version.pk, params=params)
+    assert jobs.run_foreground(plain) == "succeeded"
+    assert not EvaluationRun.objects.filter(adapter__task=plain).exists()
+
+
+def test_api_creates_a_training_task_with_an_evaluation_request(setup, tiny_base_model, token_for, bearer):
+    team, alice, version, _adapter = setup
+    client = bearer(token_for(alice, team))
+    body = {"base_model": tiny_base_model.name, "train_version": version.pk, "params": {"n_epochs": 1},
+            "evaluate": True, "evaluation_metrics": ["perplexity"]}
+    r = client.post("/api/training/tasks", body, content_type="application/json")
+    assert r.status_code == 201, r.content
+    assert r.json()["evaluate_on_success"] is True and r.json()["evaluation_metrics"] == ["perplexity"]
+    r = client.post("/api/training/tasks", {**body, "evaluation_metrics": ["nope"]}, content_type="application/json")
+    assert r.status_code == 400 and r.json()["param"] == "evaluation_metrics"

@@ -36,7 +36,13 @@ from training.data import (  # noqa: E402
 )
 from training.errors import TrainingError, classify  # noqa: E402
 from training.params import resolve_params  # noqa: E402
-from training.recipe import RunSpec, run_training, token_loss_sums  # noqa: E402
+from training.recipe import (  # noqa: E402
+    VARLEN_ATTENTION,
+    RunSpec,
+    enable_flat_batches,
+    run_training,
+    token_loss_sums,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -155,6 +161,11 @@ def test_jsonl_with_invalid_line_is_a_dataset_error(tokenizer, tmp_path):
 
 
 def _padded_standard_loss(model, tokenizer, examples, width: int) -> float:
+    return _padded_standard_loss_tensor(model, tokenizer, examples, width).item()
+
+
+def _padded_standard_loss_tensor(model, tokenizer, examples, width: int):
+    """transformers' own loss (shifted mean cross-entropy over the labels) on a batch padded to ``width``."""
     ids = torch.full((len(examples), width), tokenizer.pad_token_id)
     labels = torch.full((len(examples), width), IGNORE_INDEX)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
@@ -163,7 +174,7 @@ def _padded_standard_loss(model, tokenizer, examples, width: int) -> float:
         ids[i, :n] = torch.tensor(ex.input_ids)
         labels[i, :n] = torch.tensor(ex.labels)
         mask[i, :n] = 1
-    return model(input_ids=ids, attention_mask=mask, labels=labels).loss.item()
+    return model(input_ids=ids, attention_mask=mask, labels=labels).loss
 
 
 def _varied_records():
@@ -195,6 +206,98 @@ def test_packed_rows_do_not_attend_across_examples(tokenizer):
         standard = _padded_standard_loss(model, tokenizer, examples, width=128)
         loss_sum, n, _ = token_loss_sums(model, Collator(tokenizer.pad_token_id)(rows), direct=True, packed=True)
     assert (loss_sum / n).item() == pytest.approx(standard, rel=1e-5)
+
+
+def _grads(model) -> dict[str, torch.Tensor]:
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    return grads
+
+
+def _assert_same_grads(fast: dict, standard: dict) -> None:
+    assert fast.keys() == standard.keys() and fast
+    scale = max(float(g.abs().max()) for g in standard.values())
+    for name, g in standard.items():
+        torch.testing.assert_close(fast[name], g, rtol=1e-4, atol=1e-5 * scale, msg=name)
+
+
+def test_flat_collator_concatenates_examples_and_marks_their_boundaries(tokenizer):
+    examples, _ = encode_records(tokenizer, _varied_records())
+    items = [to_item(e) for e in examples[:3]]
+    rows = pack_items(examples[3:], max_len=200)
+    batch = Collator(tokenizer.pad_token_id, flat=True)(items + rows)
+    lengths = [len(e) for e in examples[:3]]
+    total = sum(len(e) for e in examples)
+    assert batch["input_ids"].shape == batch["position_ids"].shape == batch["shift_labels"].shape == (1, total)
+    bounds = batch["cu_seq_lens_q"].tolist()
+    assert bounds[0] == 0 and bounds[-1] == total and len(bounds) == len(examples) + 1  # packed rows split apart
+    assert bounds[1:4] == [sum(lengths[:k]) for k in range(1, 4)]
+    pos = batch["position_ids"][0].tolist()
+    assert [pos[b] for b in bounds[:-1]] == [0] * len(examples)
+    assert int(batch["attention_mask"].sum()) == total  # every position is a real token
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_flat_batch_loss_and_gradients_equal_padded_standard(tokenizer, direct):
+    """Issue 9: a flat row with per-example attention computes what the padded batch's standard loss does."""
+    model = build_model(tokenizer)
+    model.set_attn_implementation("sdpa")
+    examples, _ = encode_records(tokenizer, _varied_records())
+    loss = _padded_standard_loss_tensor(model, tokenizer, examples, width=128)
+    loss.backward()
+    standard = _grads(model)
+
+    enable_flat_batches(model)
+    assert model.config._attn_implementation == VARLEN_ATTENTION
+    batch = Collator(tokenizer.pad_token_id, flat=True)([to_item(e) for e in examples])
+    loss_sum, n, _ = token_loss_sums(model, batch, direct=direct, packed=False)
+    (loss_sum / n).backward()
+    assert n == sum(e.n_targets for e in examples)
+    assert (loss_sum / n).item() == pytest.approx(loss.item(), rel=1e-5)
+    _assert_same_grads(_grads(model), standard)
+
+
+def test_flat_batches_of_packed_rows_equal_padded_standard(tokenizer):
+    model = build_model(tokenizer)
+    model.set_attn_implementation("sdpa")
+    examples, _ = encode_records(tokenizer, _varied_records())
+    loss = _padded_standard_loss_tensor(model, tokenizer, examples, width=128)
+    loss.backward()
+    standard = _grads(model)
+
+    enable_flat_batches(model)
+    batch = Collator(tokenizer.pad_token_id, flat=True)(pack_items(examples, max_len=200))
+    loss_sum, n, _ = token_loss_sums(model, batch, direct=True, packed=True)
+    (loss_sum / n).backward()
+    assert (loss_sum / n).item() == pytest.approx(loss.item(), rel=1e-5)
+    _assert_same_grads(_grads(model), standard)
+
+
+def test_varlen_attention_leaves_padded_batches_to_plain_sdpa(tokenizer):
+    model = build_model(tokenizer)
+    model.set_attn_implementation("sdpa")
+    examples, _ = encode_records(tokenizer, _varied_records())
+    batch = Collator(tokenizer.pad_token_id)([to_item(e) for e in examples])
+    with torch.no_grad():
+        before = token_loss_sums(model, batch, direct=True, packed=False)[0]
+        enable_flat_batches(model)
+        after = token_loss_sums(model, batch, direct=True, packed=False)[0]
+    assert after.item() == pytest.approx(before.item(), rel=1e-6)
+
+
+def test_cpu_runs_train_on_flat_batches(tiny_base, tmp_path):
+    result = run_training(spec_for(tiny_base, tmp_path, params=dict(FAST, n_epochs=1)))
+    assert result.device_info["flat_batches"] is True and result.device_info["direct_head"] is True
+
+
+def test_ungrouped_sampler_is_a_replayable_shuffle():
+    lengths = [(i * 37) % 300 + 20 for i in range(50)]
+    sampler = LengthGroupedSampler(lengths, batch_size=8, seed=3, grouped=False)
+    sampler.set_epoch(1)
+    first = list(sampler)
+    again = LengthGroupedSampler(lengths, batch_size=8, seed=3, grouped=False)
+    again.set_epoch(1)
+    assert list(again) == first and sorted(first) == list(range(50)) and first != list(range(50))
 
 
 def test_length_grouped_batches_are_replayable_and_cut_padding():

@@ -96,3 +96,13 @@ def test_kill_9_of_the_child_is_recovered_from_the_last_checkpoint(team_user, ti
     recovery = task.events.get(message__startswith="Recovering")
     assert "from checkpoint step-" in recovery.message and "signal 9" in recovery.message
     assert task.adapters.count() == 1  # one adapter: no duplicate run
+
+    # The recovered run's adapter is interchangeable with one trained without interruption (same files,
+    # LoRA configuration, tensor names, dtypes and shapes).
+    from tests.reliability.helpers import adapter_format
+    from training.jobs import run_foreground
+
+    reference = services.training_task_create(user=alice, name="uninterrupted", base_model=tiny_base_model,
+                                              train_version=task.train_version, params={**params, "max_steps": 2})
+    assert run_foreground(reference) == JobStatus.SUCCEEDED
+    assert adapter_format(task.adapters.get().path) == adapter_format(reference.adapters.get().path)

@@ -85,7 +85,15 @@ class Command(ServiceCommand):
 
         samples = self.load_samples(user, team)
         if not opts["skip_training"]:
-            self.train_and_compare(user, team, samples["customer-service"])
+            # One queue worker for both jobs; their truth is in our tables, so it is stopped when they are done.
+            worker = subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=settings.BASE_DIR,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            try:
+                adapter = self.train_and_compare(user, team, samples["customer-service"])
+                self.train_classifier_and_classify(user, team, samples["questions"], samples["questions-held-out"])
+            finally:
+                stop_worker(worker)
+            self.evaluate(user, adapter)
 
         out.write(self.style.MIGRATE_HEADING("Summary"))
         out.write(f"   data directory: {settings.DATA_DIR}")
@@ -109,13 +117,14 @@ class Command(ServiceCommand):
                  ("customer-service-long", "customer_service_alpaca.json", None),
                  ("support-sharegpt", "sharegpt_support.json", None),
                  ("support-chat", "chat_openai.jsonl", None),
-                 ("questions", "question_classification.jsonl", None)]
+                 ("questions", "question_classification_train.jsonl", None),
+                 ("questions-held-out", "question_classification_val.jsonl", None)]
         versions: dict[str, DatasetVersion] = {}
         rows = []
         for name, filename, fmt in files:
             with (root / filename).open("rb") as fh:
                 version = dataset_upload(user=user, team=team, name=name, fileobj=fh, filename=filename, format=fmt,
-                                         base_model="SmolLM2-135M-Instruct" if name != "questions" else None)
+                                         base_model=None if name.startswith("questions") else "SmolLM2-135M-Instruct")
             versions[name] = version
             rows.append([version.ref, version.format, str(version.row_count), version.status,
                          str(version.report.get("warning_count", 0)) if isinstance(version.report, dict) else "0"])
@@ -135,7 +144,7 @@ class Command(ServiceCommand):
         "从多少钱开始不收运费？",
     ]
 
-    def train_and_compare(self, user, team, version) -> None:
+    def train_and_compare(self, user, team, version):
         from training import inference
         from training.cli import wait_with_progress
         from training.services import training_task_create
@@ -147,12 +156,7 @@ class Command(ServiceCommand):
                                     base_model="SmolLM2-135M-Instruct", train_version=version, params={})
         for key, why in (task.auto_explanation or {}).items():
             out.write(f"   auto {key}: {why}")
-        worker = subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=settings.BASE_DIR,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        try:
-            task = wait_with_progress(task, self.stderr._out)
-        finally:
-            stop_worker(worker)
+        task = wait_with_progress(task, self.stderr._out)
         if task.status != "succeeded":
             raise SystemExit(f"Training {task.status}: {task.error_code} {task.error_message}")
         adapter = task.adapters.get()
@@ -169,8 +173,42 @@ class Command(ServiceCommand):
             out.write(f"   Q: {question}")
             out.write(f"      base:    {before}")
             out.write(f"      adapter: {after}")
+        return adapter
 
-        out.write(self.style.MIGRATE_HEADING("6. Evaluation report of the demo adapter (perplexity before/after, "
+    CLASSIFY = [
+        "Hive 表怎么按天分区？",
+        "Why is my Spark job stuck in the queue?",
+        "你好，今天过得怎么样？",
+        "Thanks, have a nice evening!",
+        "红烧鱼怎么做？",
+        "Which football team won the league this year?",
+    ]
+
+    def train_classifier_and_classify(self, user, team, train, held_out) -> None:
+        from classifier.services import classifier_predict, classifier_task_create
+        from training.cli import wait_with_progress
+
+        out = self.stdout
+        out.write(self.style.MIGRATE_HEADING("6. Train a question classifier: all-MiniLM-L6-v2 + LoRA (default "
+                                             "parameters, through the queue worker)"))
+        task = classifier_task_create(user=user, team=team, name="demo-questions", base_model="all-MiniLM-L6-v2",
+                                      train_version=train, validation_version=held_out, params={})
+        task = wait_with_progress(task, self.stderr._out)
+        if task.status != "succeeded":
+            raise SystemExit(f"Classifier training {task.status}: {task.error_code} {task.error_message}")
+        report = task.report
+        out.write(f"   {task.trainable_parameters:,} trainable parameters (LoRA + head) of "
+                  f"{task.total_parameters:,}; {task.duration_seconds:.0f}s on {task.device}")
+        out.write(f"   held-out ({held_out.row_count} questions): accuracy {report['accuracy']:.3f}, "
+                  f"macro-F1 {report['macro_f1']:.3f} (best epoch {report.get('best_epoch')} of "
+                  f"{len(report.get('epochs', []))})")
+        predictions = classifier_predict(user=user, adapter=task.adapter, texts=self.CLASSIFY)
+        rows = [[text, p["label"], f"{p['confidence']:.2f}"] for text, p in zip(self.CLASSIFY, predictions, strict=True)]
+        out.write(table(rows, ["question", "label", "confidence"]))
+
+    def evaluate(self, user, adapter) -> None:
+        out = self.stdout
+        out.write(self.style.MIGRATE_HEADING("7. Evaluation report of the demo adapter (perplexity before/after, "
                                              "samples)"))
         call_command("evaluate", adapter.name, "--metrics", "perplexity,samples", "--samples", "2",
                      "--max-new-tokens", "48", "--foreground", "--user", user.username, stdout=self.stdout,

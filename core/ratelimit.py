@@ -1,0 +1,58 @@
+"""A fixed-window rate limiter on Django's cache (per team, per minute).
+
+Used by /v1/chat/completions (requests and tokens per team) and the admin login throttle. The default
+cache is per process (LocMemCache): with several web processes each one counts on its own, so the
+effective limit is the configured one times the number of processes; point CACHES at a shared cache
+(database, Redis, Memcached) to make it global.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from django.core.cache import cache
+
+from core.errors import ApplicationError
+
+
+class RateLimited(ApplicationError):
+    """Too many requests: 429, and the seconds after which a retry can succeed."""
+
+    status = 429
+
+    def __init__(self, message: str, *, retry_after: int, code: str = "rate_limit_exceeded",
+                 param: str | None = None) -> None:
+        super().__init__(message, code=code, param=param)
+        self.retry_after = max(1, int(retry_after))
+
+
+@dataclass(frozen=True)
+class Window:
+    used: int
+    retry_after: int
+
+
+def consume(key: str, amount: int, *, limit: int, period: int = 60, now: float | None = None) -> Window | None:
+    """Add ``amount`` to the counter of ``key`` for the current window; the window if that passes ``limit``.
+
+    Nothing is counted for a refused request, so a client that backs off is not punished twice.
+    """
+    now = time.time() if now is None else now
+    window = int(now // period)
+    name = f"rl:{key}:{window}"
+    cache.add(name, 0, timeout=period + 5)
+    try:
+        used = cache.incr(name, amount)
+    except ValueError:  # expired between add and incr
+        cache.set(name, amount, timeout=period + 5)
+        used = amount
+    if used > limit:
+        cache.decr(name, amount)
+        return Window(used=used - amount, retry_after=int((window + 1) * period - now) + 1)
+    return None
+
+
+def peek(key: str, *, period: int = 60, now: float | None = None) -> int:
+    now = time.time() if now is None else now
+    return int(cache.get(f"rl:{key}:{int(now // period)}", 0))
