@@ -5,7 +5,7 @@ import io
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpResponse, HttpResponseNotAllowed, JsonResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -19,7 +19,6 @@ from core import admin_ui
 from core.admin import TeamScopedAdmin
 from core.admin_ui import format_duration, status_badge
 from core.commands import format_count
-from core.errors import ApplicationError
 from training.job_admin import JobControlAdminMixin
 from training.models import BaseModel
 
@@ -188,7 +187,6 @@ class ClassifierTaskAdmin(JobControlAdminMixin, TeamScopedAdmin):
         return [
             path("start/", wrap(self.start_view), name="classifier_classifiertask_start"),
             path("<int:pk>/confusion.png", wrap(self.confusion_view), name="classifier_classifiertask_confusion"),
-            path("<int:pk>/try/", wrap(self.try_view), name="classifier_classifiertask_try"),
             *self.job_urls(),
         ] + super().get_urls()
 
@@ -220,17 +218,3 @@ class ClassifierTaskAdmin(JobControlAdminMixin, TeamScopedAdmin):
         if not report.get("confusion_matrix"):
             raise Http404("No metrics yet.")
         return HttpResponse(confusion_png(report, title=task.name), content_type="image/png")
-
-    def try_view(self, request, pk: int):
-        """The "try it" box: classify one text with the task's adapter."""
-        if request.method != "POST":
-            return HttpResponseNotAllowed(["POST"])
-        task = self._task(request, pk)
-        text = request.POST.get("text", "")
-        if not task.adapter_id:
-            return JsonResponse({"detail": "This task has no adapter yet."}, status=409)
-        try:
-            pred = services.classifier_predict(user=request.user, adapter=task.adapter, texts=[text])[0]
-        except ApplicationError as exc:
-            return JsonResponse({"detail": exc.message, "code": exc.code}, status=exc.status)
-        return JsonResponse(pred)

@@ -1,4 +1,4 @@
-"""The classifier task admin: list columns, detail with report and confusion matrix, start form, try-it box."""
+"""The classifier task admin: list columns, detail with report and confusion matrix, start form."""
 
 from __future__ import annotations
 
