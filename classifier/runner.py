@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from classifier.models import ClassifierEvent, ClassifierTask
 from training import jobs
+from training.model_scan import folder_size
 from training.models import Adapter, EventLevel, JobStatus
 from training.runner import SAFE, DbHooks, data_path
 
@@ -45,7 +46,7 @@ def register_adapter(task: ClassifierTask, folder: Path, *, metrics: dict, label
         name=adapter_unique_name(task.team, task.name), team=task.team, created_by=task.created_by,
         kind=Adapter.Kind.CLASSIFIER, base_model=task.base_model, task=None, path=str(folder),
         lora_config={k: config.get(k) for k in keep if k in config}, trainable_parameters=trainable,
-        size_bytes=_folder_size(folder), metrics={**metrics, "classifier_task_id": task.pk}, label_map=label_map)
+        size_bytes=folder_size(folder), metrics={**metrics, "classifier_task_id": task.pk}, label_map=label_map)
 
 
 def run_classifier_job(task: ClassifierTask, ctx: jobs.JobContext) -> None:
@@ -103,10 +104,6 @@ def run_classifier_job(task: ClassifierTask, ctx: jobs.JobContext) -> None:
 def _fail(ctx: jobs.JobContext, code: str, message: str) -> None:
     ctx.finish(JobStatus.FAILED, error_code=code, error_message=message, eta_seconds=None)
     ctx.event(f"Failed: {message}", level=EventLevel.ERROR, data={"code": code})
-
-
-def _folder_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def latest_checkpoint(task: ClassifierTask) -> str | None:

@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from training import jobs
 from training.hooks import NullHooks
+from training.model_scan import folder_size
 from training.models import (
     Adapter,
     Checkpoint,
@@ -106,10 +107,6 @@ def adapter_dir_for(task: TrainingTask) -> Path:
     return Path(settings.DATA_DIR) / "adapters" / f"{SAFE.sub('_', task.name)}_{stamp}"
 
 
-def _folder_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
 def register_adapter(task: TrainingTask, folder: Path, *, metrics: dict, trainable: int) -> Adapter:
     from training.services import adapter_unique_name
 
@@ -123,7 +120,7 @@ def register_adapter(task: TrainingTask, folder: Path, *, metrics: dict, trainab
         created_by=task.created_by,
         kind=Adapter.Kind.CAUSAL_LM, base_model=task.base_model, task=task, path=str(folder),
         lora_config={k: config.get(k) for k in keep if k in config}, trainable_parameters=trainable,
-        size_bytes=_folder_size(folder), metrics=metrics)
+        size_bytes=folder_size(folder), metrics=metrics)
 
 
 def run_training_job(task: TrainingTask, ctx: jobs.JobContext) -> None:
