@@ -22,8 +22,8 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from accounts import visibility
-from core.admin import TeamScopedAdmin
-from core.admin_ui import VisibleTeamFilter, status_badge
+from accounts.admin_base import TeamScopedAdmin, VisibleTeamFilter
+from core.admin_ui import status_badge
 from core.errors import ApplicationError
 from datasets_app import formats, services
 from datasets_app.models import Dataset, DatasetVersion
@@ -31,7 +31,7 @@ from datasets_app.validation import CODES
 
 
 def _base_model_queryset(user):
-    from training.models import BaseModel
+    from catalog.models import BaseModel
 
     return visibility.visible_to(user, BaseModel.objects.filter(available=True), include_global=True)
 

@@ -1,6 +1,6 @@
 """Business rules for evaluation runs and blind A/B reviews.
 
-The queue, claim, supervised child, cancel and crash recovery are ``training.jobs``; these services add the
+The queue, claim, supervised child, cancel and crash recovery are ``jobs.runtime``; these services add the
 evaluation's own checks.
 
 Blindness rule: which side of a pair is the adapter is revealed (in ``review_results`` and the pair
@@ -21,8 +21,9 @@ from accounts.visibility import as_principal, get_visible, require_write, resolv
 from core.errors import ApplicationError, Conflict, NotFound
 from evaluation import metrics as m
 from evaluation.models import METRIC_CHOICES, EvaluationRun, EvaluationSample, Review, ReviewPair, Vote
-from training import job_services
-from training.models import Adapter, JobStatus
+from jobs import services as job_services
+from jobs.models import JobStatus
+from training.models import Adapter
 
 DEFAULT_METRICS = ("perplexity", "samples", "style", "overlap")
 GENERATION_KEYS = {"max_new_tokens": int, "temperature": float, "top_p": float, "seed": int, "n_samples": int,
@@ -96,7 +97,7 @@ def evaluation_run_create(*, user, adapter: Adapter | str | int, dataset=None, o
                           priority: int = 0) -> EvaluationRun:
     """Validate, create a queued run, wake a worker on commit."""
     from datasets_app.services import dataset_version_get
-    from training import jobs
+    from jobs import runtime
     from training.services import adapter_get
 
     if not isinstance(adapter, Adapter):
@@ -132,9 +133,9 @@ def evaluation_run_create(*, user, adapter: Adapter | str | int, dataset=None, o
             name=name[:200], team=team, created_by=_user(user), adapter=adapter, other_adapter=other,
             dataset_version=version, metric_names=chosen, generation=gen, priority=priority,
             seed=gen.get("seed", 0), status=JobStatus.QUEUED, queued_at=timezone.now())
-        jobs.add_event(run, f"Created: {', '.join(chosen)} on {version.ref} for adapter {adapter.name}"
+        runtime.add_event(run, f"Created: {', '.join(chosen)} on {version.ref} for adapter {adapter.name}"
                             f" vs {other.name if other else 'its base model'}.")
-        jobs.enqueue(run)
+        runtime.enqueue(run)
     return run
 
 
