@@ -13,7 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import Team
-from accounts.visibility import get_visible, visible_to
+from accounts.visibility import acting_user, get_visible, visible_to
 from catalog import model_scan
 from catalog.models import BaseModel
 from core.errors import ApplicationError, NotFound
