@@ -22,6 +22,7 @@ from core import admin_ui
 from core.admin_ui import format_duration, status_badge
 from core.commands import format_count
 from core.errors import ApplicationError
+from datasets_app.models import DatasetVersion
 from jobs.admin import JobControlAdminMixin, JobEventInline
 
 
@@ -43,8 +44,6 @@ class StartClassifierForm(forms.Form):
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
-        from datasets_app.models import DatasetVersion
-
         self.fields["team"].queryset = visibility.teams(user, write=True)
         self.fields["base_model"].queryset = visibility.visible_to(
             user, BaseModel.objects.filter(kind=BaseModel.Kind.ENCODER, available=True), include_global=True)

@@ -36,7 +36,10 @@ from django.utils import timezone
 from accounts import visibility
 from core.admin_ui import format_duration, job_progress, status_badge
 from core.commands import format_bytes
+from datasets_app.models import Dataset, DatasetVersion
+from jobs.models import JobStatus
 from jobs.registry import kinds
+from training.models import Adapter
 
 DATA_SUBFOLDERS = ("datasets", "models", "adapters", "runs", "exports")
 QUEUE_LIMIT = 20
@@ -104,7 +107,6 @@ def _visible_jobs(user, kind):
 
 def jobs_overview(user) -> dict[str, list[dict]]:
     """Running jobs (with progress and ETA), the queue in the order the workers take it, recent failures."""
-    from jobs.models import JobStatus
 
     now = timezone.now()
     running, queued, failed = [], [], []
@@ -158,7 +160,6 @@ def queue_clusters() -> list[dict[str, Any]]:
 
 def busy_workers() -> list[dict[str, Any]]:
     """Workers supervising a job right now, from our job heartbeats (all teams: no job is named)."""
-    from jobs.models import JobStatus
 
     fresh = timezone.now() - timedelta(seconds=getattr(settings, "JOB_STALE_SECONDS", 90))
     seen: dict[str, dict[str, Any]] = {}
@@ -309,9 +310,6 @@ def disk_usage(data_dir: Path | str | None = None, *, fresh: bool = False) -> di
 
 def team_counts(user) -> list[dict[str, Any]]:
     """Per visible team: datasets, versions, jobs by kind, adapters, and jobs running / queued / failed."""
-    from datasets_app.models import Dataset, DatasetVersion
-    from jobs.models import JobStatus
-    from training.models import Adapter
 
     teams = list(visibility.teams(user).order_by("name"))
     ids = [t.pk for t in teams]

@@ -16,8 +16,10 @@ from catalog.models import BaseModel
 from core import admin_ui
 from core.commands import format_bytes, format_count
 from core.errors import ApplicationError
+from datasets_app.models import DatasetVersion
 from jobs.admin import JobControlAdminMixin, JobEventInline
 from training import lifecycle, services
+from training.charts import loss_chart_png
 from training.models import Adapter, Checkpoint, MergeEvent, MergeJob, TrainingEvent, TrainingTask
 
 # ================================================================================================ tasks
@@ -53,8 +55,6 @@ class StartTrainingForm(forms.Form):
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
-        from datasets_app.models import DatasetVersion
-
         self.fields["team"].queryset = visibility.teams(user, write=True)
         self.fields["base_model"].queryset = visibility.visible_to(
             user, BaseModel.objects.filter(kind=BaseModel.Kind.CAUSAL_LM, available=True), include_global=True)
@@ -164,8 +164,6 @@ class TrainingTaskAdmin(JobControlAdminMixin, TeamScopedAdmin):
         return TemplateResponse(request, "admin/training/trainingtask/start.html", context)
 
     def chart_view(self, request, pk: int):
-        from training.charts import loss_chart_png
-
         task = self._task(request, pk)
         rows = task.events.filter(type="metrics").order_by("id").values_list("data", flat=True)
         return HttpResponse(loss_chart_png(list(rows), title=task.name), content_type="image/png")
