@@ -7,7 +7,7 @@ from __future__ import annotations
 from django.contrib import admin, messages
 from django.http import Http404, JsonResponse
 from django.shortcuts import redirect
-from django.urls import path
+from django.urls import path, reverse
 from django.views.decorators.http import require_POST
 
 from jobs import services
@@ -100,6 +100,24 @@ class JobControlAdminMixin:
     def save_related(self, request, form, formsets, change):
         # Inlines of a job (events, checkpoints) are read-only: nothing to save.
         pass
+
+    # ---- the change page ------------------------------------------------------------------------------
+
+    # action -> (label, the statuses it is valid in): the page shows only the valid ones, and follows the state.
+    CONTROLS = {"cancel": ("Cancel", "validating queued running paused"), "pause": ("Pause", "queued running"),
+                "resume": ("Resume", "paused"), "retry": ("Retry", "failed cancelled"),
+                "clone": ("Clone", "validating queued running paused succeeded failed cancelled")}
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        job = self.get_queryset(request).filter(pk=object_id).first() if str(object_id).isdigit() else None
+        if job is not None:
+            controls = [{"action": action, "label": label, "statuses": statuses,
+                         "enabled": job.status in statuses.split(),
+                         "url": reverse(f"admin:{self._url_name('control')}", args=[job.pk, action])}
+                        for action, (label, statuses) in self.CONTROLS.items() if self._service(action) is not None]
+            extra_context = {**(extra_context or {}), "job_controls": controls,
+                             "job_progress_url": reverse(f"admin:{self._url_name('progress')}", args=[job.pk])}
+        return super().change_view(request, object_id, form_url, extra_context)
 
     # ---- views --------------------------------------------------------------------------------------
 
