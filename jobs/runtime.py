@@ -30,6 +30,7 @@ from django_q.tasks import async_task
 from accounts.models import Team
 from jobs.models import TERMINAL, EventLevel, EventType, Job, JobStatus
 from jobs.registry import get_kind, kind_of, kinds
+from jobs.signals import job_finished
 
 log = logging.getLogger(__name__)
 
@@ -336,7 +337,25 @@ def finish(job: Job, token: str | None, status: str, **fields) -> bool:
     qs = type(job).objects.filter(pk=job.pk)
     if token is not None:
         qs = qs.filter(run_token=token)
-    return qs.update(**values) == 1
+    if qs.update(**values) != 1:
+        return False
+    if status in TERMINAL:
+        announce_finished(job)
+    return True
+
+
+def announce_finished(job: Job) -> None:
+    """``jobs.signals.job_finished`` once the ending is committed; a failing receiver is logged, never raised."""
+    def send() -> None:
+        row = type(job).objects.filter(pk=job.pk).first()
+        if row is None:
+            return
+        for receiver, response in job_finished.send_robust(sender=type(row), job=row, kind=kind_of(row).name):
+            if isinstance(response, Exception):
+                log.error("job_finished receiver %r failed for %s %s: %s", receiver, type(row).__name__, row.pk,
+                          response)
+
+    transaction.on_commit(send)
 
 
 # --------------------------------------------------------------------------------------------- child side
@@ -447,6 +466,7 @@ def request_cancel(job: Job) -> str:
     if model.objects.filter(pk=job.pk, status__in=[JobStatus.QUEUED, JobStatus.PAUSED, JobStatus.VALIDATING]) \
             .update(status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now, run_token="") == 1:
         add_event(job, "Cancelled before running.")
+        announce_finished(job)
         return JobStatus.CANCELLED
     if model.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(cancel_requested=True) == 1:
         add_event(job, "Cancel requested: stopping at the next step.")
