@@ -106,7 +106,7 @@ def test_the_team_quota_counts_the_new_kind_too(alice, settings):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_supervisor_runs_the_kind_in_a_child_process(alice, worker_env, monkeypatch):
+def test_the_supervisor_runs_the_kind_in_a_child_process(alice, worker_env, monkeypatch):  # noqa: F811 - the fixture
     team, user = alice
     # The child (manage.py run_job count <pk>) must open this test's database and DATA_DIR.
     monkeypatch.setenv("DATABASE_URL", worker_env["DATABASE_URL"])
