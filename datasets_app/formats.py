@@ -945,6 +945,9 @@ def normalise_preference(example: Any) -> tuple[dict | None, list[Problem]]:
         while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
             shared += 1
         prompt, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
+        system = example.get("system")
+        if prompt and isinstance(system, str) and system.strip() and prompt[0]["role"] != "system":
+            prompt = [{"role": "system", "content": system}, *prompt]
         if not prompt:
             problems.append(("invalid_prompt", 'no "prompt": chosen and rejected share no prompt turns'))
     for name, answer in ((keys[0], chosen), (keys[1], rejected)):

@@ -631,10 +631,24 @@ def _pieces(line: str, count: Callable[[str], int], limit: int) -> Iterator[tupl
         if n <= limit:
             yield sentence, n
             continue
-        step = max(1, len(sentence) * limit // (n + 1))
+        words = sentence.split(" ")
+        if len(words) > 1:  # by words (their counts add up closely enough for a cut)
+            part: list[str] = []
+            part_tokens = 0
+            for word in words:
+                tokens = count(word)
+                if part and part_tokens + tokens > limit:
+                    yield " ".join(part), part_tokens
+                    part, part_tokens = [], 0
+                part.append(word)
+                part_tokens += tokens
+            if part:
+                yield " ".join(part), part_tokens
+            continue
+        step = max(1, len(sentence) * limit // (n + 1))  # no spaces (e.g. Chinese): by characters
         for k in range(0, len(sentence), step):
-            part = sentence[k:k + step]
-            yield part, count(part)
+            piece = sentence[k:k + step]
+            yield piece, count(piece)
 
 
 def _seekable(f: Any) -> bool:
@@ -689,7 +703,7 @@ class _Validator:
         self.mapping = mapping if mapping else None
         self.skip_invalid = skip_invalid
         self.text_counter = text_counter or approximate_tokens
-        self.chunk_tokens = max(16, int(chunk_tokens))
+        self.chunk_tokens = max(1, int(chunk_tokens))
         self.mixed: dict[str, list[int]] = {}
         self.mixed_counts: Counter[str] = Counter()
         self.normalise = formats.NORMALISERS[fmt] if fmt else None
