@@ -34,10 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import pyarrow as pa
-import pyarrow.ipc
-import pyarrow.parquet as pq
-
 from datasets_app import formats
 
 ERROR = "error"
@@ -666,8 +662,11 @@ def _size(f: Any) -> int:
     return size - here
 
 
-def _arrow_batches(source: Any) -> Iterator[pa.RecordBatch]:
+def _arrow_batches(source: Any) -> Iterator[Any]:
     """Record batches of an Arrow IPC stream (what save_to_disk writes) or IPC file."""
+    import pyarrow as pa  # see _Validator._read_parquet
+    import pyarrow.ipc  # noqa: F401  (pa.ipc)
+
     try:
         reader = pa.ipc.open_stream(source)
     except pa.ArrowInvalid:
@@ -921,6 +920,10 @@ class _Validator:
         return spool
 
     def _read_parquet(self, src: _Source, start: int | None) -> None:
+        # pyarrow (~40 MB resident) is imported only by the processes that read Parquet or Arrow.
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         self.report.container = "parquet"
         f = self._seekable_file(src, start)
         try:
@@ -933,6 +936,8 @@ class _Validator:
             raise _Stop from None
 
     def _read_arrow_file(self, src: _Source, start: int | None) -> None:
+        import pyarrow as pa  # see _read_parquet
+
         self.report.container = "arrow"
         f = self._seekable_file(src, start)
         src.total = _size(f)
@@ -945,6 +950,8 @@ class _Validator:
 
     def _read_saved_dataset(self, folder: Path, src: _Source) -> None:
         """A folder written by ``datasets.Dataset.save_to_disk``: ``state.json`` lists its Arrow files."""
+        import pyarrow as pa  # see _read_parquet
+
         self.report.container = "save_to_disk"
         if (folder / "dataset_dict.json").is_file():
             splits = sorted(p.name for p in folder.iterdir() if (p / "state.json").is_file())
@@ -961,7 +968,7 @@ class _Validator:
         src.total = sum(p.stat().st_size for p in files if p.is_file())
         self._check_size(src)
 
-        def batches() -> Iterator[pa.RecordBatch]:
+        def batches() -> Iterator[Any]:
             for path in files:
                 with pa.OSFile(str(path), "rb") as fh:
                     yield from _arrow_batches(fh)
@@ -977,7 +984,7 @@ class _Validator:
             src.too_large = True
             raise _Stop
 
-    def _read_batches(self, batches: Iterable[pa.RecordBatch]) -> None:
+    def _read_batches(self, batches: Iterable[Any]) -> None:
         """Rows of Arrow record batches, one batch in memory at a time; a row's number is its "line"."""
         row = 0
         for batch in batches:
