@@ -271,7 +271,10 @@ def main() -> None:
         "The readers keep one line, one array element or one Arrow record batch at a time, and the only per-row"
         " state, the exact duplicate detector's 12-byte (hash, line) records, stays in memory up to 65,536 rows and"
         " beyond that is spilled to 128 hash-partitioned temporary files that are checked one by one at the end."
-        " Timings are from a shared 2-CPU machine (other jobs running); repeated runs vary by about ±25%.",
+        " Timings are from a shared 2-CPU machine (other jobs running); repeated runs vary by about ±25%."
+        " The baseline includes pydantic (the column mapping's model; the web process imports it anyway); the"
+        " Parquet rows' higher peak is pyarrow itself (imported only by the processes that read Parquet/Arrow),"
+        " and it stays flat with the number of rows.",
     ]
     if token_row:
         lines += ["", f"With token counting through `{args.tokenizer}`'s chat template (5,000 rows): "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import pytest
 from dataset_helpers import chat_record, jsonl
@@ -155,6 +156,21 @@ def test_command_imports_a_text_corpus_and_parquet(teams, data_dir, tmp_path, se
     out = command("import_dataset", str(tmp_path / "chat.parquet"), "--name", "pq", "--team", "alpha")
     assert 'Format: openai (detected from line 1: it has "messages"; parquet)' in out
     assert "Rows imported: 12 as pq@1" in out
+
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+
+
+@pytest.mark.parametrize("args, fmt, rows", [
+    (["tool_calls_openai.jsonl"], "openai", 12),
+    (["preference_support.jsonl"], "preference", 12),
+    (["--dataset-info", "llama_factory/dataset_info.json", "--entry", "support_qa"], "alpaca", 12),
+    (["--dataset-info", "llama_factory/dataset_info.json", "--entry", "support_ranking"], "preference", 12),
+])
+def test_the_new_samples_import(args, fmt, rows, teams, data_dir):
+    args = [str(SAMPLES / a) if a.endswith((".json", ".jsonl")) else a for a in args]
+    out = command("import_dataset", *args, "--name", "sample", "--team", "alpha")
+    assert f"Format: {fmt} (" in out and f"Rows imported: {rows} as sample@1" in out and "Report: 0 error(s)" in out
 
 
 # ---------------------------------------------------------------------------------------------------------------
