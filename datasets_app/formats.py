@@ -140,8 +140,8 @@ def detect(example: Any) -> tuple[str | None, str]:
         return PREFERENCE, 'it has "chosen" and "rejected"'
     if "preferred_output" in example or "non_preferred_output" in example:
         return PREFERENCE, 'it has "preferred_output" / "non_preferred_output" (OpenAI preference format)'
-    if isinstance(example.get("label"), bool) and any(k in example for k in ("prompt", "completion", "messages",
-                                                                             "conversations")):
+    if is_boolean_label(example.get("label")) and any(k in example for k in ("prompt", "completion", "messages",
+                                                                               "conversations")):
         return KTO, 'it has a boolean "label" next to the conversation (unpaired preference, KTO)'
     if "messages" in example:
         return OPENAI, 'it has "messages"'
@@ -157,6 +157,11 @@ def detect(example: Any) -> tuple[str | None, str]:
     if "text" in example:
         return TEXT, 'it has "text"'
     return None, ""
+
+
+def is_boolean_label(value: Any) -> bool:
+    """True/false, also as CSV's text ``"true"`` / ``"false"``: the label of a KTO row."""
+    return isinstance(value, bool) or (isinstance(value, str) and value.strip().lower() in ("true", "false"))
 
 
 def detect_format(example: Any) -> str | None:
@@ -179,7 +184,7 @@ def guard(example: dict, fmt: str) -> Problem | None:
         return ("preference_data",
                 f"the example has {', '.join(repr(k) for k in pref)}: that is preference data (format preference), "
                 f"never imported as {fmt} training rows")
-    if isinstance(example.get("label"), bool) or "kto_tag" in example:
+    if is_boolean_label(example.get("label")) or "kto_tag" in example:
         key = "label" if "label" in example else "kto_tag"
         return ("preference_data",
                 f'the example has a boolean "{key}": that is unpaired preference data (format kto), never '
@@ -970,6 +975,8 @@ def normalise_kto(example: Any) -> tuple[dict | None, list[Problem]]:
         return _not_object(example)
     problems: list[Problem] = []
     label = example.get("label")
+    if isinstance(label, str) and is_boolean_label(label):  # CSV
+        label = label.strip().lower() == "true"
     if "label" not in example:
         problems.append(("label_missing", 'no "label" (true for a desirable answer, false for an undesirable one)'))
     elif not isinstance(label, bool):

@@ -59,6 +59,9 @@ ARROW_STREAM_MAGIC = b"\xff\xff\xff\xff"
 TEXT_CORPUS_EXTENSIONS = (".txt", ".md", ".markdown", ".text", ".rst")
 DATA_EXTENSIONS = (".jsonl", ".json", ".ndjson", ".csv", ".tsv", ".parquet", ".arrow")
 DEFAULT_CHUNK_TOKENS = 1024
+# A CSV header needs one of these (after the column mapping) to be data we know.
+CSV_KEYS = frozenset({"text", "instruction", "output", "response", "prompt", "completion", "chosen", "rejected",
+                      "label"})
 ARROW_BATCH_ROWS = 1024
 # Codes that make a file unusable even with skip_invalid (the rows cannot be told apart or read).
 FATAL_CODES = frozenset({"unknown_format", "compressed_file", "file_too_large", "internal_error", "too_few_examples",
@@ -1174,11 +1177,16 @@ class _Validator:
             if not row or all(not cell.strip() for cell in row):
                 continue
             if header is None:
-                header = [cell.strip().lower() for cell in row]
+                # Column names are read case-insensitively, except those a mapping names exactly.
+                sources = set(self.mapping.columns.values()) if self.mapping else set()
+                header = [cell.strip() if cell.strip() in sources else cell.strip().lower() for cell in row]
                 header_line = start
-                if "text" not in header and "instruction" not in header:
+                keys = set(header) | {t for t, source in (self.mapping.columns.items() if self.mapping else ())
+                                      if source in header}
+                if not keys & CSV_KEYS:
                     add(start, "missing_field",
-                        "the CSV header needs a 'text' column (and 'label' for classification); got "
+                        "the CSV header needs a 'text' column (and 'label' for classification), or instruction/"
+                        "output, prompt/completion, prompt/chosen/rejected columns (or --columns to map yours); got "
                         + ", ".join(repr(h) for h in header[:10]))
                     raise _Stop
                 continue

@@ -9,7 +9,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from dataset_helpers import chat_record, jsonl
+from dataset_helpers import PAIR, WEATHER_TOOL, chat_record, jsonl, tool_record, tool_row
 
 from datasets_app import formats
 from datasets_app.validation import Limits, validate
@@ -29,33 +29,6 @@ def issues(report) -> list[tuple[int | None, str]]:
 def times(rows: list, n: int = 12) -> list:
     """``rows`` repeated up to n rows with a distinct suffix, so that too_few_examples and duplicates stay away."""
     return [rows[i % len(rows)] for i in range(n)]
-
-
-WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
-                                                 "parameters": {"type": "object",
-                                                                "properties": {"city": {"type": "string"}}}}}
-
-
-def tool_row(i: int = 0, **changes) -> dict:
-    row = {"messages": [
-        {"role": "user", "content": f"Weather in Paris? ({i})"},
-        {"role": "assistant", "tool_calls": [{"id": "call_a", "type": "function",
-                                              "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
-        {"role": "tool", "tool_call_id": "call_a", "content": '{"temp": 21}'},
-        {"role": "assistant", "content": "It is 21 °C in Paris."},
-    ], "tools": [WEATHER_TOOL]}
-    row.update(changes)
-    return row
-
-
-def tool_record(i: int = 0) -> dict:
-    return {"messages": [
-        {"role": "user", "content": f"Weather in Paris? ({i})"},
-        {"role": "assistant", "content": "", "tool_calls": [
-            {"id": "call_a", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
-        {"role": "tool", "tool_call_id": "call_a", "name": "get_weather", "content": '{"temp": 21}'},
-        {"role": "assistant", "content": "It is 21 °C in Paris."},
-    ], "tools": [WEATHER_TOOL]}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -153,10 +126,6 @@ def test_axolotl_conversations_with_role_and_content():
 
 # ---------------------------------------------------------------------------------------------------------------
 # Preference and KTO: their own formats, never SFT rows
-
-PAIR = {"prompt": [{"role": "user", "content": "Warranty?"}], "chosen": [{"role": "assistant", "content": "2 years."}],
-        "rejected": [{"role": "assistant", "content": "No idea."}]}
-
 
 def numbered(record: dict, i: int) -> dict:
     out = json.loads(json.dumps(record))
@@ -422,3 +391,19 @@ def test_skip_invalid_sinks_every_valid_row_and_keeps_the_report():
     assert stored[2] == chat_record(3)
     report, stored = run(jsonl(rows))
     assert not report.usable and stored[:2] == [chat_record(0), chat_record(1)] and len(stored) == 2
+
+
+def test_csv_with_mapped_columns_and_csv_kto_labels():
+    content = b"Question,Answer\n" + b"".join(f"Q{i},A{i}\n".encode() for i in range(12))
+    mapping = formats.ColumnMapping(columns={"instruction": "Question", "output": "Answer"})
+    report, records = run(content, filename="qa.csv", mapping=mapping)
+    assert report.ok, report.issues()
+    assert records[0] == {"messages": [{"role": "user", "content": "Q0"}, {"role": "assistant", "content": "A0"}]}
+    content = b"prompt,completion,label\n" + b"".join(f"Q{i},A{i},{'true' if i % 2 else 'false'}\n".encode()
+                                                      for i in range(12))
+    report, records = run(content, filename="kto.csv")
+    assert report.format == "kto" and report.ok
+    assert records[0] == {"prompt": [{"role": "user", "content": "Q0"}],
+                          "completion": [{"role": "assistant", "content": "A0"}], "label": False}
+    report, stored = run(content, filename="kto.csv", format="completion")
+    assert report.counts["preference_data"] == 12 and stored == []

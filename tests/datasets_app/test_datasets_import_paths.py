@@ -9,11 +9,10 @@ import json
 from pathlib import Path
 
 import pytest
-from dataset_helpers import chat_record, jsonl
+from dataset_helpers import PAIR, chat_record, jsonl, tool_record, tool_row
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from test_datasets_formats import PAIR, tool_record, tool_row
 
 from core.errors import ApplicationError
 from datasets_app import services
@@ -197,6 +196,18 @@ def test_api_columns_and_skip_invalid_fields(alice):
     data["file"] = SimpleUploadedFile("qa.jsonl", jsonl(rows))
     data["columns"] = "nonsense"
     assert alice.post("/api/datasets", data=data).status_code == 400
+
+
+def test_api_uploads_parquet(alice):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist([tool_row(i) for i in range(12)]), buf)
+    data = {"file": SimpleUploadedFile("tools.parquet", buf.getvalue()), "name": "pq"}
+    response = alice.post("/api/datasets", data=data)
+    assert response.status_code == 201, response.content
+    assert response.json()["row_count"] == 12 and response.json()["format"] == "openai"
 
 
 def test_v1_files_accepts_tool_calling_files(alice):
