@@ -141,13 +141,15 @@ def detect(example: Any) -> tuple[str | None, str]:
     if "preferred_output" in example or "non_preferred_output" in example:
         return PREFERENCE, 'it has "preferred_output" / "non_preferred_output" (OpenAI preference format)'
     if is_boolean_label(example.get("label")) and any(k in example for k in ("prompt", "completion", "messages",
-                                                                               "conversations")):
+                                                                               "conversations", "instruction")):
         return KTO, 'it has a boolean "label" next to the conversation (unpaired preference, KTO)'
     if "messages" in example:
         return OPENAI, 'it has "messages"'
     if "conversations" in example:
         return SHAREGPT, 'it has "conversations"'
     if "prompt" in example and "completion" in example:
+        if isinstance(example["prompt"], list) and isinstance(example["completion"], list):
+            return OPENAI, 'it has "prompt" and "completion" as message lists (conversational prompt/completion)'
         return COMPLETION, 'it has "prompt" and "completion"'
     if "instruction" in example or "output" in example or "response" in example:
         keys = "/".join(k for k in ("instruction", "input", "output", "response") if k in example)
@@ -548,6 +550,13 @@ def normalise_openai(example: Any) -> tuple[dict | None, list[Problem]]:
     /v1/files format), with the legacy ``functions`` / ``function_call`` / ``function`` role too."""
     if not isinstance(example, dict):
         return _not_object(example)
+    if "messages" not in example and isinstance(example.get("prompt"), list) \
+            and isinstance(example.get("completion"), list):
+        # TRL's conversational prompt/completion: the loss is on the completion only.
+        prompt = [{**m, "weight": 0} if isinstance(m, dict) and m.get("role") == "assistant" else m
+                  for m in example["prompt"]]
+        example = {**{k: v for k, v in example.items() if k not in ("prompt", "completion")},
+                   "messages": prompt + example["completion"]}
     messages = example.get("messages")
     if not isinstance(messages, list) or not messages:
         what = 'no "messages" key' if "messages" not in example else \
@@ -569,7 +578,7 @@ def normalise_openai(example: Any) -> tuple[dict | None, list[Problem]]:
             problems.append(("unrecognized_role",
                              f"message {i} has role {_short(role)}; expected system, user, assistant or tool"))
         role = "system" if role == "developer" else role
-        raw_calls = message.get("tool_calls") if message.get("tool_calls") is not None else message.get("function_call")
+        raw_calls = message.get("tool_calls") or message.get("function_call") or None  # exports write [] or null
         if raw_calls is not None and role != "assistant":
             problems.append(("invalid_tool_call", f"message {i} ({_short(role)}) has tool calls; only assistant "
                                                   "messages call tools"))
@@ -594,7 +603,7 @@ def normalise_openai(example: Any) -> tuple[dict | None, list[Problem]]:
             calls.boundary(where)
             record = {"role": "assistant", "content": content or "", "tool_calls": calls.calls(where, raw_calls)}
         elif role in ("tool", "function"):
-            if content is None:
+            if "content" in message and content is None:
                 problems.append(("missing_content", f"message {i} ({role}) content is {type_name(raw)}, expected a "
                                                     "string"))
             call = calls.answer(where, message.get("tool_call_id"), message.get("name") if role == "function" else None)
@@ -969,8 +978,8 @@ def normalise_preference(example: Any) -> tuple[dict | None, list[Problem]]:
 
 def normalise_kto(example: Any) -> tuple[dict | None, list[Problem]]:
     """Unpaired preference (KTO) -> ``{"prompt": [...], "completion": [...], "label": bool}``: ``prompt`` +
-    ``completion``, or ``messages`` / ``conversations`` whose last assistant turn is the completion, with a
-    boolean ``label`` (true: desirable)."""
+    ``completion``, Alpaca ``instruction`` + ``output``, or ``messages`` / ``conversations`` whose last
+    assistant turn is the completion, with a boolean ``label`` (true: desirable)."""
     if not isinstance(example, dict):
         return _not_object(example)
     problems: list[Problem] = []
@@ -981,9 +990,10 @@ def normalise_kto(example: Any) -> tuple[dict | None, list[Problem]]:
         problems.append(("label_missing", 'no "label" (true for a desirable answer, false for an undesirable one)'))
     elif not isinstance(label, bool):
         problems.append(("data_type", f'"label" is {type_name(label)}, expected true or false'))
-    if "completion" in example:
+    if "completion" in example or "output" in example or "response" in example:
+        key = next(k for k in ("completion", "output", "response") if k in example)
         prompt = _prompt_of(example, problems) or []
-        completion = _answer(example["completion"], '"completion"', problems)
+        completion = _answer(example[key], f'"{key}"', problems)
     elif "messages" in example or "conversations" in example:
         key = "messages" if "messages" in example else "conversations"
         rest = {k: v for k, v in example.items() if k != "label"}

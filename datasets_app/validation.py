@@ -782,8 +782,12 @@ class _Validator:
         else:
             self._refuse_bomless_unicode(src)
         first = self._first_significant_byte(src)
-        corpus = name.endswith(TEXT_CORPUS_EXTENSIONS) or (
-            self.fmt == formats.TEXT and not name.endswith(DATA_EXTENSIONS) and first not in (b"{", b"["))
+        # A .txt / .md file is a corpus unless it holds JSON (and no format says otherwise); --format text makes
+        # any text file that is not a data file a corpus.
+        looks_json = first in (b"{", b"[")
+        corpus = (name.endswith(TEXT_CORPUS_EXTENSIONS) and self.fmt in (None, formats.TEXT)
+                  and (self.fmt == formats.TEXT or not looks_json)) \
+            or (self.fmt == formats.TEXT and not name.endswith(DATA_EXTENSIONS) and not looks_json)
         if corpus:
             self._read_text(src)
         elif name.endswith((".csv", ".tsv")):

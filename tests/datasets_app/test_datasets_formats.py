@@ -407,3 +407,30 @@ def test_csv_with_mapped_columns_and_csv_kto_labels():
                           "completion": [{"role": "assistant", "content": "A0"}], "label": False}
     report, stored = run(content, filename="kto.csv", format="completion")
     assert report.counts["preference_data"] == 12 and stored == []
+
+
+def test_conversational_prompt_completion_is_chat_with_the_loss_on_the_completion():
+    rows = [{"prompt": [{"role": "user", "content": f"Hi {i}"}, {"role": "assistant", "content": "Hello."},
+                        {"role": "user", "content": "Warranty?"}],
+             "completion": [{"role": "assistant", "content": "2 years."}]} for i in range(12)]
+    report, records = run(jsonl(rows))
+    assert report.format == "openai" and "conversational" in report.format_reason and report.ok
+    assert records[0] == {"messages": [{"role": "user", "content": "Hi 0"},
+                                       {"role": "assistant", "content": "Hello.", "weight": 0},
+                                       {"role": "user", "content": "Warranty?"},
+                                       {"role": "assistant", "content": "2 years."}]}
+
+
+def test_alpaca_rows_with_a_kto_label_and_a_txt_file_holding_json_lines():
+    rows = [{"instruction": f"Q{i}", "output": "A", "label": i % 3 == 0} for i in range(12)]
+    report, records = run(jsonl(rows))
+    assert report.format == "kto" and records[0]["label"] is True and records[1]["completion"][0]["content"] == "A"
+    report, records = run(jsonl([chat_record(i) for i in range(12)]), filename="data.txt")
+    assert report.container == "jsonl" and report.format == "openai" and report.ok
+
+
+def test_empty_tool_calls_lists_are_no_calls():
+    rows = [chat_record(i) for i in range(12)]
+    rows[0]["messages"][2]["tool_calls"] = []
+    report, records = run(jsonl(rows))
+    assert report.ok and records[0] == chat_record(0)
