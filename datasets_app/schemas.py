@@ -202,6 +202,8 @@ class PreviewOut(Schema):
     base_model: str
     max_tokens: int
     chat_template: str
+    tools_rendering: str = Field("", description="How tool calls are rendered: the template's own tool support, or "
+                                                 "the documented text fallback.")
     examples: list[PreviewExampleOut]
 
 

@@ -86,6 +86,13 @@ def clean_mapping(columns: formats.ColumnMapping | dict | str | None) -> formats
     if columns is None or columns == "" or columns == {}:
         return None
     try:
+        if isinstance(columns, str) and columns.strip().startswith("{"):
+            try:
+                columns = json.loads(columns)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"columns: invalid JSON ({exc.msg})") from None
+            if not isinstance(columns, dict):
+                raise ValueError("columns: expected a JSON object")
         if isinstance(columns, formats.ColumnMapping):
             mapping = columns
         elif isinstance(columns, dict) and ("columns" in columns or "tags" in columns):
@@ -722,6 +729,8 @@ def version_preview(*, version: DatasetVersion, base_model: Any, n: int = 5) -> 
         })
     return {"version": version.ref, "base_model": base_model.name, "max_tokens": limit,
             "chat_template": "model" if render.has_chat_template(tokenizer) else "fallback (ChatML)",
+            "tools_rendering": "model" if formats.template_supports_tools(getattr(tokenizer, "chat_template", None))
+            else "fallback (tools in the system message, <tool_call> / <tool_response> blocks)",
             "examples": examples}
 
 

@@ -938,7 +938,7 @@ class _Validator:
             self.report.bytes_read = src.total = _size(f)
             self._check_size(src)
             self._read_batches(parquet.iter_batches(batch_size=ARROW_BATCH_ROWS))
-        except (pa.ArrowException, OSError) as exc:
+        except (pa.ArrowException, OSError, ValueError, TypeError) as exc:
             self.report.add(None, "unreadable_file", f"not a readable Parquet file: {exc}")
             raise _Stop from None
 
@@ -951,7 +951,7 @@ class _Validator:
         self._check_size(src)
         try:
             self._read_batches(_arrow_batches(pa.PythonFile(f, mode="r")))
-        except (pa.ArrowException, OSError) as exc:
+        except (pa.ArrowException, OSError, ValueError, TypeError) as exc:
             self.report.add(None, "unreadable_file", f"not a readable Arrow file: {exc}")
             raise _Stop from None
 
@@ -982,7 +982,7 @@ class _Validator:
 
         try:
             self._read_batches(batches())
-        except (pa.ArrowException, OSError) as exc:
+        except (pa.ArrowException, OSError, ValueError, TypeError) as exc:
             self.report.add(None, "unreadable_file", f"cannot read the Arrow files of {folder.name}: {exc}")
             raise _Stop from None
 

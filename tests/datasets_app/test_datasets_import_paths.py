@@ -70,6 +70,11 @@ def test_the_mapping_is_stored_on_the_version(upload):
     assert version.is_ready and version.format == "alpaca"
     assert version.mapping == {"columns": {"instruction": "question", "output": "answer"}, "tags": {}}
     assert list(services.iter_records(version))[0]["messages"][0] == {"role": "user", "content": "Q0"}
+    tagged = upload(jsonl([{"talk": [{"role": "user", "content": f"Q{i}"}, {"role": "assistant", "content": "A"}]}
+                           for i in range(12)]), name="tagged",
+                    columns='{"columns": {"conversations": "talk"}, "tags": {"role_tag": "role", "content_tag": '
+                            '"content", "user_tag": "user", "assistant_tag": "assistant"}}')
+    assert tagged.is_ready and tagged.format == "sharegpt" and tagged.mapping["tags"]["role_tag"] == "role"
     with pytest.raises(ApplicationError) as exc:
         upload(jsonl(rows), columns="question")
     assert exc.value.code == "invalid_mapping" and exc.value.param == "columns"
@@ -274,3 +279,11 @@ def test_tool_calls_go_through_a_template_that_supports_them(tiny_tokenizer_dir)
     assert encoded.rendered.text.startswith("TOOLS get_weather\n")
     trained = [s["text"] for s in render.segments(encoded) if s["trained"]]
     assert trained == ['CALL get_weather {"city": "Paris"}<|im_end|>', "It is 21 °C in Paris.<|im_end|>"]
+
+
+def test_preview_of_tool_calls_says_how_they_are_rendered(upload, tiny_base_model):
+    version = upload(jsonl([tool_row(i) for i in range(12)]), name="tools")
+    preview = services.version_preview(version=version, base_model=tiny_base_model, n=1)
+    assert preview["tools_rendering"].startswith("fallback")
+    trained = [s["text"] for s in preview["examples"][0]["segments"] if s["trained"]]
+    assert trained[0].startswith("<tool_call>") and trained[-1].startswith("It is 21 °C")
