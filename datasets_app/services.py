@@ -80,7 +80,7 @@ def _clean_format(value: str | None) -> str | None:
         raise ApplicationError(str(exc), code="unknown_format", param="format") from None
 
 
-def clean_mapping(columns: formats.ColumnMapping | dict | str | None) -> formats.ColumnMapping | None:
+def _clean_mapping(columns: formats.ColumnMapping | dict | str | None) -> formats.ColumnMapping | None:
     """A column mapping from ``"our=theirs,..."``, a JSON object / dict of columns, or a ColumnMapping;
     None for nothing to map."""
     if columns is None or columns == "" or columns == {}:
@@ -298,7 +298,7 @@ def dataset_upload(*, user, team: Team | str | int | None, name: str, fileobj: I
     team = resolve_team(who, team, write=True)
     name = _clean_name(name)
     fmt = _clean_format(format)
-    mapping = clean_mapping(columns)
+    mapping = _clean_mapping(columns)
     filename = storage.sanitize_filename(filename)
     limits = validation_limits()
     size = _size_of(fileobj)
