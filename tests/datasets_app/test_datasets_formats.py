@@ -434,3 +434,11 @@ def test_empty_tool_calls_lists_are_no_calls():
     rows[0]["messages"][2]["tool_calls"] = []
     report, records = run(jsonl(rows))
     assert report.ok and records[0] == chat_record(0)
+
+
+def test_a_given_format_keeps_the_row_errors_and_says_which_rows_are_another_format():
+    rows = [chat_record(i) for i in range(12)]
+    rows[3] = {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}
+    report, _ = run(jsonl(rows), format="openai")
+    assert issues(report) == [(4, "missing_messages_list"), (None, "mixed_formats")]
+    assert report.errors[-1].message == "rows of another format than openai (given): sharegpt: 1 row(s) (lines 4)"

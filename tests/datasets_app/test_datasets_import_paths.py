@@ -287,3 +287,24 @@ def test_preview_of_tool_calls_says_how_they_are_rendered(upload, tiny_base_mode
     assert preview["tools_rendering"].startswith("fallback")
     trained = [s["text"] for s in preview["examples"][0]["segments"] if s["trained"]]
     assert trained[0].startswith("<tool_call>") and trained[-1].startswith("It is 21 °C")
+
+
+def test_training_takes_completion_and_tool_rows_and_refuses_preference_rows(tiny_tokenizer_dir):
+    from datasets_app import render
+
+    data = pytest.importorskip("training.data")
+    tokenizer = render.load_tokenizer(tiny_tokenizer_dir)
+    examples, report = data.encode_records(tokenizer, [{"prompt": "hello world", "completion": " how are you"},
+                                                       tool_record(0)])
+    assert report.examples == 2 and all(e.n_targets for e in examples)
+    with pytest.raises(data.TrainingError, match="preference"):
+        data.encode_records(tokenizer, [PAIR])
+
+
+def test_command_imports_a_save_to_disk_folder(teams, data_dir, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_list([{"text": f"row {i}", "label": "a" if i % 2 else "b"} for i in range(12)]) \
+        .save_to_disk(str(tmp_path / "saved"))
+    out = command("import_dataset", str(tmp_path / "saved"), "--name", "saved", "--team", "alpha")
+    assert 'Format: classification (detected from line 1: it has "label"; save_to_disk)' in out
+    assert "Rows imported: 12 as saved@1" in out
