@@ -11,15 +11,13 @@ user when ``include_global=True``, and writable by superusers only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeAlias
 
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import Model, Q, QuerySet
 
 from accounts.models import WRITE_ROLES, Membership, Role, Team
-from core.errors import NotFound, PermissionDenied
-
-if TYPE_CHECKING:
-    pass
+from core.errors import ApplicationError, NotFound, PermissionDenied
 
 
 @dataclass(frozen=True)
@@ -34,10 +32,20 @@ class Principal:
         return bool(getattr(self.user, "is_superuser", False)) and self.team is None
 
 
+# Who acts in a service: a Django user (admin session, command) or a principal (an API token's user and team).
+Actor: TypeAlias = "AbstractBaseUser | AnonymousUser | Principal"
+
+
 def as_principal(who: Any) -> Principal:
     if isinstance(who, Principal):
         return who
     return Principal(user=who)
+
+
+def acting_user(who: Actor | None) -> AbstractBaseUser | None:
+    """The Django user behind an actor, for ``created_by`` and audit rows (None when anonymous)."""
+    user = who.user if isinstance(who, Principal) else who
+    return user if getattr(user, "pk", None) else None
 
 
 def _roles(principal: Principal) -> dict[int, str]:
@@ -175,6 +183,4 @@ def resolve_team(who: Any, team: Team | str | int | None, *, write: bool = True)
 
 
 def _team_required() -> Team:
-    from core.errors import ApplicationError
-
     raise ApplicationError("You belong to several teams: say which one.", code="team_required", param="team")

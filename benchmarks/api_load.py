@@ -364,10 +364,10 @@ def _fixtures(data_dir: Path):
     from django.contrib.auth import get_user_model
 
     from accounts.services import api_token_create, membership_set, team_create
+    from catalog.model_scan import inspect_hf_dir
+    from catalog.models import BaseModel
     from datasets_app.services import dataset_upload
     from tests.training.tiny import save_tiny_model
-    from training.model_scan import inspect_hf_dir
-    from training.models import BaseModel
 
     team = team_create(name="bench")
     user = get_user_model().objects.create_user("bench", password=uuid.uuid4().hex)

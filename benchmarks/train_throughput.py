@@ -467,7 +467,7 @@ def default_model_dir() -> Path:
 
 def ensure_model(model_dir: Path) -> Path:
     """The bundled SmolLM2 as a safetensors folder: converted once from its GGUF (the model scan's converter)."""
-    from training import model_scan
+    from catalog import model_scan
 
     if model_scan.is_hf_model_dir(model_dir):
         return model_dir

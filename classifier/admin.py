@@ -5,38 +5,29 @@ import io
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpResponse
+from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
+from django.views.decorators.http import require_POST
 
 from accounts import visibility
+from accounts.admin_base import TeamScopedAdmin, VisibleTeamFilter
 from accounts.models import Team
+from catalog.models import BaseModel
 from classifier import services
 from classifier.models import ClassifierEvent, ClassifierTask
 from core import admin_ui
-from core.admin import TeamScopedAdmin
 from core.admin_ui import format_duration, status_badge
 from core.commands import format_count
-from training.job_admin import JobControlAdminMixin
-from training.models import BaseModel
+from core.errors import ApplicationError
+from datasets_app.models import DatasetVersion
+from jobs.admin import JobControlAdminMixin, JobEventInline
 
 
-class EventInline(admin.TabularInline):
+class EventInline(JobEventInline):
     model = ClassifierEvent
-    extra = 0
-    can_delete = False
-    fields = ["created_at", "level", "type", "message"]
-    readonly_fields = fields
-    ordering = ["-id"]
-    max_num = 0
-    verbose_name_plural = "Latest events"
-
-    def get_queryset(self, request):
-        qs = super().get_queryset(request)
-        ids = list(qs.order_by("-id").values_list("id", flat=True)[:50])
-        return qs.filter(id__in=ids)
 
 
 class StartClassifierForm(forms.Form):
@@ -53,8 +44,6 @@ class StartClassifierForm(forms.Form):
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
-        from datasets_app.models import DatasetVersion
-
         self.fields["team"].queryset = visibility.teams(user, write=True)
         self.fields["base_model"].queryset = visibility.visible_to(
             user, BaseModel.objects.filter(kind=BaseModel.Kind.ENCODER, available=True), include_global=True)
@@ -101,14 +90,12 @@ def confusion_png(report: dict, title: str = "") -> bytes:
 class ClassifierTaskAdmin(JobControlAdminMixin, TeamScopedAdmin):
     list_display = ["name", "team", "status_col", "progress_col", "accuracy_col", "macro_f1_col", "base_model",
                     "duration_col", "created_at"]
-    list_filter = ["status", admin_ui.VisibleTeamFilter, ("base_model", admin_ui.VisibleRelatedFilter)]
+    list_filter = ["status", VisibleTeamFilter, ("base_model", admin_ui.VisibleRelatedFilter)]
     search_fields = ["name", "base_model__name", "team__name", "train_version__dataset__name"]
     list_select_related = ["team", "base_model", "adapter"]
     ordering = ["-created_at"]
     inlines = [EventInline]
     actions = ["cancel_tasks", "pause_tasks", "resume_tasks", "retry_tasks"]
-    control_services = {"cancel": services.classifier_task_cancel, "pause": services.classifier_task_pause,
-                        "resume": services.classifier_task_resume, "retry": services.classifier_task_retry}
     change_form_template = "admin/classifier/classifiertask/change_form.html"
     change_list_template = "admin/classifier/classifiertask/change_list.html"
     fieldsets = [
@@ -122,10 +109,6 @@ class ClassifierTaskAdmin(JobControlAdminMixin, TeamScopedAdmin):
         ("Error", {"fields": ["error_code", "error_message", "error_param"]}),
         ("Times", {"fields": ["created_by", "created_at", "queued_at", "started_at", "paused_at", "finished_at"]}),
     ]
-
-    def get_readonly_fields(self, request, obj=None):
-        editable = {"name", "priority"}
-        return [f for _t, opts in self.fieldsets for f in opts["fields"] if f not in editable]
 
     def has_add_permission(self, request):
         return False  # started through the "Start classifier training" form (validation, queue)
@@ -187,8 +170,18 @@ class ClassifierTaskAdmin(JobControlAdminMixin, TeamScopedAdmin):
         return [
             path("start/", wrap(self.start_view), name="classifier_classifiertask_start"),
             path("<int:pk>/confusion.png", wrap(self.confusion_view), name="classifier_classifiertask_confusion"),
+            # The "try it" box of a classifier adapter's page (training's adapter admin shows it when this exists).
+            path("adapter/<int:pk>/classify/", wrap(require_POST(self.classify_view)), name="classifier_try_adapter"),
             *self.job_urls(),
         ] + super().get_urls()
+
+    def classify_view(self, request, pk: int):
+        """One text of the "try it" box through ``classifier_predict`` (visibility included)."""
+        try:
+            pred = services.classifier_predict(user=request.user, adapter=pk, texts=[request.POST.get("text", "")])[0]
+        except ApplicationError as exc:
+            return JsonResponse({"detail": exc.message, "code": exc.code, "param": exc.param}, status=exc.status)
+        return JsonResponse(pred)
 
     def start_view(self, request):
         if not self.has_view_permission(request) or not visibility.teams(request.user, write=True).exists():

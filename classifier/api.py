@@ -9,11 +9,10 @@ from classifier import services
 from classifier.models import ClassifierTask
 from classifier.schemas import ClassifierTaskIn, ClassifierTaskOut, PredictIn, PredictOut
 from core.pagination import Mapped, Pagination
-from core.schemas import ErrorOut
-from training.schemas import EventPage
+from core.schemas import ERRORS
+from jobs.api import add_job_routes
 
 router = Router(tags=["classifier"])
-ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut}
 
 
 class TaskFilter(Schema):
@@ -42,37 +41,8 @@ def task_detail(request, ref: str):
     return ClassifierTaskOut.from_task(services.classifier_task_get(user=principal(request), ref=ref))
 
 
-@router.get("/classifier/tasks/{ref}/events", response={200: EventPage, **ERRORS})
-def task_events(request, ref: str, after: int | None = None, limit: int = 100):
-    task = services.classifier_task_get(user=principal(request), ref=ref)
-    rows, has_more = services.classifier_events_page(task=task, after=after, limit=limit)
-    return {"items": rows, "has_more": has_more, "next_after": rows[-1].id if rows else after}
-
-
-def _control(request, ref: str, action):
-    who = principal(request)
-    task = services.classifier_task_get(user=who, ref=ref)
-    return ClassifierTaskOut.from_task(action(user=who, task=task))
-
-
-@router.post("/classifier/tasks/{ref}/cancel", response={200: ClassifierTaskOut, **ERRORS})
-def task_cancel(request, ref: str):
-    return _control(request, ref, services.classifier_task_cancel)
-
-
-@router.post("/classifier/tasks/{ref}/pause", response={200: ClassifierTaskOut, **ERRORS})
-def task_pause(request, ref: str):
-    return _control(request, ref, services.classifier_task_pause)
-
-
-@router.post("/classifier/tasks/{ref}/resume", response={200: ClassifierTaskOut, **ERRORS})
-def task_resume(request, ref: str):
-    return _control(request, ref, services.classifier_task_resume)
-
-
-@router.post("/classifier/tasks/{ref}/retry", response={200: ClassifierTaskOut, **ERRORS})
-def task_retry(request, ref: str):
-    return _control(request, ref, services.classifier_task_retry)
+add_job_routes(router, path="/classifier/tasks", name="classifier_task", out=ClassifierTaskOut.from_task,
+               get=lambda *, user, ref: services.classifier_task_get(user=user, ref=ref), schema=ClassifierTaskOut)
 
 
 @router.post("/classifier/{adapter_id}/predict", response={200: PredictOut, **ERRORS})

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from django.db import models
 
-from training.models import Adapter, BaseModel, Job, JobEvent
+from catalog.models import BaseModel
+from jobs.models import Job, JobEvent
+from training.models import Adapter
 
 
 class ClassifierTask(Job):

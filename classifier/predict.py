@@ -9,6 +9,8 @@ from typing import Any
 
 from django.conf import settings
 
+from classifier.recipe import load_for_inference, predict_texts
+
 
 @dataclass
 class Loaded:
@@ -54,8 +56,6 @@ def get_model(adapter) -> Loaded:
             hit = _CACHE.get(key)
         if hit is not None:
             return hit
-        from classifier.recipe import load_for_inference
-
         device = _device()
         model, tokenizer, id2label = load_for_inference(adapter.path, adapter.base_model.path, device=device)
         max_length = int((adapter.metrics or {}).get("max_seq_length")
@@ -79,8 +79,6 @@ def clear_cache() -> None:
 
 
 def classify(adapter, texts: list[str]) -> list[dict]:
-    from classifier.recipe import predict_texts
-
     loaded = get_model(adapter)
     return predict_texts(loaded.model, loaded.tokenizer, loaded.id2label, texts, max_length=loaded.max_length,
                          device=loaded.device, batch_size=int(getattr(settings, "CLASSIFIER_MAX_BATCH", 64)))

@@ -122,18 +122,18 @@ def _v1_http_error(request, exc: HttpError):
 
 def _register_routers() -> None:
     from accounts.api import router as accounts_router
+    from catalog.api import router as catalog_router
     from classifier.api import router as classifier_router
     from datasets_app.api import router as datasets_router
-    from datasets_app.openai_files import router as files_v1_router
     from evaluation.api import router as evaluation_router
+    from openai_compat.files import router as files_v1_router
+    from openai_compat.fine_tuning import router as openai_v1_router
     from training.api import router as training_router
-    from training.api import tasks_router
-    from training.openai_api import router as openai_v1_router
 
     api.add_router("/", accounts_router)
     api.add_router("/", datasets_router)
+    api.add_router("/", catalog_router)
     api.add_router("/", training_router)
-    api.add_router("/", tasks_router)
     api.add_router("/", classifier_router)
     api.add_router("/", evaluation_router)
     v1.add_router("/", files_v1_router)

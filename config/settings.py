@@ -39,11 +39,15 @@ INSTALLED_APPS = [
     "django_q",
     # ninja's own templates and static Swagger UI: the API docs load from this server (no CDN), under our CSP.
     "ninja",
+    "jobs",
     "accounts",
+    "catalog",
     "datasets_app",
     "training",
     "classifier",
     "evaluation",
+    "openai_compat",
+    "console",
 ]
 
 MIDDLEWARE = [

@@ -7,7 +7,7 @@ from django.urls import path
 from django.views.generic import RedirectView
 
 from config.api import api, v1
-from core import dashboard
+from console import dashboard
 
 admin.site.site_header = "LoRA Studio"
 admin.site.site_title = "LoRA Studio"

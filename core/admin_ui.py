@@ -1,5 +1,5 @@
 """Look and feel shared by every app's admin: status badges, progress bars, human-readable durations,
-and list filters that only offer what the user may see.
+and the related-object list filter.
 
 One place, so that a "running" badge or a progress bar looks the same on the dashboard and in the
 training, classifier, evaluation and dataset lists.
@@ -10,7 +10,6 @@ from __future__ import annotations
 from django.contrib import admin
 from django.utils.html import format_html
 
-from accounts import visibility
 from core.commands import format_bytes, format_count  # noqa: F401 - re-exported for the admins
 
 # Job statuses, then other rows' states (dataset versions, adapters, reviews) on the same palette.
@@ -61,23 +60,6 @@ def job_progress(job) -> str:
     if job.eta_seconds and job.status == "running":
         label += f" · ETA {format_duration(job.eta_seconds)}"
     return progress_bar(job.progress_percent, label)
-
-
-class VisibleTeamFilter(admin.SimpleListFilter):
-    """Team filter listing only the user's teams (the stock foreign-key filter would list every team)."""
-
-    title = "team"
-    parameter_name = "team"
-    team_lookup = "team_id"
-
-    def lookups(self, request, model_admin):
-        return [(t.pk, t.name) for t in visibility.teams(request.user)]
-
-    def queryset(self, request, queryset):
-        value = self.value()
-        if value and str(value).isdigit():
-            return queryset.filter(**{self.team_lookup: int(value)})
-        return queryset
 
 
 # Foreign keys other than the team: only the values present in the rows the user can see.

@@ -56,3 +56,14 @@ class Conflict(ApplicationError):
 
     def __init__(self, message: str, *, code: str = "invalid_state", param: str | None = None) -> None:
         super().__init__(message, code=code, param=param)
+
+
+class RateLimited(ApplicationError):
+    """Too many requests (a rate limit or a queue quota): 429, and the seconds after which a retry can succeed."""
+
+    status = 429
+
+    def __init__(self, message: str, *, retry_after: int, code: str = "rate_limit_exceeded",
+                 param: str | None = None) -> None:
+        super().__init__(message, code=code, param=param)
+        self.retry_after = max(1, int(retry_after))

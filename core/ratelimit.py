@@ -13,18 +13,7 @@ from dataclasses import dataclass
 
 from django.core.cache import cache
 
-from core.errors import ApplicationError
-
-
-class RateLimited(ApplicationError):
-    """Too many requests: 429, and the seconds after which a retry can succeed."""
-
-    status = 429
-
-    def __init__(self, message: str, *, retry_after: int, code: str = "rate_limit_exceeded",
-                 param: str | None = None) -> None:
-        super().__init__(message, code=code, param=param)
-        self.retry_after = max(1, int(retry_after))
+from core.errors import RateLimited  # noqa: F401 - the error this limiter's callers raise
 
 
 @dataclass(frozen=True)

@@ -12,3 +12,7 @@ class ErrorOut(Schema):
     code: str
     param: str | None = None
     errors: list[dict] | None = None
+
+
+# The error statuses every /api/ route may answer.
+ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut, 429: ErrorOut}

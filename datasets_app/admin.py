@@ -14,25 +14,25 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import NestedObjects
 from django.core.exceptions import PermissionDenied
 from django.db import router
-from django.db.models import Count, Max
+from django.db.models import Count, ForeignKey, Max, Q
 from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from accounts import visibility
-from core.admin import TeamScopedAdmin
-from core.admin_ui import VisibleTeamFilter, status_badge
+from accounts.admin_base import TeamScopedAdmin, VisibleTeamFilter
+from catalog.models import BaseModel
+from core.admin_ui import status_badge
 from core.errors import ApplicationError
 from datasets_app import formats, services
 from datasets_app.models import Dataset, DatasetVersion
 from datasets_app.validation import CODES
+from jobs.registry import kinds
 
 
 def _base_model_queryset(user):
-    from training.models import BaseModel
-
     return visibility.visible_to(user, BaseModel.objects.filter(available=True), include_global=True)
 
 
@@ -233,7 +233,7 @@ class DatasetVersionAdmin(TeamScopedAdmin):
     list_select_related = ["dataset", "dataset__team", "created_by", "parent"]
     readonly_fields = ["dataset", "number", "status_badge", "format", "format_reason", "mapping_display", "row_count",
                        "skipped", "sha256", "path", "source_filename", "created_by", "created_at", "parent",
-                       "split_role", "split_seed", "split_ratio", "issues", "stats_table", "trained_adapters"]
+                       "split_role", "split_seed", "split_ratio", "issues", "stats_table", "used_by"]
     fields = readonly_fields
     actions = ["split_action"]
     change_form_template = "admin/datasets_app/datasetversion/change_form.html"
@@ -294,21 +294,26 @@ class DatasetVersionAdmin(TeamScopedAdmin):
             parts.append("labels " + ", ".join(f"{k}: {v}" for k, v in stats["labels"].items()))
         return " · ".join(parts)
 
-    @admin.display(description="Adapters trained on it")
-    def trained_adapters(self, obj: DatasetVersion) -> str:
-        from django.db.models import Q
-        from django.utils.html import format_html_join
-
-        from training.models import Adapter
-
-        # A task trains only on its own team's data, so these adapters share the version's visibility.
-        qs = Adapter.objects.filter(team_id=obj.dataset.team_id).filter(
-            Q(task__train_version=obj) | Q(task__validation_version=obj) | Q(classifier_task__train_version=obj)
-            | Q(classifier_task__validation_version=obj)).distinct().order_by("-created_at")
-        rows = [(reverse("admin:training_adapter_change", args=[a.pk]), a.name, a.stage, a.status) for a in qs[:100]]
+    @admin.display(description="Used by")
+    def used_by(self, obj: DatasetVersion) -> str:
+        """The jobs of every kind that train, validate or evaluate on this version (they link to their adapters)."""
+        rows = []
+        for kind in kinds():
+            links = [f.name for f in kind.model._meta.get_fields()
+                     if isinstance(f, ForeignKey) and f.related_model is DatasetVersion]
+            if not links:
+                continue
+            cond = Q()
+            for name in links:
+                cond |= Q(**{name: obj})
+            meta = kind.model._meta
+            # A job uses only its own team's data, so these jobs share the version's visibility.
+            for job in kind.model.objects.filter(cond, team_id=obj.dataset.team_id).order_by("-created_at")[:50]:
+                rows.append((reverse(f"admin:{meta.app_label}_{meta.model_name}_change", args=[job.pk]),
+                             meta.verbose_name, job.name, job.status))
         if not rows:
             return "—"
-        return format_html_join(", ", '<a href="{}">{}</a> ({}, {})', rows)
+        return format_html_join(", ", '<a href="{}">{} {}</a> ({})', rows)
 
     # -- extra pages ---------------------------------------------------------------------------------------------
 

@@ -181,8 +181,8 @@ def resolve_base_model(*, user, ref: Any):
     """A base model the user can see, by instance, id or name; None for an empty ref."""
     if ref is None or ref == "":
         return None
-    from training.models import BaseModel
-    from training.services import base_model_get
+    from catalog.models import BaseModel
+    from catalog.services import base_model_get
 
     if isinstance(ref, BaseModel):
         return ref

@@ -13,8 +13,8 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from accounts.admin_base import TeamScopedAdmin, VisibleTeamFilter
 from core import admin_ui
-from core.admin import TeamScopedAdmin
 from core.errors import ApplicationError
 from evaluation import services
 from evaluation.models import EvaluationEvent, EvaluationRun, Review, Vote
@@ -74,7 +74,7 @@ def word_frequency_rows(results: dict) -> dict:
 class EvaluationRunAdmin(TeamScopedAdmin):
     list_display = ["name", "team", "adapter", "baseline", "status_col", "progress_col", "perplexity", "win_rate",
                     "duration_col", "created_at"]
-    list_filter = ["status", admin_ui.VisibleTeamFilter, ("adapter", admin_ui.VisibleRelatedFilter)]
+    list_filter = ["status", VisibleTeamFilter, ("adapter", admin_ui.VisibleRelatedFilter)]
     list_select_related = ["team", "adapter", "other_adapter"]
     search_fields = ["name", "adapter__name", "team__name", "dataset_version__dataset__name"]
     inlines = [EventInline]
@@ -159,7 +159,7 @@ class EvaluationRunAdmin(TeamScopedAdmin):
         return super().change_view(request, object_id, form_url, extra_context={**(extra_context or {}), **extra})
 
 
-class ReviewTeamFilter(admin_ui.VisibleTeamFilter):
+class ReviewTeamFilter(VisibleTeamFilter):
     team_lookup = "run__team_id"
 
 

@@ -6,6 +6,7 @@ from ninja import Router, Status
 from ninja.pagination import paginate
 
 from accounts.auth import principal
+from core.errors import NotFound
 from core.pagination import Mapped, Pagination
 from core.schemas import ErrorOut
 from evaluation import services
@@ -89,8 +90,6 @@ def vote(request, review_id: int, pair_id: int, payload: VoteIn):
     review = services.review_get(user=who, ref=review_id)
     pair = review.pairs.filter(pk=pair_id).first() if 0 < pair_id < 2**63 else None
     if pair is None:
-        from core.errors import NotFound
-
         raise NotFound("Pair not found.", code="pair_not_found")
     return Status(201, services.vote_cast(user=who, pair=pair, choice=payload.choice, comment=payload.comment))
 

@@ -8,9 +8,14 @@ class EvaluationConfig(AppConfig):
     verbose_name = "Evaluation"
 
     def ready(self) -> None:
-        from evaluation.hooks import evaluate_trained_adapter
-        from evaluation.models import METRIC_CHOICES
+        # Imported once the app registry is ready (they import models).
+        from evaluation.models import METRIC_CHOICES, EvaluationEvent, EvaluationRun
+        from evaluation.receivers import evaluate_trained_adapter, lineage_evaluations
+        from jobs.registry import JobKind, register
         from training import signals
 
+        register(JobKind(name="evaluation", model=EvaluationRun, event_model=EvaluationEvent, event_fk="run",
+                         runner="evaluation.runner.EvaluationRunner"))
         signals.adapter_trained.connect(evaluate_trained_adapter, dispatch_uid="evaluation-on-success")
+        signals.lineage_requested.connect(lineage_evaluations, dispatch_uid="evaluation-lineage")
         signals.evaluation_metric_names.update(m for m in METRIC_CHOICES if m != "classifier")

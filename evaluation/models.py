@@ -6,7 +6,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from training.models import Adapter, Job, JobEvent
+from jobs.models import Job, JobEvent
+from training.models import Adapter
 
 METRIC_CHOICES = ("perplexity", "samples", "style", "overlap", "classifier")
 

@@ -1,4 +1,4 @@
-"""The evaluation job's child-process body, registered as the ``evaluation`` kind on ``training.jobs``.
+"""The evaluation job's child-process body, registered as the ``evaluation`` kind (``jobs.registry``).
 
 Computes the chosen metric groups (``perplexity``, ``samples``, ``style``, ``overlap``; ``classifier`` for
 classifier adapters) on the run's dataset version, stores the samples, and reports progress and events
@@ -7,25 +7,26 @@ through the shared ``JobContext`` (same queue, claim, heartbeat, cancel flag and
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
 
+from datasets_app.services import iter_records
 from evaluation import metrics as m
-from evaluation.models import EvaluationEvent, EvaluationRun, EvaluationSample
-from training import jobs
-from training.models import Adapter, EventLevel, JobStatus
+from evaluation.models import EvaluationRun, EvaluationSample
+from jobs import runtime
+from jobs.models import JobStatus
+from jobs.runner import Cancelled, Outcome
+from training.models import Adapter
+from training.runner import RecipeRunner
 
 log = logging.getLogger(__name__)
 
 DEFAULT_GENERATION = {"max_new_tokens": 128, "temperature": 0.0, "top_p": 1.0, "seed": 0, "n_samples": 8,
                       "batch_size": 8}
-
-
-class Cancelled(Exception):
-    """The run's cancel flag was seen between two steps."""
 
 
 def settings_for(run: EvaluationRun) -> dict:
@@ -39,7 +40,7 @@ def settings_for(run: EvaluationRun) -> dict:
 def _device() -> str:
     from training.recipe import resolve_device
 
-    return resolve_device(getattr(settings, "TRAINING_DEVICE", "auto"))
+    return resolve_device(settings.TRAINING_DEVICE)
 
 
 def _tokenizer(adapter: Adapter):
@@ -68,7 +69,7 @@ def prompt_text(messages: list[dict]) -> str:
 
 
 class Progress:
-    def __init__(self, ctx: jobs.JobContext, total: int) -> None:
+    def __init__(self, ctx: runtime.JobContext, total: int) -> None:
         self.ctx, self.total, self.step = ctx, max(1, total), 0
         ctx.update(step=0, total_steps=self.total)
 
@@ -149,15 +150,17 @@ def classifier_metrics(run: EvaluationRun, records: list[dict]) -> dict:
     return classification_metrics([index[str(r["label"])] for r in rows], [index[p["label"]] for p in preds], labels)
 
 
-def run_evaluation_job(run: EvaluationRun, ctx: jobs.JobContext) -> None:
-    from datasets_app.services import iter_records
-    from training.errors import TrainingError, classify
+class EvaluationRunner(RecipeRunner):
+    """Computes the run's metric groups; every ending is ``JobRunner``'s (a cancel raises ``Cancelled``)."""
 
-    run = EvaluationRun.objects.select_related("adapter__base_model", "other_adapter", "dataset_version").get(
-        pk=run.pk)
-    gen = settings_for(run)
-    chosen = list(run.metric_names or [])
-    try:
+    job: EvaluationRun
+
+    def run(self) -> Outcome:
+        ctx = self.ctx
+        run = EvaluationRun.objects.select_related("adapter__base_model", "other_adapter", "dataset_version").get(
+            pk=self.job.pk)
+        gen = settings_for(run)
+        chosen = list(run.metric_names or [])
         records = list(iter_records(run.dataset_version))
         results: dict = {"dataset_version": run.dataset_version_id, "records": len(records),
                          "generation": gen, "baseline": run.baseline_label}
@@ -194,35 +197,19 @@ def run_evaluation_job(run: EvaluationRun, ctx: jobs.JobContext) -> None:
                     "adapter": m.mean_overlap((s["adapter_answer"], s["reference"]) for s in samples)}
             if samples:
                 results["samples"] = len(samples)
-    except jobs.LostClaim:
-        raise
-    except Cancelled:
-        ctx.finish(JobStatus.CANCELLED)
-        ctx.event("Cancelled.")
-        return
-    except TrainingError as exc:
-        _fail(ctx, exc.code, exc.message)
-        return
-    except Exception as exc:  # an unforeseen error still ends as a classified failure, never a stuck row
-        err = classify(exc)
-        log.exception("evaluation run %s failed", run.pk)
-        _fail(ctx, err.code, err.message)
-        return
-    headline = {}
-    if "perplexity" in results:
-        headline = {"ppl_base": results["perplexity"]["base"], "ppl_adapter": results["perplexity"]["adapter"]}
-    if "classifier" in results:
-        headline = {"accuracy": results["classifier"]["accuracy"], "macro_f1": results["classifier"]["macro_f1"]}
-    _write_artefacts(run, results)
-    ctx.finish(JobStatus.SUCCEEDED, results=results, metrics=headline, device=_device())
-    ctx.event("Succeeded.", data=headline)
+        headline = {}
+        if "perplexity" in results:
+            headline = {"ppl_base": results["perplexity"]["base"], "ppl_adapter": results["perplexity"]["adapter"]}
+        if "classifier" in results:
+            headline = {"accuracy": results["classifier"]["accuracy"], "macro_f1": results["classifier"]["macro_f1"]}
+        _write_artefacts(run, results)
+        return Outcome(JobStatus.SUCCEEDED, fields={"results": results, "metrics": headline, "device": _device()},
+                       data=headline)
 
 
 def _write_artefacts(run: EvaluationRun, results: dict) -> None:
     """results.json and samples.jsonl in the run's folder, next to its log."""
-    import json
-
-    folder = jobs.run_dir(run)
+    folder = runtime.run_dir(run)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "results.json").write_text(json.dumps(results, ensure_ascii=False, indent=2, default=str),
                                          encoding="utf-8")
@@ -231,12 +218,3 @@ def _write_artefacts(run: EvaluationRun, results: dict) -> None:
             fh.write(json.dumps({"prompt": s.prompt, "reference": s.reference, "base_answer": s.base_answer,
                                  "adapter_answer": s.adapter_answer, "metrics": s.metrics}, ensure_ascii=False)
                      + "\n")
-
-
-def _fail(ctx: jobs.JobContext, code: str, message: str) -> None:
-    ctx.finish(JobStatus.FAILED, error_code=code, error_message=message, eta_seconds=None)
-    ctx.event(f"Failed: {message}", level=EventLevel.ERROR, data={"code": code})
-
-
-jobs.register(jobs.JobKind(name="evaluation", model=EvaluationRun, event_model=EvaluationEvent, event_fk="run",
-                           run=run_evaluation_job))

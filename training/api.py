@@ -1,25 +1,25 @@
-"""/api/ endpoints for base models, training tasks and adapters, and /v1/models."""
+"""/api/ endpoints for training tasks and adapters."""
 
 # No `from __future__ import annotations` here: ninja resolves Query[...] and response types at import.
+from pathlib import Path
+
 from django.http import StreamingHttpResponse
 from ninja import Query, Router, Schema, Status
 from ninja.pagination import paginate
 from pydantic import Field
 
 from accounts.auth import principal
-from accounts.visibility import team_ids
-from core.errors import PermissionDenied
 from core.pagination import Mapped, Pagination
-from core.schemas import ErrorOut
+from core.schemas import ERRORS
+from jobs.api import add_job_routes
 from training import lifecycle, services
-from training.models import Adapter, BaseModel, TrainingTask
+from training.checkpoints import checkpoint_problem
+from training.models import Adapter, TrainingTask
 from training.schemas import (
     AdapterEventOut,
     AdapterOut,
-    BaseModelOut,
     CheckpointOut,
     CloneIn,
-    EventPage,
     LineageOut,
     MergeIn,
     MergeJobOut,
@@ -27,45 +27,11 @@ from training.schemas import (
     PromoteIn,
     ReproduceIn,
     ReproduceOut,
-    ScanOut,
     TrainingTaskIn,
     TrainingTaskOut,
 )
 
-router = Router(tags=["base models"])
-ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut}
-
-
-class BaseModelFilter(Schema):
-    kind: BaseModel.Kind | None = None
-    available: bool | None = None
-
-
-@router.get("/base-models", response=list[BaseModelOut])
-@paginate(Pagination)
-def base_model_list(request, filters: Query[BaseModelFilter]):
-    return services.base_model_list(user=principal(request), kind=filters.kind,
-                                    available=filters.available).select_related("team")
-
-
-@router.post("/base-models/scan", response={200: ScanOut, **ERRORS})
-def base_model_scan(request):
-    """Rescan the configured model folders (not arbitrary paths: those are for the command line)."""
-    who = principal(request)
-    writable = team_ids(who, write=True)
-    if writable is not None and not writable:
-        raise PermissionDenied("Scanning needs a member or admin role in a team.")
-    report = services.base_models_scan(user=who.user)
-    return {"rows": [vars(r) for r in report.rows]}
-
-
-@router.get("/base-models/{ref}", response={200: BaseModelOut, **ERRORS})
-def base_model_detail(request, ref: str):
-    return services.base_model_get(user=principal(request), ref=ref, require_available=False)
-
-
-# ------------------------------------------------------------------------------------------ training tasks
-tasks_router = Router(tags=["training"])
+router = Router(tags=["training"])
 
 
 class TaskFilter(Schema):
@@ -73,7 +39,7 @@ class TaskFilter(Schema):
     status: TrainingTask.Status | None = None
 
 
-@tasks_router.post("/training/tasks", response={201: TrainingTaskOut, **ERRORS})
+@router.post("/training/tasks", response={201: TrainingTaskOut, **ERRORS})
 def task_create(request, payload: TrainingTaskIn):
     task = services.training_task_create(user=principal(request), team=payload.team, name=payload.name,
                                          base_model=payload.base_model, train_version=payload.train_version,
@@ -83,7 +49,7 @@ def task_create(request, payload: TrainingTaskIn):
     return Status(201, TrainingTaskOut.from_task(task))
 
 
-@tasks_router.get("/training/tasks", response=list[TrainingTaskOut])
+@router.get("/training/tasks", response=list[TrainingTaskOut])
 @paginate(Pagination)
 def task_list(request, filters: Query[TaskFilter]):
     qs = services.training_task_list(user=principal(request), team=filters.team, status=filters.status)
@@ -94,38 +60,16 @@ def task_list(request, filters: Query[TaskFilter]):
     return Mapped(qs, TrainingTaskOut.from_task)
 
 
-@tasks_router.get("/training/tasks/{ref}", response={200: TrainingTaskOut, **ERRORS})
+@router.get("/training/tasks/{ref}", response={200: TrainingTaskOut, **ERRORS})
 def task_detail(request, ref: str):
     return TrainingTaskOut.from_task(services.training_task_get(user=principal(request), ref=ref))
 
 
-def _control(request, ref: str, action):
-    who = principal(request)
-    task = services.training_task_get(user=who, ref=ref)
-    return TrainingTaskOut.from_task(action(user=who, task=task))
+add_job_routes(router, path="/training/tasks", name="training_task", out=TrainingTaskOut.from_task,
+               get=lambda *, user, ref: services.training_task_get(user=user, ref=ref), schema=TrainingTaskOut)
 
 
-@tasks_router.post("/training/tasks/{ref}/cancel", response={200: TrainingTaskOut, **ERRORS})
-def task_cancel(request, ref: str):
-    return _control(request, ref, services.training_task_cancel)
-
-
-@tasks_router.post("/training/tasks/{ref}/pause", response={200: TrainingTaskOut, **ERRORS})
-def task_pause(request, ref: str):
-    return _control(request, ref, services.training_task_pause)
-
-
-@tasks_router.post("/training/tasks/{ref}/resume", response={200: TrainingTaskOut, **ERRORS})
-def task_resume(request, ref: str):
-    return _control(request, ref, services.training_task_resume)
-
-
-@tasks_router.post("/training/tasks/{ref}/retry", response={200: TrainingTaskOut, **ERRORS})
-def task_retry(request, ref: str):
-    return _control(request, ref, services.training_task_retry)
-
-
-@tasks_router.post("/training/tasks/{ref}/clone", response={201: TrainingTaskOut, **ERRORS})
+@router.post("/training/tasks/{ref}/clone", response={201: TrainingTaskOut, **ERRORS})
 def task_clone(request, ref: str, payload: CloneIn):
     who = principal(request)
     task = services.training_task_get(user=who, ref=ref)
@@ -133,19 +77,8 @@ def task_clone(request, ref: str, payload: CloneIn):
     return Status(201, TrainingTaskOut.from_task(clone))
 
 
-@tasks_router.get("/training/tasks/{ref}/events", response={200: EventPage, **ERRORS})
-def task_events(request, ref: str, after: int | None = None, limit: int = 100):
-    task = services.training_task_get(user=principal(request), ref=ref)
-    rows, has_more = services.training_events_page(task=task, after=after, limit=limit)
-    return {"items": rows, "has_more": has_more, "next_after": rows[-1].id if rows else after}
-
-
-@tasks_router.get("/training/tasks/{ref}/checkpoints", response={200: list[CheckpointOut], **ERRORS})
+@router.get("/training/tasks/{ref}/checkpoints", response={200: list[CheckpointOut], **ERRORS})
 def task_checkpoints(request, ref: str):
-    from pathlib import Path
-
-    from training.checkpoints import checkpoint_problem
-
     task = services.training_task_get(user=principal(request), ref=ref)
     return [{"id": c.pk, "step": c.step, "metrics": c.metrics, "created_at": c.created_at,
              "usable": checkpoint_problem(Path(c.path)) is None} for c in task.checkpoints.order_by("step")]
@@ -157,14 +90,14 @@ class AdapterFilter(Schema):
     kind: Adapter.Kind | None = None
 
 
-@tasks_router.get("/adapters", response=list[AdapterOut])
+@router.get("/adapters", response=list[AdapterOut])
 @paginate(Pagination)
 def adapter_list(request, filters: Query[AdapterFilter]):
     return services.adapter_list(user=principal(request), team=filters.team, base_model=filters.base_model,
                                  kind=filters.kind)
 
 
-@tasks_router.get("/adapters/{ref}", response={200: AdapterOut, **ERRORS})
+@router.get("/adapters/{ref}", response={200: AdapterOut, **ERRORS})
 def adapter_detail(request, ref: str):
     return services.adapter_get(user=principal(request), ref=ref)
 
@@ -174,30 +107,30 @@ def _adapter_action(request, ref: str, action, **kwargs):
     return action(user=who, adapter=services.adapter_get(user=who, ref=ref), **kwargs)
 
 
-@tasks_router.post("/adapters/{ref}/promote", response={200: AdapterOut, **ERRORS})
+@router.post("/adapters/{ref}/promote", response={200: AdapterOut, **ERRORS})
 def adapter_promote(request, ref: str, payload: PromoteIn):
     """Change the stage (draft, candidate, production). Production needs the approval of a team admin who is
     not the author: such an admin's promote is the approval; anyone else's is recorded as a request."""
     return _adapter_action(request, ref, lifecycle.adapter_promote, stage=payload.stage, note=payload.note)
 
 
-@tasks_router.post("/adapters/{ref}/approve", response={200: AdapterOut, **ERRORS})
+@router.post("/adapters/{ref}/approve", response={200: AdapterOut, **ERRORS})
 def adapter_approve(request, ref: str, payload: NoteIn):
     """A team admin who is not the author puts a candidate into production (the previous one becomes candidate)."""
     return _adapter_action(request, ref, lifecycle.adapter_approve, note=payload.note)
 
 
-@tasks_router.post("/adapters/{ref}/archive", response={200: AdapterOut, **ERRORS})
+@router.post("/adapters/{ref}/archive", response={200: AdapterOut, **ERRORS})
 def adapter_archive(request, ref: str):
     return _adapter_action(request, ref, lifecycle.adapter_archive)
 
 
-@tasks_router.post("/adapters/{ref}/restore", response={200: AdapterOut, **ERRORS})
+@router.post("/adapters/{ref}/restore", response={200: AdapterOut, **ERRORS})
 def adapter_restore(request, ref: str):
     return _adapter_action(request, ref, lifecycle.adapter_restore)
 
 
-@tasks_router.delete("/adapters/{ref}", response={200: AdapterOut, **ERRORS})
+@router.delete("/adapters/{ref}", response={200: AdapterOut, **ERRORS})
 def adapter_delete(request, ref: str):
     """Delete the adapter's files (409 while a job uses it); the row stays, archived, with its history."""
     return _adapter_action(request, ref, lifecycle.adapter_delete)
@@ -209,13 +142,13 @@ def _zip_response(filename: str, stream) -> StreamingHttpResponse:
     return response
 
 
-@tasks_router.get("/adapters/{ref}/download", response={200: None, **ERRORS})
+@router.get("/adapters/{ref}/download", response={200: None, **ERRORS})
 def adapter_download(request, ref: str):
     """The adapter folder as a zip, with a README.md model card (same as /export)."""
     return _zip_response(*_adapter_action(request, ref, lifecycle.adapter_export))
 
 
-@tasks_router.get("/adapters/{ref}/export", response={200: None, **ERRORS})
+@router.get("/adapters/{ref}/export", response={200: None, **ERRORS})
 def adapter_export(request, ref: str):
     """The adapter folder as a zip, with a README.md model card (base, data hash, parameters, metrics)."""
     return _zip_response(*_adapter_action(request, ref, lifecycle.adapter_export))
@@ -228,32 +161,32 @@ class OllamaQuery(Schema):
     temperature: float | None = None
 
 
-@tasks_router.get("/adapters/{ref}/ollama", response={200: None, **ERRORS})
+@router.get("/adapters/{ref}/ollama", response={200: None, **ERRORS})
 def adapter_ollama(request, ref: str, query: Query[OllamaQuery]):
     """An Ollama bundle: Modelfile (FROM, ADAPTER ./adapter, TEMPLATE, PARAMETERs), the adapter and a README."""
     return _zip_response(*_adapter_action(request, ref, lifecycle.adapter_ollama_bundle, from_ref=query.base,
                                           name=query.name, temperature=query.temperature))
 
 
-@tasks_router.post("/adapters/{ref}/merge", response={201: MergeJobOut, **ERRORS})
+@router.post("/adapters/{ref}/merge", response={201: MergeJobOut, **ERRORS})
 def adapter_merge(request, ref: str, payload: MergeIn):
     """Queue a merge of the adapter into its base model; the result registers as a new base model."""
     job = _adapter_action(request, ref, lifecycle.adapter_merge, name=payload.name, priority=payload.priority)
     return Status(201, MergeJobOut.from_job(job))
 
 
-@tasks_router.get("/adapters/{ref}/lineage", response={200: LineageOut, **ERRORS})
+@router.get("/adapters/{ref}/lineage", response={200: LineageOut, **ERRORS})
 def adapter_lineage(request, ref: str):
     """Dataset version -> task (params, versions, seed, device, duration) -> adapter -> evaluations -> exports."""
     return _adapter_action(request, ref, lifecycle.adapter_lineage)
 
 
-@tasks_router.get("/adapters/{ref}/events", response={200: list[AdapterEventOut], **ERRORS})
+@router.get("/adapters/{ref}/events", response={200: list[AdapterEventOut], **ERRORS})
 def adapter_events(request, ref: str):
     return _adapter_action(request, ref, lifecycle.adapter_lineage)["events"]
 
 
-@tasks_router.post("/adapters/{ref}/reproduce", response={201: ReproduceOut, **ERRORS})
+@router.post("/adapters/{ref}/reproduce", response={201: ReproduceOut, **ERRORS})
 def adapter_reproduce(request, ref: str, payload: ReproduceIn):
     """Clone the task that trained the adapter with identical inputs (data version, base, params, seed)."""
     task = _adapter_action(request, ref, lifecycle.adapter_reproduce, name=payload.name)
@@ -261,12 +194,12 @@ def adapter_reproduce(request, ref: str, payload: ReproduceIn):
     return Status(201, {"kind": kind, "id": task.pk, "name": task.name, "status": task.status})
 
 
-@tasks_router.get("/merges", response=list[MergeJobOut])
+@router.get("/merges", response=list[MergeJobOut])
 @paginate(Pagination)
 def merge_list(request):
     return Mapped(lifecycle.merge_job_list(user=principal(request)).select_related("created_by"), MergeJobOut.from_job)
 
 
-@tasks_router.get("/merges/{job_id}", response={200: MergeJobOut, **ERRORS})
+@router.get("/merges/{job_id}", response={200: MergeJobOut, **ERRORS})
 def merge_detail(request, job_id: int):
     return MergeJobOut.from_job(lifecycle.merge_job_get(user=principal(request), ref=job_id))

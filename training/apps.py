@@ -1,21 +1,6 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
-from django.db.models.signals import post_migrate
-
-
-def ensure_schedule(sender, using="default", **kwargs) -> None:
-    """A periodic dispatch: recovers jobs whose worker died and picks up queued jobs whose wake-up was lost."""
-    from django.db import connections
-
-    if "django_q_schedule" not in connections[using].introspection.table_names():
-        return
-    from django_q.models import Schedule
-
-    Schedule.objects.using(using).update_or_create(
-        name="recover-and-dispatch",
-        defaults={"func": "training.jobs.dispatch", "schedule_type": Schedule.MINUTES, "minutes": 2, "repeats": -1},
-    )
 
 
 class TrainingConfig(AppConfig):
@@ -23,10 +8,14 @@ class TrainingConfig(AppConfig):
     verbose_name = "Training"
 
     def ready(self) -> None:
-        post_migrate.connect(ensure_schedule, sender=self)
-        # A (re)started queue worker dispatches at once: recovers a dead worker's jobs, picks up queued ones.
-        from django_q.signals import post_spawn
+        # Models and the runner's checkpoint rule are imported once the app registry is ready.
+        from jobs.registry import JobKind, register
+        from training.models import MergeEvent, MergeJob, TrainingEvent, TrainingTask
+        from training.services import training_task_latest_checkpoint, training_task_reproduce
 
-        from training.jobs import on_worker_spawn
-
-        post_spawn.connect(on_worker_spawn, dispatch_uid="training-worker-spawn")
+        register(JobKind(name="training", model=TrainingTask, event_model=TrainingEvent, event_fk="task",
+                         runner="training.runner.TrainingRunner", latest_checkpoint=training_task_latest_checkpoint,
+                         reproduce=training_task_reproduce))
+        # Merging an adapter into its base model runs on the same queue, claim and supervised child as training.
+        register(JobKind(name="merge", model=MergeJob, event_model=MergeEvent, event_fk="job",
+                         runner="training.runner.MergeRunner"))

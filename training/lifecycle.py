@@ -21,16 +21,26 @@ import shutil
 import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import ForeignKey, OneToOneField, Q
 from django.utils import timezone
 
 from accounts import visibility
 from accounts.models import Team
+from accounts.visibility import Actor, acting_user
+from catalog import model_scan
+from catalog.models import BaseModel
 from core.errors import ApplicationError, Conflict, NotFound, PermissionDenied
-from training.models import ACTIVE, Adapter, AdapterEvent, BaseModel, JobStatus, MergeJob
+from jobs import runtime
+from jobs.models import ACTIVE, Job, JobStatus
+from jobs.registry import kinds
+from jobs.services import job_check_priority, job_check_quota, job_reproduce, unique_name
+from training.models import Adapter, AdapterEvent, MergeJob
+from training.signals import lineage_requested
 
 log = logging.getLogger(__name__)
 SAFE_NAME_RE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -40,24 +50,31 @@ OLLAMA_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}(?::[A-Za-z0-9._-]{1,50}
 Stage = Adapter.Stage
 
 
-def _user(who):
-    """The Django user behind a principal (API token) or a plain user."""
-    return getattr(who, "user", who)
-
-
 def _event(adapter: Adapter, who, action: str, *, from_stage: str = "", to_stage: str = "", note: str = "",
            data: dict | None = None) -> AdapterEvent:
-    actor = _user(who)
-    return AdapterEvent.objects.create(adapter=adapter, actor=actor if getattr(actor, "pk", None) else None,
+    return AdapterEvent.objects.create(adapter=adapter, actor=acting_user(who),
                                        action=action, from_stage=from_stage, to_stage=to_stage,
                                        note=(note or "")[:2000], data=data or {})
 
 
-def origin_task(adapter: Adapter):
-    """The job that produced the adapter: its training task, or its classifier task (None when scanned)."""
+def _adapter_links(model: type[Job]) -> list[str]:
+    """The names of ``model``'s foreign keys to Adapter (the jobs that use or produce an adapter)."""
+    return [f.name for f in model._meta.get_fields()
+            if isinstance(f, ForeignKey | OneToOneField) and f.related_model is Adapter]
+
+
+def origin_task(adapter: Adapter) -> Job | None:
+    """The job that produced the adapter: its training task, or the job of another kind that points at it
+    one-to-one (a classifier task, say); None when it was found by a scan."""
     if adapter.task_id:
         return adapter.task
-    return getattr(adapter, "classifier_task", None)
+    for kind in kinds():
+        for name in _adapter_links(kind.model):
+            if isinstance(kind.model._meta.get_field(name), OneToOneField):
+                job = kind.model.objects.filter(**{name: adapter}).first()
+                if job is not None:
+                    return job
+    return None
 
 
 def default_model_name(task) -> str:
@@ -82,7 +99,7 @@ def author_ids(adapter: Adapter) -> set[int]:
 
 
 def can_approve(who, adapter: Adapter) -> bool:
-    user = _user(who)
+    user = acting_user(who)
     return visibility.can_manage(who, adapter.team) and getattr(user, "pk", None) not in author_ids(adapter)
 
 
@@ -132,7 +149,7 @@ def adapter_promote(*, user, adapter: Adapter, stage: str, note: str = "") -> Ad
                                code="invalid_transition", param="stage")
             if can_approve(user, locked):
                 return _copy_state(adapter, _to_production(locked, user, note=note))
-            locked.approval_requested_by = _user(user) if getattr(_user(user), "pk", None) else None
+            locked.approval_requested_by = acting_user(user)
             locked.approval_requested_at = timezone.now()
             locked.save(update_fields=["approval_requested_by", "approval_requested_at"])
             _event(locked, user, AdapterEvent.Action.REQUESTED, from_stage=locked.stage, to_stage=Stage.PRODUCTION,
@@ -163,7 +180,7 @@ def adapter_approve(*, user, adapter: Adapter, note: str = "") -> Adapter:
     _readable(user, adapter)
     if not visibility.can_manage(user, adapter.team):
         raise PermissionDenied("Only a team admin can approve an adapter for production.", code="approval_required")
-    if _user(user).pk in author_ids(adapter):
+    if getattr(acting_user(user), "pk", None) in author_ids(adapter):
         raise PermissionDenied("You are this adapter's author: another team admin must approve it.",
                                code="self_approval")
     with transaction.atomic():
@@ -227,21 +244,22 @@ def adapter_for_serving(*, user, ref: str) -> Adapter | None:
 # ============================================================================================ archive / delete
 
 def running_references(adapter: Adapter) -> list[str]:
-    """Unfinished jobs that use the adapter (training, classifier, evaluation, merge), as readable strings."""
-    from django.apps import apps
-    from django.db.models import Q
-
+    """Unfinished jobs of any kind that use the adapter (or produce it), as readable strings."""
     refs: list[str] = []
     task = origin_task(adapter)
     if task is not None and task.status in ACTIVE:
         refs.append(f"{type(task)._meta.verbose_name} {task.name!r} ({task.status})")
-    for job in MergeJob.objects.filter(adapter=adapter, status__in=list(ACTIVE)):
-        refs.append(f"merge job {job.pk} ({job.status})")
-    if apps.is_installed("evaluation"):
-        EvaluationRun = apps.get_model("evaluation", "EvaluationRun")
-        for run in EvaluationRun.objects.filter(Q(adapter=adapter) | Q(other_adapter=adapter),
-                                                status__in=list(ACTIVE)):
-            refs.append(f"evaluation run {run.name!r} ({run.status})")
+    for kind in kinds():
+        links = _adapter_links(kind.model)
+        if not links:
+            continue
+        cond = Q()
+        for name in links:
+            cond |= Q(**{name: adapter})
+        for job in kind.model.objects.filter(cond, status__in=list(ACTIVE)).exclude(pk=getattr(task, "pk", None)
+                                                                                    if type(task) is kind.model
+                                                                                    else None):
+            refs.append(f"{kind.model._meta.verbose_name} {job.name!r} ({job.status})")
     return refs
 
 
@@ -304,7 +322,7 @@ def adapter_delete(*, user, adapter: Adapter, note: str = "") -> Adapter:
         removed = False
         # Only files we own are removed: a folder registered by a scan of MODEL_DIRS stays where its owner put it.
         if folder.is_dir() and _inside(folder, Path(settings.DATA_DIR)):
-            from training.model_scan import folder_size
+            from catalog.model_scan import folder_size
 
             freed = folder_size(folder)
             doomed = folder.with_name(f".deleting-{folder.name}")
@@ -352,27 +370,10 @@ def adapter_lineage(*, user, adapter: Adapter) -> dict:
     """Where the adapter came from and where it went: data -> task -> adapter -> evaluations -> exports/merges."""
     _readable(user, adapter)
     task = origin_task(adapter)
-    evaluations = []
-    if hasattr(adapter, "evaluation_runs"):
-        from django.apps import apps
-        from django.db.models import Count
-
-        Vote = apps.get_model("evaluation", "Vote")
-        # Vote counts of every review in one query (one query per review grew with the reviews).
-        counts: dict[int, dict[str, int]] = {}
-        for review_id, choice, n in (Vote.objects.filter(pair__review__run__adapter=adapter)
-                                     .values_list("pair__review_id", "choice").annotate(n=Count("id"))
-                                     .values_list("pair__review_id", "choice", "n")):
-            counts.setdefault(review_id, {})[choice] = n
-        for run in adapter.evaluation_runs.order_by("-created_at").prefetch_related("reviews"):
-            reviews = []
-            for review in run.reviews.all():
-                reviews.append({"id": review.pk, "status": review.status, "created_at": review.created_at,
-                                "votes": counts.get(review.pk, {})})
-            evaluations.append({"id": run.pk, "name": run.name, "status": run.status, "metrics": run.metric_names,
-                                "dataset_version": run.dataset_version_id, "summary": run.ppl_summary,
-                                "results": {k: v for k, v in (run.results or {}).items() if k != "samples"},
-                                "created_at": run.created_at, "reviews": reviews})
+    sections: dict = {"evaluations": []}
+    # Other apps add what they know of the adapter (evaluation runs and their reviews, say).
+    for _receiver, response in lineage_requested.send(sender=Adapter, adapter=adapter):
+        sections.update(response or {})
     merges = [{"id": j.pk, "status": j.status, "output_name": j.output_name, "output_path": j.output_path,
                "base_model_id": j.result_id, "created_at": j.created_at, "finished_at": j.finished_at,
                "created_by": j.created_by.username if j.created_by_id else None}
@@ -390,7 +391,7 @@ def adapter_lineage(*, user, adapter: Adapter) -> dict:
         "dataset": _version_info(task.train_version) if task else summary.get("dataset"),
         "validation_dataset": _version_info(task.validation_version) if task else None,
         "task": _task_info(task),
-        "evaluations": evaluations,
+        **sections,
         "merges": merges,
         "exports": exports,
         "events": [{"id": e.pk, "action": e.action, "from_stage": e.from_stage, "to_stage": e.to_stage,
@@ -399,32 +400,19 @@ def adapter_lineage(*, user, adapter: Adapter) -> dict:
     }
 
 
-def adapter_reproduce(*, user, adapter: Adapter, name: str | None = None):
-    """Clone the task that trained the adapter with identical inputs (data version, base, params, seed)."""
+def adapter_reproduce(*, user: Actor, adapter: Adapter, name: str | None = None) -> Job:
+    """Queue the job that produced the adapter again with identical inputs (data version, base, params, seed)."""
     _readable(user, adapter)
     task = origin_task(adapter)
     if task is None:
         raise ApplicationError(f"Adapter {adapter.name!r} was found by a scan: there is no task to reproduce.",
                                code="no_task", param="adapter")
-    if adapter.task_id:
-        from training.services import training_task_clone
-
-        return training_task_clone(user=user, task=task, name=name or f"{task.name}-repro")
-    from classifier.services import classifier_task_create
-
-    params = dict(task.params or {})
-    if "seed" not in params and task.seed is not None:
-        params["seed"] = task.seed
-    return classifier_task_create(user=user, team=task.team, name=name or f"{task.name}-repro",
-                                  base_model=task.base_model, train_version=task.train_version,
-                                  validation_version=task.validation_version, params=params,
-                                  priority=task.priority)
+    return job_reproduce(user=user, job=task, name=name)
 
 
 # ============================================================================================ export
 
 def _library_versions() -> dict:
-    from importlib import metadata
 
     out = {}
     for dist in ("torch", "transformers", "peft", "safetensors", "tokenizers"):
@@ -732,8 +720,6 @@ def _merge_name_free(name: str) -> bool:
 
 def adapter_merge(*, user, adapter: Adapter, name: str | None = None, priority: int = 0) -> MergeJob:
     """Queue a job that merges the adapter into its base and registers the result as a new base model."""
-    from training import jobs
-
     visibility.require_write(user, adapter)
     if adapter.kind != Adapter.Kind.CAUSAL_LM:
         raise ApplicationError("Only causal LM adapters can be merged into a standalone model.",
@@ -744,9 +730,7 @@ def adapter_merge(*, user, adapter: Adapter, name: str | None = None, priority: 
     if not adapter.base_model.available:
         raise Conflict(f"Base model {adapter.base_model.name!r} is unavailable.", code="model_unavailable",
                        param="base_model")
-    if not isinstance(priority, int) or not -100 <= priority <= 100:
-        raise ApplicationError("priority must be an integer from -100 to 100.", code="invalid_parameter",
-                               param="priority")
+    priority = job_check_priority(priority)
     if name:
         clean = SAFE_NAME_RE.sub("_", name.strip())[:180]
         if not clean or clean.startswith("."):
@@ -759,19 +743,18 @@ def adapter_merge(*, user, adapter: Adapter, name: str | None = None, priority: 
         while not _merge_name_free(clean):
             clean, n = f"{stem}-{n}", n + 1
     with transaction.atomic():
-        job = MergeJob.objects.create(name=f"merge {adapter.name}"[:200], team=adapter.team, created_by=_user(user),
+        job_check_quota(adapter.team)
+        job = MergeJob.objects.create(name=f"merge {adapter.name}"[:200], team=adapter.team, created_by=acting_user(user),
                                       adapter=adapter, output_name=clean, output_path=str(_models_dir() / clean),
                                       priority=priority, status=JobStatus.QUEUED, queued_at=timezone.now())
-        jobs.add_event(job, f"Queued: merge {adapter.name} into {adapter.base_model.name} as {clean}.")
+        runtime.add_event(job, f"Queued: merge {adapter.name} into {adapter.base_model.name} as {clean}.")
         _event(adapter, user, AdapterEvent.Action.MERGED, data={"merge_job": job.pk, "output_name": clean})
-        jobs.enqueue(job)
+        runtime.enqueue(job)
     return job
 
 
 def register_merged_model(job: MergeJob, folder: Path) -> BaseModel:
     """Register a finished merge folder as the team's base model (idempotent for a recovered run)."""
-    from training import model_scan
-
     info = model_scan.inspect_hf_dir(folder)
     values = {"kind": info.kind, "path": str(folder.resolve()), "source_path": job.adapter.path,
               "format": BaseModel.Format.HF, "architecture": info.architecture, "model_type": info.model_type,
@@ -833,8 +816,6 @@ def match_base_model(ref: str | None, *, team: Team | None) -> BaseModel | None:
     """The registered base model an adapter config names, by folder path or by name (last path part too)."""
     if not ref:
         return None
-    from django.db.models import Q
-
     qs = BaseModel.objects.all()
     qs = qs.filter(Q(team__isnull=True) | Q(team=team)) if team is not None else qs.filter(team__isnull=True)
     candidates = []
@@ -848,12 +829,10 @@ def match_base_model(ref: str | None, *, team: Team | None) -> BaseModel | None:
 
 
 def _param_count(folder: Path) -> int:
-    from training.model_scan import _safetensors_param_count
-
     total = 0
     for f in folder.glob("*.safetensors"):
         try:
-            total += _safetensors_param_count(f)
+            total += model_scan.safetensors_param_count(f)
         except (OSError, ValueError, KeyError):
             pass
     return total
@@ -864,9 +843,6 @@ def adapters_scan(*, paths: Iterable[str | Path] | None = None, include_defaults
     """Register adapter folders (with ``adapter_config.json``) found in DATA_DIR/adapters, MODEL_DIRS and
     ``paths``. Folders already registered are left alone; an adapter whose base model is not registered is
     reported (``unmatched``), not registered; new adapters need ``team`` (their owner), else ``skipped``."""
-    from training.model_scan import folder_size
-    from training.services import adapter_unique_name
-
     roots = [Path(settings.DATA_DIR) / "adapters", *map(Path, settings.MODEL_DIRS)] if include_defaults else []
     roots += [Path(p).expanduser() for p in (paths or [])]
     known = {str(Path(p).resolve()) for p in Adapter.objects.values_list("path", flat=True)}
@@ -915,13 +891,33 @@ def adapters_scan(*, paths: Iterable[str | Path] | None = None, include_defaults
             stem = SAFE_NAME_RE.sub("_", STAMP_SUFFIX_RE.sub("", folder.name))[:150] or "adapter"
             with transaction.atomic():
                 adapter = Adapter.objects.create(
-                    name=adapter_unique_name(team, stem), model_name=stem, team=team,
-                    created_by=_user(user) if getattr(_user(user), "pk", None) else None,
+                    name=unique_name(Adapter, team, stem), model_name=stem, team=team,
+                    created_by=acting_user(user),
                     kind=Adapter.Kind.CLASSIFIER if classifier else Adapter.Kind.CAUSAL_LM, base_model=base,
                     path=resolved, lora_config={k: config[k] for k in keep if k in config},
-                    trainable_parameters=_param_count(folder), size_bytes=folder_size(folder), metrics=metrics,
+                    trainable_parameters=_param_count(folder), size_bytes=model_scan.folder_size(folder), metrics=metrics,
                     label_map=label_map if isinstance(label_map, dict) else {}, source=Adapter.Source.SCANNED)
                 _event(adapter, user, AdapterEvent.Action.REGISTERED, note=f"Found by a scan at {resolved}.")
             known.add(resolved)
             rows.append(AdapterScanRow(adapter.name, "added", resolved, base_model=base.name))
     return rows
+
+
+# ============================================================================================ registration
+
+LORA_CONFIG_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "modules_to_save", "task_type", "bias",
+                    "peft_type", "base_model_name_or_path")
+
+
+def adapter_register(*, team: Team, created_by, kind: str, base_model: BaseModel, folder: Path, name: str,
+                     model_name: str = "", task=None, metrics: dict, trainable: int,
+                     label_map: dict | None = None) -> Adapter:
+    """Register an adapter folder a job wrote (the worker calls this inside the transaction that records the
+    job's success): a unique name in the team, the LoRA shape from its adapter_config.json, its size."""
+    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    adapter = Adapter.objects.create(
+        name=unique_name(Adapter, team, name), model_name=model_name, team=team, created_by=created_by, kind=kind,
+        base_model=base_model, task=task, path=str(folder),
+        lora_config={k: config.get(k) for k in LORA_CONFIG_KEYS if k in config}, trainable_parameters=trainable,
+        size_bytes=model_scan.folder_size(folder), metrics=metrics, label_map=label_map or {})
+    return adapter

@@ -1,4 +1,4 @@
-"""Merging a LoRA adapter into its base model, and the ``merge`` job kind's child-process body.
+"""Merging a LoRA adapter into its base model (the ``merge`` job kind runs it: ``training.runner.MergeRunner``).
 
 ``merge_to_folder`` is plain Python (no Django): it loads the base, applies the adapter with PEFT,
 ``merge_and_unload()``s it and writes a standalone Hugging Face folder (safetensors, tokenizer, config)
@@ -59,37 +59,3 @@ def merge_to_folder(base_path: str | Path, adapter_path: str | Path, target: str
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
-
-
-def run_merge_job(job, ctx) -> None:
-    """Body of ``manage.py run_job merge <id>``: merge, then register the folder as a new base model."""
-    from django.db import transaction
-
-    from training import lifecycle
-    from training.errors import classify
-    from training.models import EventLevel, JobStatus
-
-    adapter = job.adapter
-    target = Path(job.output_path)
-    ctx.update(total_steps=2, step=0)
-    ctx.event(f"Merging adapter {adapter.name} into {adapter.base_model.name} -> {target}.")
-    try:
-        if not target.exists():  # a recovered run finds the previous run's finished folder and registers it
-            merge_to_folder(adapter.base_model.path, adapter.path, target,
-                            provenance={"adapter_id": adapter.pk, "adapter": adapter.name, "merge_job_id": job.pk,
-                                        "base_model": adapter.base_model.name})
-        ctx.update(step=1)
-        with transaction.atomic():
-            model = lifecycle.register_merged_model(job, target)
-            ctx.finish(JobStatus.SUCCEEDED, step=2, result=model, eta_seconds=None,
-                       metrics={"parameter_count": model.parameter_count, "size_bytes": model.size_bytes})
-        ctx.event(f"Succeeded: registered base model {model.name} ({target}).")
-    except Exception as exc:  # a classified failure, never a stuck row
-        from training.jobs import LostClaim
-
-        if isinstance(exc, LostClaim):
-            raise
-        log.exception("merge job %s failed", job.pk)
-        err = classify(exc)
-        ctx.finish(JobStatus.FAILED, error_code=err.code, error_message=err.message, eta_seconds=None)
-        ctx.event(f"Failed: {err.message}", level=EventLevel.ERROR, data={"code": err.code})

@@ -1,38 +1,26 @@
-"""The training job's child-process body: runs the recipe and writes what it reports to our rows.
-
-Registered as the ``training`` job kind; ``training.jobs`` spawns ``manage.py run_job training <id>``,
-which lands in ``run_training_job``.
-"""
+"""The training and merge job kinds' child-process bodies: they run the recipe (or the merge) and write what
+it reports to our rows; every ending is ``jobs.runner.JobRunner``'s."""
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from pathlib import Path
 
 from django.conf import settings
-from django.db import transaction
 from django.utils import timezone
 
-from training import jobs
+from jobs import runtime
+from jobs.models import EventLevel, EventType, JobStatus
+from jobs.runner import JobFailed, JobRunner, Outcome
+from training.errors import TrainingError, classify
 from training.hooks import NullHooks
-from training.model_scan import folder_size
-from training.models import (
-    Adapter,
-    Checkpoint,
-    EventLevel,
-    EventType,
-    JobStatus,
-    MergeEvent,
-    MergeJob,
-    TrainingEvent,
-    TrainingTask,
-)
+from training.lifecycle import SAFE_NAME_RE, adapter_register, default_model_name, register_merged_model
+from training.models import Adapter, Checkpoint, MergeJob, TrainingTask
+from training.signals import adapter_trained
 
 log = logging.getLogger(__name__)
-SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 LEVELS = {"warning": EventLevel.WARN, "warn": EventLevel.WARN, "error": EventLevel.ERROR}
 # Progress rows are written at most this often (every step on a fast GPU would be a write storm).
 PROGRESS_INTERVAL = 1.0
@@ -52,7 +40,7 @@ def metrics_message(step: int, total: int, metrics: dict) -> str:
 class DbHooks(NullHooks):
     """The recipe's hooks, written to the job's rows (conditional on the run's claim)."""
 
-    def __init__(self, ctx: jobs.JobContext) -> None:
+    def __init__(self, ctx: runtime.JobContext) -> None:
         self.ctx = ctx
         self.task: TrainingTask = ctx.job
         self.total_steps = 0
@@ -87,7 +75,7 @@ class DbHooks(NullHooks):
             Checkpoint.objects.filter(task=self.task).exclude(step=step).exclude(
                 path__in=[str(p) for p in Path(path).parent.glob("step-*")]).delete()
 
-        jobs.with_db_retry(record, what="recording a checkpoint")  # rides out a database restart
+        runtime.with_db_retry(record, what="recording a checkpoint")  # rides out a database restart
         self.ctx.event(f"Checkpoint saved at step {step}.", data={"step": step})
 
     def on_message(self, level: str, message: str, data: dict | None = None) -> None:
@@ -102,93 +90,84 @@ def data_path(version) -> Path:
     return path if path.is_absolute() else Path(settings.DATA_DIR) / path
 
 
-def adapter_dir_for(task: TrainingTask) -> Path:
+def adapter_dir_for(job) -> Path:
+    """Where a job's adapter is written: ``DATA_DIR/adapters/<job name>_<timestamp>/``."""
     stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
-    return Path(settings.DATA_DIR) / "adapters" / f"{SAFE.sub('_', task.name)}_{stamp}"
+    return Path(settings.DATA_DIR) / "adapters" / f"{SAFE_NAME_RE.sub('_', job.name)}_{stamp}"
 
 
 def register_adapter(task: TrainingTask, folder: Path, *, metrics: dict, trainable: int) -> Adapter:
-    from training.services import adapter_unique_name
-
-    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
-    keep = ("r", "lora_alpha", "lora_dropout", "target_modules", "task_type", "bias", "peft_type",
-            "base_model_name_or_path")
-    from training.lifecycle import default_model_name
-
-    return Adapter.objects.create(
-        name=adapter_unique_name(task.team, task.name), model_name=default_model_name(task), team=task.team,
-        created_by=task.created_by,
-        kind=Adapter.Kind.CAUSAL_LM, base_model=task.base_model, task=task, path=str(folder),
-        lora_config={k: config.get(k) for k in keep if k in config}, trainable_parameters=trainable,
-        size_bytes=folder_size(folder), metrics=metrics)
+    return adapter_register(team=task.team, created_by=task.created_by, kind=Adapter.Kind.CAUSAL_LM,
+                            base_model=task.base_model, folder=folder, name=task.name,
+                            model_name=default_model_name(task), task=task, metrics=metrics, trainable=trainable)
 
 
-def run_training_job(task: TrainingTask, ctx: jobs.JobContext) -> None:
-    from training.errors import TrainingError, classify
-    from training.recipe import RunSpec, run_training
+class RecipeRunner(JobRunner):
+    """A runner whose failures come from the recipes: classified by ``training.errors``."""
 
-    hooks = DbHooks(ctx)
-    spec = RunSpec(
-        base_model_path=task.base_model.path,
-        train=data_path(task.train_version),
-        validation=data_path(task.validation_version) if task.validation_version_id else None,
-        params=task.params or {},
-        run_dir=jobs.run_dir(task),
-        adapter_dir=adapter_dir_for(task),
-        resume_from=task.resume_from or None,
-        device=getattr(settings, "TRAINING_DEVICE", "auto"),
-        summary_extra={"task": {"id": task.pk, "name": task.name, "team": task.team.name},
-                       "dataset": {"train_version": task.train_version_id,
-                                   "train_sha256": task.train_version.sha256,
-                                   "validation_version": task.validation_version_id}},
-    )
-    try:
-        result = run_training(spec, hooks)
-    except jobs.LostClaim:
-        raise
-    except TrainingError as exc:
-        _fail(ctx, exc.code, exc.message)
-        return
-    except Exception as exc:  # anything unforeseen still ends as a classified failure, never a stuck row
+    def classify(self, exc: Exception) -> JobFailed:
+        if isinstance(exc, TrainingError):
+            return JobFailed(exc.code, exc.message)
         err = classify(exc)
-        log.exception("training task %s failed", task.pk)
-        _fail(ctx, err.code, err.message)
-        return
+        return JobFailed(err.code, err.message)
 
-    common = {"step": result.global_step, "total_steps": result.total_steps or task.total_steps,
-              "metrics": {**(task.metrics or {}), **{k: v for k, v in result.metrics.items()
-                                                    if isinstance(v, (int, float))}},
-              "trained_tokens": result.trained_tokens, "tokens_seen": result.trained_tokens,
-              "resolved_params": result.params.to_dict(), "auto_explanation": result.params.auto,
-              "library_versions": result.versions,
-              "device": " ".join(str(v) for v in (result.device_info.get("device"),
-                                                  result.device_info.get("name")) if v) or "",
-              "seed": result.params.seed}
-    if result.status == "succeeded":
+
+def recipe_outcome(result, fields: dict) -> Outcome:
+    """The ending a recipe reported (succeeded, paused at a checkpoint, or cancelled), with the fields to write."""
+    status = {"succeeded": JobStatus.SUCCEEDED, "paused": JobStatus.PAUSED}.get(result.status, JobStatus.CANCELLED)
+    return Outcome(status, fields=fields, checkpoint=str(result.checkpoint) if result.checkpoint else None)
+
+
+class TrainingRunner(RecipeRunner):
+    """Fine-tunes the task's base model on its dataset version; registers the adapter on success."""
+
+    job: TrainingTask
+
+    def run(self) -> Outcome:
+        # The recipe imports torch: only this child process loads it, never the web or queue process.
+        from training.recipe import RunSpec, run_training
+
+        task = self.job
+        spec = RunSpec(
+            base_model_path=task.base_model.path,
+            train=data_path(task.train_version),
+            validation=data_path(task.validation_version) if task.validation_version_id else None,
+            params=task.params or {},
+            run_dir=runtime.run_dir(task),
+            adapter_dir=adapter_dir_for(task),
+            resume_from=task.resume_from or None,
+            device=settings.TRAINING_DEVICE,
+            summary_extra={"task": {"id": task.pk, "name": task.name, "team": task.team.name},
+                           "dataset": {"train_version": task.train_version_id,
+                                       "train_sha256": task.train_version.sha256,
+                                       "validation_version": task.validation_version_id}},
+        )
+        result = run_training(spec, DbHooks(self.ctx))
+        self.result = result
+        fields = {"step": result.global_step, "total_steps": result.total_steps or task.total_steps,
+                  "metrics": {**(task.metrics or {}), **{k: v for k, v in result.metrics.items()
+                                                        if isinstance(v, (int, float))}},
+                  "trained_tokens": result.trained_tokens, "tokens_seen": result.trained_tokens,
+                  "resolved_params": result.params.to_dict(), "auto_explanation": result.params.auto,
+                  "library_versions": result.versions,
+                  "device": " ".join(str(v) for v in (result.device_info.get("device"),
+                                                      result.device_info.get("name")) if v) or "",
+                  "seed": result.params.seed}
+        return recipe_outcome(result, fields)
+
+    def on_success(self, outcome: Outcome) -> None:
+        result = self.result
         trainable = int(result.metrics.get("trainable_parameters", 0)) or _trainable_from_summary(result.adapter_dir)
-        def register_and_finish() -> Adapter:
-            with transaction.atomic():
-                registered = register_adapter(task, result.adapter_dir, metrics=common["metrics"],
-                                              trainable=trainable)
-                ctx.finish(JobStatus.SUCCEEDED, eta_seconds=None, **common)
-            return registered
+        self.adapter = register_adapter(self.job, result.adapter_dir, metrics=outcome.fields["metrics"],
+                                        trainable=trainable)
+        outcome.message = f"Succeeded: adapter {self.adapter.name} ({result.trained_tokens:,} tokens trained)."
 
-        adapter = jobs.with_db_retry(register_and_finish, what="registering the adapter")
-        ctx.event(f"Succeeded: adapter {adapter.name} ({result.trained_tokens:,} tokens trained).")
-        announce_adapter(task, adapter, ctx)
-    elif result.status == "paused":
-        ctx.finish(JobStatus.PAUSED, resume_from=str(result.checkpoint or ""), **common)
-        ctx.event(f"Paused at step {result.global_step}" +
-                  (f"; will resume from {Path(result.checkpoint).name}." if result.checkpoint else "."))
-    else:
-        ctx.finish(JobStatus.CANCELLED, **common)
-        ctx.event(f"Cancelled at step {result.global_step}.")
+    def after_success(self, outcome: Outcome) -> None:
+        announce_adapter(self.job, self.adapter, self.ctx)
 
 
-def announce_adapter(task: TrainingTask, adapter: Adapter, ctx: jobs.JobContext) -> None:
+def announce_adapter(task: TrainingTask, adapter: Adapter, ctx: runtime.JobContext) -> None:
     """Tell the other apps (e.g. evaluation on success); their failures are logged, never the task's."""
-    from training.signals import adapter_trained
-
     task.refresh_from_db()
     for receiver, response in adapter_trained.send_robust(sender=TrainingTask, task=task, adapter=adapter):
         if isinstance(response, Exception):
@@ -207,26 +186,31 @@ def _trainable_from_summary(folder: Path | None) -> int:
         return 0
 
 
-def _fail(ctx: jobs.JobContext, code: str, message: str) -> None:
-    ctx.finish(JobStatus.FAILED, error_code=code, error_message=message, eta_seconds=None)
-    ctx.event(f"Failed: {message}", level=EventLevel.ERROR, data={"code": code})
 
 
-def _latest_checkpoint(task: TrainingTask) -> str | None:
-    from training.services import latest_checkpoint_path
+class MergeRunner(RecipeRunner):
+    """Merges an adapter into its base model (PEFT merge_and_unload) and registers the folder as a base model."""
 
-    return latest_checkpoint_path(task)
+    job: MergeJob
 
+    def run(self) -> Outcome:
+        # merge_to_folder imports torch: only in this child process.
+        from training.merge import merge_to_folder
 
-jobs.register(jobs.JobKind(name="training", model=TrainingTask, event_model=TrainingEvent, event_fk="task",
-                           run=run_training_job, latest_checkpoint=_latest_checkpoint))
+        job = self.job
+        adapter = job.adapter
+        target = Path(job.output_path)
+        self.ctx.update(total_steps=2, step=0)
+        self.ctx.event(f"Merging adapter {adapter.name} into {adapter.base_model.name} -> {target}.")
+        if not target.exists():  # a recovered run finds the previous run's finished folder and registers it
+            merge_to_folder(adapter.base_model.path, adapter.path, target,
+                            provenance={"adapter_id": adapter.pk, "adapter": adapter.name, "merge_job_id": job.pk,
+                                        "base_model": adapter.base_model.name})
+        self.ctx.update(step=1)
+        return Outcome(JobStatus.SUCCEEDED, fields={"step": 2})
 
-
-def _run_merge_job(job, ctx: jobs.JobContext) -> None:
-    from training.merge import run_merge_job
-
-    run_merge_job(job, ctx)
-
-
-# Merging an adapter into its base model runs on the same queue, claim and supervised child as training.
-jobs.register(jobs.JobKind(name="merge", model=MergeJob, event_model=MergeEvent, event_fk="job", run=_run_merge_job))
+    def on_success(self, outcome: Outcome) -> None:
+        model = register_merged_model(self.job, Path(self.job.output_path))
+        outcome.fields.update(result=model, metrics={"parameter_count": model.parameter_count,
+                                                     "size_bytes": model.size_bytes})
+        outcome.message = f"Succeeded: registered base model {model.name} ({self.job.output_path})."

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from accounts import visibility
-from training.models import BaseModel
+from catalog.models import BaseModel
 
 pytestmark = pytest.mark.django_db
 

@@ -170,7 +170,8 @@ def test_train_from_the_form_watch_progress_cancel_and_download_the_adapter(cons
 def test_vote_in_a_blind_review(console, people, tiny_base_model, make_version):
     from evaluation import services as evaluation
     from evaluation.models import EvaluationRun, EvaluationSample, Vote
-    from training.models import Adapter, JobStatus
+    from jobs.models import JobStatus
+    from training.models import Adapter
 
     alpha, alice = people["alpha"], people["alice"]
     adapter = Adapter.objects.create(name="tiny-faq", team=alpha, base_model=tiny_base_model, path="/nowhere")
@@ -204,7 +205,8 @@ def test_a_member_of_another_team_sees_none_of_it(console, people, tiny_base_mod
     from datasets_app.models import DatasetVersion
     from evaluation import services as evaluation
     from evaluation.models import EvaluationRun, EvaluationSample
-    from training.models import Adapter, JobStatus, TrainingTask
+    from jobs.models import JobStatus
+    from training.models import Adapter, TrainingTask
 
     alpha, alice = people["alpha"], people["alice"]
     version = make_version(alpha, name="secret-faq")

@@ -17,8 +17,8 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def tiny_encoder(db, tiny_bert_dir):
-    from training.model_scan import inspect_hf_dir
-    from training.models import BaseModel
+    from catalog.model_scan import inspect_hf_dir
+    from catalog.models import BaseModel
 
     info = inspect_hf_dir(tiny_bert_dir)
     return BaseModel.objects.create(name="tiny-bert", kind=BaseModel.Kind.ENCODER, path=str(tiny_bert_dir),

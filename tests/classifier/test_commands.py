@@ -12,7 +12,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from classifier.models import ClassifierTask
-from training import jobs
+from jobs import runtime
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,10 +28,10 @@ def setup(db, make_team, make_user, tiny_encoder, make_cls_version):
 def run_at_once(monkeypatch):
     """Instead of waking a worker, claim and run the job in this process (the worker's own code path)."""
     def enqueue(job):
-        token = jobs.claim(job)
-        jobs.run_child(jobs.kind_of(job).name, job.pk, token)
+        token = runtime.claim(job)
+        runtime.run_child(runtime.kind_of(job).name, job.pk, token)
 
-    monkeypatch.setattr(jobs, "enqueue", enqueue)
+    monkeypatch.setattr(runtime, "enqueue", enqueue)
 
 
 def test_train_then_classify(setup, monkeypatch, fast_params, tmp_path):
@@ -65,9 +65,9 @@ def test_train_then_classify(setup, monkeypatch, fast_params, tmp_path):
 
 def test_wait_on_a_failed_task_is_a_command_error(setup, monkeypatch):
     def fail(job):
-        jobs.finish(job, None, "failed", error_code="internal", error_message="boom")
+        runtime.finish(job, None, "failed", error_code="internal", error_message="boom")
 
-    monkeypatch.setattr(jobs, "enqueue", fail)
+    monkeypatch.setattr(runtime, "enqueue", fail)
     with pytest.raises(CommandError, match="failed: internal: boom"):
         call_command("train_classifier", "--name", "x", "--team", "alpha", "--base-model", "tiny-bert",
                      "--dataset", "questions", "--wait", stdout=io.StringIO(), stderr=io.StringIO())

@@ -21,8 +21,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 @pytest.fixture
 def minilm(db, minilm_dir):
-    from training.model_scan import inspect_hf_dir
-    from training.models import BaseModel
+    from catalog.model_scan import inspect_hf_dir
+    from catalog.models import BaseModel
 
     info = inspect_hf_dir(minilm_dir)
     return BaseModel.objects.create(name="all-MiniLM-L6-v2", kind=BaseModel.Kind.ENCODER, path=str(minilm_dir),
@@ -49,9 +49,8 @@ def test_minilm_reaches_the_quality_bar_through_the_worker_and_predicts(make_tea
     task = services.classifier_task_create(user=alice, name="questions", base_model=minilm, train_version=train,
                                            validation_version=held_out, params=QUALITY_PARAMS)
     worker.start()
-    from training import jobs
-
-    jobs.wake_worker()
+    from jobs import runtime
+    runtime.wake_worker()
     task = wait_for(lambda: (t := ClassifierTask.objects.get(pk=task.pk)).is_terminal and t, timeout=600,
                     message=f"classifier task to finish\n{worker.log()}")
     assert task.status == "succeeded", f"{task.error_code}: {task.error_message}\n{worker.log()[-3000:]}"

@@ -8,8 +8,9 @@ import pytest
 from classifier import predict, services
 from classifier.models import ClassifierTask
 from core.errors import ApplicationError
-from training import jobs
-from training.models import Adapter, JobStatus
+from jobs import runtime
+from jobs.models import JobStatus
+from training.models import Adapter
 
 pytestmark = pytest.mark.django_db
 
@@ -29,9 +30,9 @@ def create(user, version, model, **kwargs):
 
 def run_in_process(task) -> ClassifierTask:
     """The worker's path without the process: atomic claim, then the registered kind's child body."""
-    token = jobs.claim(task)
+    token = runtime.claim(task)
     assert token
-    assert jobs.run_child("classifier", task.pk, token) == 0
+    assert runtime.run_child("classifier", task.pk, token) == 0
     task.refresh_from_db()
     return task
 
@@ -43,7 +44,7 @@ def test_create_queues_a_task_with_the_label_map_and_an_event(setup, tiny_encode
     assert task.label_map == {"0": "chat", "1": "data", "2": "other"}
     assert task.resolved_params["lora_r"] == 8 and task.total_steps > 0
     assert task.events.filter(message__startswith="Created").exists()
-    assert jobs.kind_of(task).name == "classifier"
+    assert runtime.kind_of(task).name == "classifier"
 
 
 def test_bad_params_are_a_400_naming_the_field(setup, tiny_encoder):
@@ -79,9 +80,9 @@ def test_cancel_of_a_queued_task_through_the_api(setup, tiny_encoder):
 def test_cancel_requested_while_running_stops_the_run(setup, tiny_encoder, fast_params):
     _team, alice, version, _ = setup
     task = create(alice, version, tiny_encoder, params=fast_params)
-    token = jobs.claim(task)
+    token = runtime.claim(task)
     ClassifierTask.objects.filter(pk=task.pk).update(cancel_requested=True)
-    assert jobs.run_child("classifier", task.pk, token) == 0
+    assert runtime.run_child("classifier", task.pk, token) == 0
     task.refresh_from_db()
     assert task.status == JobStatus.CANCELLED and task.adapter_id is None
 
@@ -168,7 +169,7 @@ def test_an_evaluation_run_of_a_classifier_adapter_reports_its_classification_me
     task = run_in_process(create(alice, version, tiny_encoder, params=fast_params))
     run = evaluation_run_create(user=alice, adapter=task.adapter, dataset=version.pk, metrics=["perplexity"])
     assert run.metric_names == ["classifier"]  # a classifier is judged by its labels, whatever was asked
-    assert jobs.run_foreground(run) == JobStatus.SUCCEEDED
+    assert runtime.run_foreground(run) == JobStatus.SUCCEEDED
     run.refresh_from_db()
     result = run.results["classifier"]
     # the same numbers as predicting every row through the serving path

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from catalog.models import BaseModel
 from core.admin_ui import format_duration
+from jobs.models import JobStatus
 from tests.training.conftest import make_version  # noqa: F401 - shared fixture
-from training.models import BaseModel, JobStatus, TrainingTask
+from training.models import TrainingTask
 
 
 @pytest.fixture

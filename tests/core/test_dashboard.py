@@ -7,9 +7,11 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from core import dashboard
+from catalog.models import BaseModel
+from console import dashboard
+from jobs.models import JobStatus
 from tests.training.conftest import make_version  # noqa: F401 - shared fixture
-from training.models import BaseModel, JobStatus, TrainingTask
+from training.models import TrainingTask
 
 pytestmark = pytest.mark.django_db
 

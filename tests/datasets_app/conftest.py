@@ -72,7 +72,7 @@ def tiny_tokenizer_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def tiny_base_model(db, tiny_tokenizer_dir):
-    from training.models import BaseModel
+    from catalog.models import BaseModel
 
     return BaseModel.objects.create(name="tiny-chat", kind=BaseModel.Kind.CAUSAL_LM, path=str(tiny_tokenizer_dir),
                                     tokenizer_present=True, has_chat_template=True,

@@ -6,7 +6,7 @@ import pytest
 
 from evaluation import services
 from evaluation.models import EvaluationRun, EvaluationSample, ReviewPair
-from training.models import JobStatus
+from jobs.models import JobStatus
 
 
 @pytest.fixture

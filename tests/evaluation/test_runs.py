@@ -13,12 +13,11 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def _run(setup, **kwargs) -> EvaluationRun:
-    from training import jobs
-
+    from jobs import runtime
     team, alice, version, adapter = setup
     run = services.evaluation_run_create(user=alice, adapter=adapter.name, dataset=version.pk,
                                          generation={"max_new_tokens": 6, "n_samples": 3}, **kwargs)
-    assert jobs.run_foreground(run) == "succeeded", run.events.all()
+    assert runtime.run_foreground(run) == "succeeded", run.events.all()
     run.refresh_from_db()
     return run
 
@@ -34,9 +33,8 @@ def test_run_lowers_perplexity_and_stores_side_by_side_samples(setup):
     assert set(run.results["style"]) == {"reference", "base", "adapter"}
     assert set(run.results["overlap"]["adapter"]) >= {"exact_match", "char_f1", "rouge_l"}
     assert run.metrics["ppl_base"] == ppl["base"]
-    from training import jobs
-
-    assert (jobs.run_dir(run) / "results.json").is_file() and (jobs.run_dir(run) / "samples.jsonl").is_file()
+    from jobs import runtime
+    assert (runtime.run_dir(run) / "results.json").is_file() and (runtime.run_dir(run) / "samples.jsonl").is_file()
 
 
 def test_run_perplexity_equals_an_independent_computation(setup):
@@ -108,7 +106,7 @@ def test_evaluate_command_prints_json_results(setup):
 
 def test_training_task_asking_for_an_evaluation_gets_one_queued_on_success(setup, tiny_base_model):
     from core.errors import ApplicationError
-    from training import jobs
+    from jobs import runtime
     from training.services import training_task_clone, training_task_create
 
     team, alice, version, _adapter = setup
@@ -126,7 +124,7 @@ def test_training_task_asking_for_an_evaluation_gets_one_queued_on_success(setup
                                 train_version=version.pk, params=params, evaluate=True,
                                 evaluation_metrics="ppl,samples")
     assert task.evaluate_on_success and task.evaluation_metrics == ["perplexity", "samples"]
-    assert jobs.run_foreground(task) == "succeeded"
+    assert runtime.run_foreground(task) == "succeeded"
     adapter = task.adapters.get()
     run = EvaluationRun.objects.get(adapter=adapter)
     assert run.status == "queued" and run.metric_names == ["perplexity", "samples"]
@@ -136,7 +134,7 @@ def test_training_task_asking_for_an_evaluation_gets_one_queued_on_success(setup
     assert training_task_clone(user=alice, task=task).evaluation_metrics == ["perplexity", "samples"]
     plain = training_task_create(user=alice, name="no-eval", base_model=tiny_base_model.pk,
                                  train_version=version.pk, params=params)
-    assert jobs.run_foreground(plain) == "succeeded"
+    assert runtime.run_foreground(plain) == "succeeded"
     assert not EvaluationRun.objects.filter(adapter__task=plain).exists()
 
 

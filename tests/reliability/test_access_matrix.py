@@ -155,7 +155,8 @@ def routes() -> set[str]:
 def cast(make_team, make_user, tiny_base_model, data_dir, fast_passwords, token_for, django_user_model,
          tiny_adapter_dir):
     from accounts.models import ApiToken
-    from training.models import BaseModel, MergeJob
+    from catalog.models import BaseModel
+    from training.models import MergeJob
 
     alpha, beta = make_team("alpha"), make_team("beta")
     users = {"viewer": make_user("viewer", alpha, "viewer"), "member": make_user("member", alpha, "member"),

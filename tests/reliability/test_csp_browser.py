@@ -21,7 +21,7 @@ def test_admin_pages_run_under_the_csp_without_violations(live_url, make_team, m
         pytest.fail(f"{CHROMIUM} is missing: `make install-test` installs Debian's chromium package")
     from playwright.sync_api import sync_playwright
 
-    from training.models import BaseModel
+    from catalog.models import BaseModel
 
     team = make_team("alpha")
     boss = make_user("boss", team, "admin", password="pw-For-tests-123")

@@ -19,11 +19,13 @@ import time
 import pytest
 from django.db import connection
 
+from jobs import services as job_services
+from jobs.models import JobStatus
 from tests.reliability.conftest import mysql_env, wait_for
 from tests.reliability.helpers import pid_alive
 from training import checkpoints as ckpt
 from training import services
-from training.models import JobStatus, TrainingTask
+from training.models import TrainingTask
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -155,13 +157,12 @@ def _fill_disk_on_checkpoint(monkeypatch, failing_step: int, saved: list):
 
 
 def _run_until_disk_full(team, alice, tiny_base_model, make_version, monkeypatch) -> TrainingTask:
-    from training import jobs
-
+    from jobs import runtime
     saved: list[str] = []
     _fill_disk_on_checkpoint(monkeypatch, 6, saved)
     task = services.training_task_create(user=alice, name="disk-full", base_model=tiny_base_model,
                                          train_version=make_version(team), params=FAST)
-    assert jobs.run_foreground(task) == JobStatus.FAILED
+    assert runtime.run_foreground(task) == JobStatus.FAILED
     monkeypatch.undo()
     assert any("checkpoint-6" in s for s in saved)
     return row(task)
@@ -183,43 +184,40 @@ def test_disk_full_while_saving_a_checkpoint_fails_clearly_and_keeps_the_previou
     assert load_file(str(folder / "adapter_model.safetensors"))  # loadable
     leftovers = [p.name for p in folder.parent.iterdir() if p.name.startswith(".")]
     assert leftovers == []  # no half-written temporary folder either
-    assert services.latest_checkpoint_path(task) == str(folder)
+    assert services.training_task_latest_checkpoint(task) == str(folder)
 
     # Space freed: a retry continues from step 4 and finishes.
-    from training import jobs
-
-    services.training_task_retry(user=alice, task=task)
-    assert jobs.run_foreground(row(task)) == JobStatus.SUCCEEDED
+    from jobs import runtime
+    job_services.job_retry(user=alice, job=task)
+    assert runtime.run_foreground(row(task)) == JobStatus.SUCCEEDED
     task = row(task)
     assert task.events.filter(message="Retry from step-4.").exists() and task.step == 8
 
 
 def test_a_damaged_latest_checkpoint_is_skipped_and_the_run_resumes_from_the_previous_one(
         team_user, tiny_base_model, make_version, monkeypatch):
-    from training import jobs
-
+    from jobs import runtime
     team, alice = team_user
     task = _run_until_disk_full(team, alice, tiny_base_model, make_version, monkeypatch)
     run = dict(ckpt.list_checkpoints(_run_dir(task)))
     weights = run[4] / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # damaged after it was published
-    assert services.latest_checkpoint_path(task) == str(run[2])
+    assert services.training_task_latest_checkpoint(task) == str(run[2])
 
     # The crash-recovery path picks the same fallback: a running claim whose process died.
     TrainingTask.objects.filter(pk=task.pk).update(status=JobStatus.QUEUED, recoveries=0)
-    token = jobs.claim(row(task))
-    assert jobs.recover_or_fail(row(task), token, "simulated crash") == JobStatus.QUEUED
+    token = runtime.claim(row(task))
+    assert runtime.recover_or_fail(row(task), token, "simulated crash") == JobStatus.QUEUED
     assert row(task).resume_from == str(run[2])
-    assert jobs.run_foreground(row(task)) == JobStatus.SUCCEEDED
+    assert runtime.run_foreground(row(task)) == JobStatus.SUCCEEDED
     task = row(task)
     assert task.events.filter(message__startswith="Recovering from checkpoint step-2").exists()
     assert task.events.filter(message="Resuming from step-2.").exists() and task.step == 8
 
 
 def _run_dir(task):
-    from training import jobs
-
-    return jobs.run_dir(task)
+    from jobs import runtime
+    return runtime.run_dir(task)
 
 
 # ------------------------------------------------------------------------------------------------------------

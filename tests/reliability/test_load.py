@@ -112,7 +112,7 @@ LIST_URLS = {
 
 @pytest.fixture
 def world(make_team, make_user, tiny_base_model, data_dir, fast_passwords):
-    from training.models import BaseModel
+    from catalog.models import BaseModel
 
     team = make_team("alpha")
     owner = make_user("owner", team, "admin")

@@ -51,7 +51,7 @@ def test_security_headers_on_admin_pages_and_api_answers(client, make_team, make
 @pytest.mark.django_db
 def test_inline_scripts_of_our_pages_carry_the_response_nonce(client, make_team, make_user, tiny_base_model,
                                                               make_version, data_dir, fast_passwords):
-    from training.models import BaseModel
+    from catalog.models import BaseModel
 
     team = make_team("alpha")
     admin = make_user("boss", team, "admin")
@@ -214,8 +214,8 @@ def test_downloads_never_serve_a_path_from_the_request(make_team, make_user, tok
                                                        fast_passwords):
     from django.urls import reverse
 
+    from catalog.models import BaseModel
     from config.api import api, v1
-    from training.models import BaseModel
 
     (data_dir / "secret.txt").write_text("root:x:0:0:secret")
     team = make_team("alpha")

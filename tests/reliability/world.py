@@ -39,9 +39,10 @@ def grow(world: World, *, base_model, data_dir, n: int, offset: int = 0, adapter
     from django.contrib.auth import get_user_model
 
     from accounts.services import api_token_create, membership_set, team_create
+    from catalog.models import BaseModel
     from classifier.models import ClassifierEvent, ClassifierTask
     from evaluation.models import EvaluationRun, EvaluationSample, Review, ReviewPair, Vote
-    from training.models import Adapter, AdapterEvent, BaseModel, Checkpoint, MergeJob, TrainingEvent, TrainingTask
+    from training.models import Adapter, AdapterEvent, Checkpoint, MergeJob, TrainingEvent, TrainingTask
 
     team, owner, now = world.team, world.owner, timezone.now()
     f = world.first

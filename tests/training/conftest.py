@@ -26,8 +26,8 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def tiny_base_model(db, tiny_model_dir):
-    from training.model_scan import inspect_hf_dir
-    from training.models import BaseModel
+    from catalog.model_scan import inspect_hf_dir
+    from catalog.models import BaseModel
 
     info = inspect_hf_dir(tiny_model_dir)
     return BaseModel.objects.create(name="tiny-llama", kind=info.kind, path=str(tiny_model_dir),

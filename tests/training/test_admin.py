@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from training import jobs, services
-from training.models import JobStatus, TrainingTask
+from jobs import runtime
+from jobs.models import JobStatus
+from training import services
+from training.models import TrainingTask
 
 pytestmark = pytest.mark.django_db
 
@@ -45,7 +47,7 @@ def test_list_detail_progress_chart_and_actions(world, tiny_base_model):
     _team, alice, version, client = world
     task = services.training_task_create(user=alice, name="visible", base_model=tiny_base_model,
                                          train_version=version)
-    jobs.add_event(task, "Step 1/4: training loss=2.0000", type="metrics",
+    runtime.add_event(task, "Step 1/4: training loss=2.0000", type="metrics",
                    data={"step": 1, "total_steps": 4, "train_loss": 2.0, "learning_rate": 1e-3})
     listing = client.get("/admin/training/trainingtask/").content.decode()
     assert "visible" in listing and "job-status" in listing and "job-progress" in listing

@@ -13,9 +13,10 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from core.errors import Conflict, PermissionDenied
+from jobs.models import JobStatus
 from tests.training.lifecycle_helpers import copy_adapter, save_tiny_adapter
 from training import lifecycle
-from training.models import Adapter, AdapterEvent, JobStatus, TrainingTask
+from training.models import Adapter, AdapterEvent, TrainingTask
 
 pytestmark = pytest.mark.django_db
 

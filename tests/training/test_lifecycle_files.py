@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from catalog.models import BaseModel
+from jobs import runtime
+from jobs.models import JobStatus
 from tests.training.lifecycle_helpers import copy_adapter, save_tiny_adapter
-from training import jobs, lifecycle
-from training.models import Adapter, AdapterEvent, BaseModel, JobStatus, MergeJob
+from training import lifecycle
+from training.models import Adapter, AdapterEvent, MergeJob
 
 pytestmark = pytest.mark.django_db
 
@@ -61,7 +64,7 @@ def test_merge_job_writes_a_standalone_model_that_generates_like_base_plus_adapt
 
     job = lifecycle.adapter_merge(user=member, adapter=adapter)
     assert job.status == JobStatus.QUEUED and job.output_name == "faq-bot-merged"
-    assert jobs.run_foreground(job) == JobStatus.SUCCEEDED
+    assert runtime.run_foreground(job) == JobStatus.SUCCEEDED
     job.refresh_from_db()
     merged_row = job.result
     assert merged_row.team == team and merged_row.kind == BaseModel.Kind.CAUSAL_LM and merged_row.available
@@ -84,8 +87,8 @@ def test_merge_job_writes_a_standalone_model_that_generates_like_base_plus_adapt
                for p in ("What is the warranty period?", "Is shipping free?")), "the adapter changes nothing"
 
     # It is a base model like any other: visible to the team, trainable, servable; a rescan does not duplicate it.
+    from catalog.services import base_model_get, base_models_scan
     from training.openai_api import resolve_model
-    from training.services import base_model_get, base_models_scan
 
     assert base_model_get(user=member, ref="faq-bot-merged", kind="causal-lm") == merged_row
     assert resolve_model(member, "faq-bot-merged").base == merged_row
@@ -104,7 +107,7 @@ def test_failed_merge_leaves_no_folder_and_no_model(adapter, member, data_dir, m
 
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", broken)
     job = lifecycle.adapter_merge(user=member, adapter=adapter, name="broken")
-    assert jobs.run_foreground(job) == JobStatus.FAILED
+    assert runtime.run_foreground(job) == JobStatus.FAILED
     job.refresh_from_db()
     assert "tokenizer unreadable" in job.error_message
     assert not (data_dir / "models").exists() or list((data_dir / "models").iterdir()) == []

@@ -8,7 +8,7 @@ import shutil
 import pytest
 from django.core.management import call_command
 
-from training.models import BaseModel
+from catalog.models import BaseModel
 
 pytestmark = pytest.mark.django_db
 
@@ -89,7 +89,7 @@ def test_scan_reports_missing_paths_and_broken_folders_without_stopping(tmp_path
 def test_model_dirs_setting_is_scanned(settings, tmp_path, minilm_dir):
     shutil.copytree(minilm_dir, tmp_path / "shared-models" / "team-bert")
     settings.MODEL_DIRS = [tmp_path / "shared-models"]
-    from training.services import base_models_scan
+    from catalog.services import base_models_scan
 
     report = base_models_scan(include_defaults=True, paths=[])
     names = {r.name for r in report.rows}
@@ -99,7 +99,7 @@ def test_model_dirs_setting_is_scanned(settings, tmp_path, minilm_dir):
 def test_gguf_file_names_lose_their_quantisation_suffix():
     from pathlib import Path
 
-    from training.model_scan import gguf_model_name
+    from catalog.model_scan import gguf_model_name
 
     assert gguf_model_name(Path("SmolLM2-135M-Instruct.Q4_1.gguf")) == "SmolLM2-135M-Instruct"
     assert gguf_model_name(Path("qwen2-0_5b-instruct-q4_k_m.gguf")) == "qwen2-0_5b-instruct"

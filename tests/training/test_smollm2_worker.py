@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import pytest
 
+from catalog.models import BaseModel
+from jobs.models import JobStatus
 from tests.training.conftest import wait_for
 from tests.training.tiny import chat_records
 from training import services
-from training.models import BaseModel, JobStatus, TrainingTask
+from training.models import TrainingTask
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, pytest.mark.heavy]
 
 
 @pytest.fixture
 def smollm2(smollm2_dir):
-    from training.model_scan import inspect_hf_dir
+    from catalog.model_scan import inspect_hf_dir
 
     info = inspect_hf_dir(smollm2_dir)
     return BaseModel.objects.create(name="SmolLM2-135M-Instruct", kind=info.kind, path=str(smollm2_dir),

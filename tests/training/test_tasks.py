@@ -5,8 +5,11 @@ from __future__ import annotations
 import pytest
 
 from core.errors import ApplicationError, Conflict, NotFound, PermissionDenied
-from training import jobs, services
-from training.models import JobStatus, TrainingTask
+from jobs import runtime
+from jobs import services as job_services
+from jobs.models import JobStatus
+from training import services
+from training.models import TrainingTask
 
 pytestmark = pytest.mark.django_db
 
@@ -88,7 +91,7 @@ def test_classification_data_cannot_train_a_causal_lm(setup, tiny_base_model, ma
 
 
 def test_an_encoder_cannot_be_the_base_of_a_causal_task(setup, tiny_base_model):
-    from training.models import BaseModel
+    from catalog.models import BaseModel
 
     _team, alice, version = setup
     enc = BaseModel.objects.create(name="enc", kind="encoder", path=tiny_base_model.path)
@@ -118,18 +121,18 @@ def test_duplicate_names_get_a_suffix(setup, tiny_base_model):
 def test_cancel_queued_task_is_immediate_and_cancel_twice_is_a_conflict(setup, tiny_base_model):
     _team, alice, version = setup
     task = create(alice, version, tiny_base_model)
-    task = services.training_task_cancel(user=alice, task=task)
+    task = job_services.job_cancel(user=alice, job=task)
     assert task.status == JobStatus.CANCELLED and task.finished_at
     with pytest.raises(Conflict):
-        services.training_task_cancel(user=alice, task=task)
+        job_services.job_cancel(user=alice, job=task)
 
 
 def test_claim_is_atomic_and_a_redelivered_message_does_not_run_twice(setup, tiny_base_model):
     _team, alice, version = setup
     task = create(alice, version, tiny_base_model)
-    token = jobs.claim(task)
+    token = runtime.claim(task)
     assert token
-    assert jobs.claim(task) is None  # second worker / re-delivered message
+    assert runtime.claim(task) is None  # second worker / re-delivered message
     task.refresh_from_db()
     assert task.status == JobStatus.RUNNING and task.run_token == token and task.attempts == 1
 
@@ -142,11 +145,11 @@ def test_team_running_limit_and_priority_order(setup, tiny_base_model, make_vers
     beta = make_team("beta")
     bob = make_user("bob", beta, "member")
     other = create(bob, make_version(beta), tiny_base_model, name="other")
-    job, _token = jobs.claim_next()
+    job, _token = runtime.claim_next()
     assert job.pk == high.pk  # priority first
-    job2, _ = jobs.claim_next()
+    job2, _ = runtime.claim_next()
     assert job2.pk == other.pk  # alpha is at its limit: beta's task goes next
-    assert jobs.claim_next() is None
+    assert runtime.claim_next() is None
     low.refresh_from_db()
     assert low.status == JobStatus.QUEUED
 
@@ -159,15 +162,15 @@ def test_stale_running_task_is_recovered_once_then_failed(setup, tiny_base_model
     _team, alice, version = setup
     settings.JOB_MAX_RECOVERIES = 1
     task = create(alice, version, tiny_base_model)
-    jobs.claim(task)
+    runtime.claim(task)
     TrainingTask.objects.filter(pk=task.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=10))
-    assert jobs.recover_stale() == 1
+    assert runtime.recover_stale() == 1
     task.refresh_from_db()
     assert task.status == JobStatus.QUEUED and task.recoveries == 1
     assert task.events.filter(message__contains="no heartbeat").exists()
-    jobs.claim(task)
+    runtime.claim(task)
     TrainingTask.objects.filter(pk=task.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=10))
-    jobs.recover_stale()
+    runtime.recover_stale()
     task.refresh_from_db()
     assert task.status == JobStatus.FAILED and task.error_code == "worker_crashed"
 
@@ -175,14 +178,14 @@ def test_stale_running_task_is_recovered_once_then_failed(setup, tiny_base_model
 def test_a_run_that_lost_its_claim_cannot_write(setup, tiny_base_model):
     _team, alice, version = setup
     task = create(alice, version, tiny_base_model)
-    token = jobs.claim(task)
+    token = runtime.claim(task)
     task.refresh_from_db()
-    ctx = jobs.JobContext(task, token)
+    ctx = runtime.JobContext(task, token)
     ctx.update(step=1)
     TrainingTask.objects.filter(pk=task.pk).update(run_token="someone-else")
-    with pytest.raises(jobs.LostClaim):
+    with pytest.raises(runtime.LostClaim):
         ctx.update(step=2)
-    with pytest.raises(jobs.LostClaim):
+    with pytest.raises(runtime.LostClaim):
         ctx.finish(JobStatus.SUCCEEDED)
 
 
@@ -190,15 +193,15 @@ def test_pause_resume_and_retry_rules(setup, tiny_base_model):
     _team, alice, version = setup
     task = create(alice, version, tiny_base_model)
     with pytest.raises(Conflict):
-        services.training_task_resume(user=alice, task=task)
-    task = services.training_task_pause(user=alice, task=task)
+        job_services.job_resume(user=alice, job=task)
+    task = job_services.job_pause(user=alice, job=task)
     assert task.status == JobStatus.PAUSED
-    task = services.training_task_resume(user=alice, task=task)
+    task = job_services.job_resume(user=alice, job=task)
     assert task.status == JobStatus.QUEUED
     with pytest.raises(Conflict):
-        services.training_task_retry(user=alice, task=task)
-    services.training_task_cancel(user=alice, task=task)
-    task = services.training_task_retry(user=alice, task=task)
+        job_services.job_retry(user=alice, job=task)
+    job_services.job_cancel(user=alice, job=task)
+    task = job_services.job_retry(user=alice, job=task)
     assert task.status == JobStatus.QUEUED and not task.error_code
 
 
@@ -210,7 +213,7 @@ def test_foreground_run_trains_registers_an_adapter_that_loads_with_plain_peft(s
     _team, alice, version = setup
     task = create(alice, version, tiny_base_model, params={"n_epochs": 2, "batch_size": 4, "save_steps": 4,
                                                            "lora_r": 4})
-    status = jobs.run_foreground(task)
+    status = runtime.run_foreground(task)
     task.refresh_from_db()
     assert status == JobStatus.SUCCEEDED, (task.error_code, task.error_message)
     assert task.step == task.total_steps > 0 and task.progress_percent == 100.0
@@ -270,10 +273,10 @@ def test_events_keyset_pagination(setup, tiny_base_model):
     _team, alice, version = setup
     task = create(alice, version, tiny_base_model)
     for i in range(25):
-        jobs.add_event(task, f"line {i}")
+        runtime.add_event(task, f"line {i}")
     seen, after = [], None
     while True:
-        rows, more = services.training_events_page(task=task, after=after, limit=10)
+        rows, more = job_services.job_events_page(job=task, after=after, limit=10)
         seen += [r.message for r in rows]
         if not more:
             break

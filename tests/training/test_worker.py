@@ -7,9 +7,11 @@ import signal
 
 import pytest
 
+from jobs import services as job_services
+from jobs.models import JobStatus
 from tests.training.conftest import wait_for
 from training import services
-from training.models import JobStatus, TrainingTask
+from training.models import TrainingTask
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -48,7 +50,7 @@ def test_cancel_stops_a_running_task_within_seconds(team_user, tiny_base_model, 
     worker.start()
     wait_for(lambda: TrainingTask.objects.get(pk=task.pk).step >= 3, timeout=240, message="training to start")
     asked = time.monotonic()
-    services.training_task_cancel(user=alice, task=task)
+    job_services.job_cancel(user=alice, job=task)
     wait_for(lambda: status_of(task) == "cancelled", timeout=30, message="cancel")
     assert time.monotonic() - asked < 15
     task.refresh_from_db()
@@ -63,12 +65,12 @@ def test_pause_then_resume_continues_the_step_count(team_user, tiny_base_model, 
                                          train_version=make_version(team), params=params)
     worker.start()
     wait_for(lambda: TrainingTask.objects.get(pk=task.pk).step >= 7, timeout=240, message="a few steps")
-    services.training_task_pause(user=alice, task=TrainingTask.objects.get(pk=task.pk))
+    job_services.job_pause(user=alice, job=TrainingTask.objects.get(pk=task.pk))
     wait_for(lambda: status_of(task) == "paused", timeout=60, message="pause")
     task.refresh_from_db()
     paused_step = task.step
     assert task.resume_from.endswith(f"step-{paused_step}")  # a checkpoint of the exact step it stopped at
-    services.training_task_resume(user=alice, task=task)
+    job_services.job_resume(user=alice, job=task)
     wait_for(lambda: status_of(task) in {"succeeded", "failed"}, timeout=240, message="resumed run to finish")
     task.refresh_from_db()
     assert task.status == JobStatus.SUCCEEDED, task.error_message
@@ -99,8 +101,8 @@ def test_kill_9_of_the_child_is_recovered_from_the_last_checkpoint(team_user, ti
 
     # The recovered run's adapter is interchangeable with one trained without interruption (same files,
     # LoRA configuration, tensor names, dtypes and shapes).
+    from jobs.runtime import run_foreground
     from tests.reliability.helpers import adapter_format
-    from training.jobs import run_foreground
 
     reference = services.training_task_create(user=alice, name="uninterrupted", base_model=tiny_base_model,
                                               train_version=task.train_version, params={**params, "max_steps": 2})

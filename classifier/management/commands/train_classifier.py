@@ -4,7 +4,7 @@ from classifier.services import classifier_task_create
 from core.commands import ServiceCommand
 from core.errors import ApplicationError
 from core.params import parse_param_options
-from training.cli import wait_with_progress
+from jobs.cli import wait_with_progress
 from training.management.commands.start_training import command_user
 
 

@@ -53,11 +53,10 @@ class Command(ServiceCommand):
                                     generation=generation)
         self.stderr.write(f"Evaluation run {run.pk} queued: {', '.join(run.metric_names)}.")
         if opts["foreground"]:
-            from training import jobs
-
-            jobs.run_foreground(run)
+            from jobs import runtime
+            runtime.run_foreground(run)
         elif opts["wait"]:
-            from training.cli import wait_with_progress
+            from jobs.cli import wait_with_progress
 
             wait_with_progress(run, self.stderr._out)
         run.refresh_from_db()

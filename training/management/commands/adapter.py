@@ -5,8 +5,8 @@ from pathlib import Path
 
 from core.commands import ServiceCommand
 from core.errors import ApplicationError
+from jobs.cli import wait_with_progress
 from training import lifecycle
-from training.cli import wait_with_progress
 from training.management.commands.start_training import command_user
 from training.services import adapter_get
 

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from core.commands import ServiceCommand
-from training import jobs
+from jobs import runtime
 
 
 class Command(ServiceCommand):
@@ -12,7 +12,7 @@ class Command(ServiceCommand):
         parser.add_argument("--no-wake", action="store_true", help="Do not enqueue a dispatch message.")
 
     def run(self, *args, **opts):
-        count = jobs.recover_stale()
+        count = runtime.recover_stale()
         self.stdout.write(f"Recovered {count} stale job(s).")
         if not opts["no_wake"]:
-            jobs.wake_worker()
+            runtime.wake_worker()

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from core.commands import ServiceCommand
 from core.errors import ApplicationError
-from training import jobs
+from jobs import runtime
 from training.models import TrainingTask
 
 
@@ -17,7 +17,7 @@ class Command(ServiceCommand):
         if task is None:
             raise ApplicationError(f"Training task {opts['task_id']} not found.", param="task_id")
         try:
-            status = jobs.run_foreground(task)
+            status = runtime.run_foreground(task)
         except ValueError as exc:
             raise ApplicationError(str(exc)) from None
         task.refresh_from_db()

@@ -3,9 +3,9 @@ from __future__ import annotations
 from tqdm import tqdm
 
 from accounts.services import team_get
+from catalog.services import base_models_scan
 from core.commands import ServiceCommand, format_bytes, format_count, table
 from training.lifecycle import adapters_scan
-from training.services import base_models_scan
 
 
 class Command(ServiceCommand):

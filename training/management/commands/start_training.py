@@ -5,7 +5,7 @@ from django.contrib.auth import get_user_model
 from core.commands import ServiceCommand
 from core.errors import ApplicationError, NotFound
 from core.params import parse_param_options
-from training.cli import wait_with_progress
+from jobs.cli import wait_with_progress
 from training.services import training_task_create
 
 

@@ -15,9 +15,9 @@ from tqdm import tqdm
 
 from accounts.models import Role, Team
 from accounts.services import api_token_create, membership_set, team_create
+from catalog.models import BaseModel
+from catalog.services import base_models_scan
 from core.commands import ServiceCommand, format_bytes, format_count, table
-from training.models import BaseModel
-from training.services import base_models_scan
 
 DEMO_TEAM = "demo"
 DEMO_USER = "admin"
@@ -145,8 +145,8 @@ class Command(ServiceCommand):
     ]
 
     def train_and_compare(self, user, team, version):
+        from jobs.cli import wait_with_progress
         from training import inference
-        from training.cli import wait_with_progress
         from training.services import training_task_create
 
         out = self.stdout
@@ -186,7 +186,7 @@ class Command(ServiceCommand):
 
     def train_classifier_and_classify(self, user, team, train, held_out) -> None:
         from classifier.services import classifier_predict, classifier_task_create
-        from training.cli import wait_with_progress
+        from jobs.cli import wait_with_progress
 
         out = self.stdout
         out.write(self.style.MIGRATE_HEADING("6. Train a question classifier: all-MiniLM-L6-v2 + LoRA (default "

@@ -6,7 +6,7 @@ import time
 
 from tqdm import tqdm
 
-from training.models import TERMINAL, Job
+from jobs.models import TERMINAL, Job
 
 
 def wait_with_progress(job: Job, stream, *, poll: float = 1.0, timeout: float | None = None) -> Job:

@@ -36,6 +36,10 @@ from django.utils import timezone
 from accounts import visibility
 from core.admin_ui import format_duration, job_progress, status_badge
 from core.commands import format_bytes
+from datasets_app.models import Dataset, DatasetVersion
+from jobs.models import JobStatus
+from jobs.registry import kinds
+from training.models import Adapter
 
 DATA_SUBFOLDERS = ("datasets", "models", "adapters", "runs", "exports")
 QUEUE_LIMIT = 20
@@ -50,9 +54,7 @@ REFRESH_SECONDS = 5
 
 def job_kinds() -> list:
     """Every registered job kind (training, classifier, evaluation, and any added later such as merges)."""
-    from training import jobs
-
-    return jobs._kinds()  # imports the apps' runner modules, which register their kinds
+    return kinds()
 
 
 def _admin_url(obj) -> str:
@@ -105,7 +107,6 @@ def _visible_jobs(user, kind):
 
 def jobs_overview(user) -> dict[str, list[dict]]:
     """Running jobs (with progress and ETA), the queue in the order the workers take it, recent failures."""
-    from training.models import JobStatus
 
     now = timezone.now()
     running, queued, failed = [], [], []
@@ -120,7 +121,7 @@ def jobs_overview(user) -> dict[str, list[dict]]:
                                                                created_at__gte=now - FAILURE_WINDOW)
         failed += [_job_row(kind, j, now) for j in qs.filter(recent, status=JobStatus.FAILED)
                    .order_by("-finished_at", "-pk")[:FAILURE_LIMIT]]
-    # The order of training.jobs.next_candidates: priority first, then first come, first served.
+    # The order of jobs.runtime.next_candidates: priority first, then first come, first served.
     queued.sort(key=lambda t: (-t[0], t[1], t[2]))
     queue = []
     for position, (*_, row) in enumerate(queued[:QUEUE_LIMIT], start=1):
@@ -159,7 +160,6 @@ def queue_clusters() -> list[dict[str, Any]]:
 
 def busy_workers() -> list[dict[str, Any]]:
     """Workers supervising a job right now, from our job heartbeats (all teams: no job is named)."""
-    from training.models import JobStatus
 
     fresh = timezone.now() - timedelta(seconds=getattr(settings, "JOB_STALE_SECONDS", 90))
     seen: dict[str, dict[str, Any]] = {}
@@ -310,8 +310,6 @@ def disk_usage(data_dir: Path | str | None = None, *, fresh: bool = False) -> di
 
 def team_counts(user) -> list[dict[str, Any]]:
     """Per visible team: datasets, versions, jobs by kind, adapters, and jobs running / queued / failed."""
-    from datasets_app.models import Dataset, DatasetVersion
-    from training.models import Adapter, JobStatus
 
     teams = list(visibility.teams(user).order_by("name"))
     ids = [t.pk for t in teams]

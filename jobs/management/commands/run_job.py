@@ -4,7 +4,7 @@ import sys
 
 from django.core.management.base import BaseCommand
 
-from training import jobs
+from jobs import runtime
 
 
 class Command(BaseCommand):
@@ -16,4 +16,4 @@ class Command(BaseCommand):
         parser.add_argument("--run-token", required=True)
 
     def handle(self, *args, **opts):
-        sys.exit(jobs.run_child(opts["kind"], opts["pk"], opts["run_token"]))
+        sys.exit(runtime.run_child(opts["kind"], opts["pk"], opts["run_token"]))

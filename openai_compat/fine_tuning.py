@@ -18,15 +18,18 @@ from pydantic import ConfigDict, Field
 
 from accounts.auth import principal
 from accounts.visibility import resolve_team, visible_to
-from core.csv_export import to_csv
+from catalog.models import BaseModel
 from core.errors import ApplicationError, NotFound
+from jobs import services as job_services
+from jobs.models import ACTIVE
+from openai_compat.files import version_from_file_id
+from openai_compat.ids import job_id, ts
 from training import services
-from training.models import ACTIVE, Adapter, BaseModel, Checkpoint, TrainingTask
+from training.models import Adapter, Checkpoint, TrainingTask
 
 router = Router(tags=["fine-tuning"])
 JOB_ID = re.compile(r"^ftjob-(\d+)$")
 EVENT_ID = re.compile(r"^ftevent-(\d+)$")
-RESULT_ID = re.compile(r"^file-results-(\d+)$")
 METADATA_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 STATUS_MAP = {"validating": "validating_files"}
 HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier", "learning_rate", "lora_r", "lora_alpha",
@@ -178,16 +181,8 @@ class ChatIn(Schema):
 
 # ------------------------------------------------------------------------------------------------ mapping
 
-def job_id(task: TrainingTask) -> str:
-    return f"ftjob-{task.pk}"
-
-
 def fine_tuned_name(task: TrainingTask) -> str:
     return f"ft:{task.base_model.name}:{task.team.name}:{task.suffix}:{task.pk}"
-
-
-def _ts(value) -> int | None:
-    return int(value.timestamp()) if value else None
 
 
 def _hyper_out(task: TrainingTask) -> dict:
@@ -210,8 +205,8 @@ def job_out(task: TrainingTask) -> dict:
         estimated = int(time.time() + task.eta_seconds)
     hyper = _hyper_out(task)
     return {
-        "id": job_id(task), "model": task.base_model.name, "created_at": _ts(task.created_at),
-        "finished_at": _ts(task.finished_at), "estimated_finish": estimated,
+        "id": job_id(task), "model": task.base_model.name, "created_at": ts(task.created_at),
+        "finished_at": ts(task.finished_at), "estimated_finish": estimated,
         "status": STATUS_MAP.get(task.status, task.status),
         "fine_tuned_model": fine_tuned_name(task) if succeeded else None, "organization_id": task.team.name,
         "training_file": f"file-{task.train_version_id}",
@@ -272,7 +267,6 @@ def _check_quota(team) -> None:
 
 @router.post("/fine_tuning/jobs", response={200: JobOut})
 def job_create(request, payload: JobCreateIn):
-    from datasets_app.openai_files import version_from_file_id
 
     who = principal(request)
     team = resolve_team(who, None)
@@ -337,20 +331,20 @@ def job_retrieve(request, fine_tuning_job_id: str):
 @router.post("/fine_tuning/jobs/{fine_tuning_job_id}/cancel", response=JobOut)
 def job_cancel(request, fine_tuning_job_id: str):
     who = principal(request)
-    task = services.training_task_cancel(user=who, task=get_job(who, fine_tuning_job_id))
+    task = job_services.job_cancel(user=who, job=get_job(who, fine_tuning_job_id))
     return job_out(task)
 
 
 @router.post("/fine_tuning/jobs/{fine_tuning_job_id}/pause", response=JobOut)
 def job_pause(request, fine_tuning_job_id: str):
     who = principal(request)
-    return job_out(services.training_task_pause(user=who, task=get_job(who, fine_tuning_job_id)))
+    return job_out(job_services.job_pause(user=who, job=get_job(who, fine_tuning_job_id)))
 
 
 @router.post("/fine_tuning/jobs/{fine_tuning_job_id}/resume", response=JobOut)
 def job_resume(request, fine_tuning_job_id: str):
     who = principal(request)
-    return job_out(services.training_task_resume(user=who, task=get_job(who, fine_tuning_job_id)))
+    return job_out(job_services.job_resume(user=who, job=get_job(who, fine_tuning_job_id)))
 
 
 @router.get("/fine_tuning/jobs/{fine_tuning_job_id}/events", response=EventList)
@@ -365,7 +359,7 @@ def job_events(request, fine_tuning_job_id: str, after: str | None = None, limit
         qs = qs.filter(id__lt=int(match.group(1)))
     limit = max(1, min(int(limit), 1000))
     rows = list(qs[: limit + 1])
-    data = [{"id": f"ftevent-{e.pk}", "created_at": _ts(e.created_at), "level": e.level, "message": e.message,
+    data = [{"id": f"ftevent-{e.pk}", "created_at": ts(e.created_at), "level": e.level, "message": e.message,
              "type": e.type, "data": e.data if e.type == "metrics" else None} for e in rows[:limit]]
     return {"object": "list", "data": data, "has_more": len(rows) > limit}
 
@@ -379,42 +373,11 @@ def job_checkpoints(request, fine_tuning_job_id: str, after: str | None = None, 
     limit = max(1, min(int(limit), 100))
     rows = list(qs[: limit + 1])
     name = fine_tuned_name(task)
-    data = [{"id": f"ftckpt-{c.pk}", "created_at": _ts(c.created_at), "fine_tuning_job_id": job_id(task),
+    data = [{"id": f"ftckpt-{c.pk}", "created_at": ts(c.created_at), "fine_tuning_job_id": job_id(task),
              "fine_tuned_model_checkpoint": f"{name}:ckpt-step-{c.step}", "step_number": c.step,
              "metrics": {"step": c.step, **(c.metrics or {})}} for c in rows[:limit]]
     return {"object": "list", "data": data, "has_more": len(rows) > limit,
             "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
-
-
-# ------------------------------------------------------------------------------------------------ result files
-
-def _result_task(who, file_id: str) -> TrainingTask:
-    match = RESULT_ID.match(file_id)
-    task = _tasks(who).filter(pk=int(match.group(1)), status="succeeded").first() if match else None
-    if task is None:
-        raise NotFound(f"No such file: {file_id!r}.", code="file_not_found", param="file_id")
-    return task
-
-
-def result_file_csv(who, file_id: str) -> str:
-    """``step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy`` from the job's metrics events."""
-    task = _result_task(who, file_id)
-    rows: dict[int, dict] = {}
-    for data in task.events.filter(type="metrics").order_by("id").values_list("data", flat=True):
-        if data and "step" in data:
-            rows.setdefault(int(data["step"]), {}).update(data)
-    header = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
-    # Metrics come from event data: to_csv keeps numbers as they are and escapes formula-like text.
-    return to_csv(header, ([step, rows[step].get("train_loss", ""), rows[step].get("train_mean_token_accuracy", ""),
-                            rows[step].get("valid_loss", ""), rows[step].get("valid_mean_token_accuracy", "")]
-                           for step in sorted(rows)), lineterminator="\n")
-
-
-def result_file_out(who, file_id: str) -> dict:
-    task = _result_task(who, file_id)
-    return {"id": file_id, "bytes": len(result_file_csv(who, file_id).encode()),
-            "created_at": _ts(task.finished_at), "filename": f"{job_id(task)}-results.csv",
-            "purpose": "fine-tune-results", "status": "processed", "status_details": None}
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -428,16 +391,16 @@ def model_list(request):
     who = principal(request)
     data = []
     for m in services.base_model_list(user=who, kind=BaseModel.Kind.CAUSAL_LM, available=True).select_related("team"):
-        data.append({"id": m.name, "created": _ts(m.created_at), "owned_by": m.team.name if m.team_id else "system"})
+        data.append({"id": m.name, "created": ts(m.created_at), "owned_by": m.team.name if m.team_id else "system"})
     for task in _succeeded_tasks(who).prefetch_related("checkpoints"):
-        data.append({"id": fine_tuned_name(task), "created": _ts(task.finished_at), "owned_by": task.team.name})
+        data.append({"id": fine_tuned_name(task), "created": ts(task.finished_at), "owned_by": task.team.name})
         for c in task.checkpoints.all():
-            data.append({"id": f"{fine_tuned_name(task)}:ckpt-step-{c.step}", "created": _ts(c.created_at),
+            data.append({"id": f"{fine_tuned_name(task)}:ckpt-step-{c.step}", "created": ts(c.created_at),
                          "owned_by": task.team.name})
     production = visible_to(who, Adapter.objects.filter(stage=Adapter.Stage.PRODUCTION, status=Adapter.Status.READY,
                                                         kind=Adapter.Kind.CAUSAL_LM)).select_related("team")
     for adapter in production.order_by("team__name", "model_name"):
-        data.append({"id": adapter.serving_name, "created": _ts(adapter.stage_changed_at or adapter.created_at),
+        data.append({"id": adapter.serving_name, "created": ts(adapter.stage_changed_at or adapter.created_at),
                      "owned_by": adapter.team.name})
     return {"object": "list", "data": data, "has_more": False}
 
@@ -504,7 +467,7 @@ def model_retrieve(request, model_id: str):
     who = principal(request)
     resolved = resolve_model(who, model_id)
     created = resolved.base.created_at
-    return {"id": model_id, "created": _ts(created), "owned_by": resolved.owner}
+    return {"id": model_id, "created": ts(created), "owned_by": resolved.owner}
 
 
 # ------------------------------------------------------------------------------------------------ chat

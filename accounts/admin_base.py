@@ -1,4 +1,5 @@
-"""Admin base class that applies the team visibility rule to lists, forms, object pages and actions."""
+"""Admin base class that applies the team visibility rule to lists, forms, object pages and actions, and the
+team list filter that offers only the user's teams. Every app's admin builds on these."""
 
 from __future__ import annotations
 
@@ -66,3 +67,20 @@ class TeamScopedAdmin(admin.ModelAdmin):
         if success:
             self.message_user(request, success, level=messages.SUCCESS)
         return result
+
+
+class VisibleTeamFilter(admin.SimpleListFilter):
+    """Team filter listing only the user's teams (the stock foreign-key filter would list every team)."""
+
+    title = "team"
+    parameter_name = "team"
+    team_lookup = "team_id"
+
+    def lookups(self, request, model_admin):
+        return [(t.pk, t.name) for t in visibility.teams(request.user)]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value and str(value).isdigit():
+            return queryset.filter(**{self.team_lookup: int(value)})
+        return queryset

@@ -1,8 +1,7 @@
 """The shared job machinery: queueing, the atomic claim, the supervised child process, control
 requests (cancel / pause / resume / retry) and crash recovery.
 
-Training tasks use it now; classifier tasks and evaluation runs register their own ``JobKind`` and
-reuse all of it. The queue message (django-q2) carries nothing but a wake-up: the worker picks the
+Every kind (``jobs.registry``) reuses all of it. The queue message (django-q2) carries nothing but a wake-up: the worker picks the
 next eligible row itself (priority, then FIFO, within each team's running limit), so a lost or
 re-delivered message can neither skip nor duplicate a job.
 """
@@ -19,27 +18,25 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.db import close_old_connections, transaction
+from django.db import InterfaceError, OperationalError, close_old_connections, connection, transaction
 from django.db.models import F
 from django.utils import timezone
+from django_q.tasks import async_task
 
 from accounts.models import Team
-from training.models import ACTIVE, TERMINAL, EventLevel, EventType, Job, JobStatus
+from jobs.models import TERMINAL, EventLevel, EventType, Job, JobStatus
+from jobs.registry import get_kind, kind_of, kinds
+from jobs.signals import job_finished
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 5
 # How long a silent child may take to honour a cancel before it is killed.
 CANCEL_GRACE_SECONDS = 30
-
-
-def db_retry_seconds() -> float:
-    return float(getattr(settings, "JOB_DB_RETRY_SECONDS", 300))
 
 
 def with_db_retry(fn: Callable[[], object], *, what: str, deadline_s: float | None = None):
@@ -49,9 +46,7 @@ def with_db_retry(fn: Callable[[], object], *, what: str, deadline_s: float | No
     Only outside a transaction (a broken transaction cannot be retried piecemeal), and only for
     connection-level errors: everything else is raised at once.
     """
-    from django.db import InterfaceError, OperationalError, connection
-
-    deadline = time.monotonic() + (db_retry_seconds() if deadline_s is None else deadline_s)
+    deadline = time.monotonic() + (settings.JOB_DB_RETRY_SECONDS if deadline_s is None else deadline_s)
     delay = 1.0
     while True:
         try:
@@ -66,63 +61,6 @@ def with_db_retry(fn: Callable[[], object], *, what: str, deadline_s: float | No
                 pass
             time.sleep(delay)
             delay = min(10.0, delay * 2)
-
-
-def stale_after() -> timedelta:
-    return timedelta(seconds=getattr(settings, "JOB_STALE_SECONDS", 90))
-
-
-def max_recoveries() -> int:
-    return getattr(settings, "JOB_MAX_RECOVERIES", 2)
-
-
-@dataclass(frozen=True)
-class JobKind:
-    """How to run one model of job. ``run`` is the child process's body."""
-
-    name: str
-    model: type[Job]
-    event_model: type
-    event_fk: str
-    run: Callable[[Job, JobContext], None]
-    latest_checkpoint: Callable[[Job], str | None] = lambda job: None
-
-
-REGISTRY: dict[str, JobKind] = {}
-
-
-def register(kind: JobKind) -> JobKind:
-    REGISTRY[kind.name] = kind
-    return kind
-
-
-def kind_of(job: Job) -> JobKind:
-    for kind in _kinds():
-        if isinstance(job, kind.model):
-            return kind
-    raise LookupError(f"no job kind registered for {type(job).__name__}")
-
-
-def _kinds() -> list[JobKind]:
-    # Importing the apps' job modules registers their kinds (training here; classifier/evaluation later).
-    from django.apps import apps
-
-    for app in ("training", "classifier", "evaluation"):
-        if apps.is_installed(app):
-            try:
-                __import__(f"{app}.runner")
-            except ModuleNotFoundError as exc:
-                if exc.name != f"{app}.runner":
-                    raise
-    return list(REGISTRY.values())
-
-
-def get_kind(name: str) -> JobKind:
-    _kinds()
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise LookupError(f"unknown job kind {name!r}") from None
 
 
 # --------------------------------------------------------------------------------------------- events
@@ -142,9 +80,7 @@ def enqueue(job: Job) -> None:
 
 
 def wake_worker() -> None:
-    from django_q.tasks import async_task
-
-    async_task("training.jobs.dispatch", q_options={"task_name": f"dispatch-{uuid.uuid4().hex[:8]}"})
+    async_task("jobs.runtime.dispatch", q_options={"task_name": f"dispatch-{uuid.uuid4().hex[:8]}"})
 
 
 def _worker_id() -> str:
@@ -152,7 +88,7 @@ def _worker_id() -> str:
 
 
 def _team_running(team_id: int) -> int:
-    return sum(kind.model.objects.filter(team_id=team_id, status=JobStatus.RUNNING).count() for kind in _kinds())
+    return sum(kind.model.objects.filter(team_id=team_id, status=JobStatus.RUNNING).count() for kind in kinds())
 
 
 def claim(job: Job, *, worker: str | None = None) -> str | None:
@@ -174,7 +110,7 @@ def claim(job: Job, *, worker: str | None = None) -> str | None:
 def next_candidates() -> list[Job]:
     """Queued jobs of every kind, best first (priority, then queue order)."""
     rows: list[Job] = []
-    for kind in _kinds():
+    for kind in kinds():
         rows += list(kind.model.objects.filter(status=JobStatus.QUEUED).order_by("-priority", "queued_at", "pk")[:50])
     far_future = timezone.now() + timedelta(days=3650)
     rows.sort(key=lambda j: (-j.priority, j.queued_at or far_future, j.pk))
@@ -319,7 +255,7 @@ def _record_child_exit(job: Job, token: str, returncode: int) -> str:
 def recover_or_fail(job: Job, token: str, reason: str) -> str:
     """After a crash: resume from the last good checkpoint (bounded attempts), else fail with the reason."""
     kind = kind_of(job)
-    if job.recoveries < max_recoveries():
+    if job.recoveries < settings.JOB_MAX_RECOVERIES:
         checkpoint = kind.latest_checkpoint(job) or ""
         updated = type(job).objects.filter(pk=job.pk, run_token=token, status=JobStatus.RUNNING).update(
             status=JobStatus.QUEUED, queued_at=timezone.now(), recoveries=F("recoveries") + 1, run_token="",
@@ -363,9 +299,9 @@ def recover_stale(now=None) -> int:
     """Jobs RUNNING whose heartbeat stopped (worker or machine died), or whose supervising process on this
     host is gone, are recovered from their last good checkpoint or failed."""
     now = now or timezone.now()
-    cutoff = now - stale_after()
+    cutoff = now - timedelta(seconds=settings.JOB_STALE_SECONDS)
     count = 0
-    for kind in _kinds():
+    for kind in kinds():
         for job in kind.model.objects.filter(status=JobStatus.RUNNING):
             if job.heartbeat_at is not None and job.heartbeat_at < cutoff:
                 seconds = int((now - job.heartbeat_at).total_seconds())
@@ -401,7 +337,25 @@ def finish(job: Job, token: str | None, status: str, **fields) -> bool:
     qs = type(job).objects.filter(pk=job.pk)
     if token is not None:
         qs = qs.filter(run_token=token)
-    return qs.update(**values) == 1
+    if qs.update(**values) != 1:
+        return False
+    if status in TERMINAL:
+        announce_finished(job)
+    return True
+
+
+def announce_finished(job: Job) -> None:
+    """``jobs.signals.job_finished`` once the ending is committed; a failing receiver is logged, never raised."""
+    def send() -> None:
+        row = type(job).objects.filter(pk=job.pk).first()
+        if row is None:
+            return
+        for receiver, response in job_finished.send_robust(sender=type(row), job=row, kind=kind_of(row).name):
+            if isinstance(response, Exception):
+                log.error("job_finished receiver %r failed for %s %s: %s", receiver, type(row).__name__, row.pk,
+                          response)
+
+    transaction.on_commit(send)
 
 
 # --------------------------------------------------------------------------------------------- child side
@@ -464,9 +418,8 @@ def run_child(kind_name: str, pk: int, token: str) -> int:
     if job.run_token != token or job.status != JobStatus.RUNNING:
         log.error("%s %s is not claimed by token %s; refusing to run", kind.name, pk, token)
         return 3
-    ctx = JobContext(job, token)
     try:
-        kind.run(job, ctx)
+        kind.runner_class()(job, JobContext(job, token)).handle()
     except LostClaim as exc:
         log.error("%s", exc)
         return 4
@@ -494,7 +447,7 @@ def run_foreground(job: Job) -> str:
     thread = threading.Thread(target=beat, daemon=True)
     thread.start()
     try:
-        kind.run(job, JobContext(job, token))
+        kind.runner_class()(job, JobContext(job, token)).handle()
     finally:
         stop.set()
     job.refresh_from_db()
@@ -513,6 +466,7 @@ def request_cancel(job: Job) -> str:
     if model.objects.filter(pk=job.pk, status__in=[JobStatus.QUEUED, JobStatus.PAUSED, JobStatus.VALIDATING]) \
             .update(status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now, run_token="") == 1:
         add_event(job, "Cancelled before running.")
+        announce_finished(job)
         return JobStatus.CANCELLED
     if model.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(cancel_requested=True) == 1:
         add_event(job, "Cancel requested: stopping at the next step.")
@@ -547,5 +501,3 @@ def requeue(job: Job, *, from_statuses: set[str], resume_from: str = "", reset: 
     return True
 
 
-def is_active(status: str) -> bool:
-    return status in ACTIVE

@@ -14,13 +14,15 @@ from ninja import File, Form, Router, Schema
 from ninja.files import UploadedFile
 
 from accounts.auth import principal
+from accounts.visibility import visible_to
+from core.csv_export import to_csv
 from core.errors import ApplicationError, NotFound
 from datasets_app import services
 from datasets_app.models import DatasetVersion
+from openai_compat.ids import FILE_ID, RESULT_ID, job_id, ts
+from training.models import TrainingTask
 
 router = Router(tags=["files"])
-FILE_ID = re.compile(r"^file-(\d+)$")
-RESULT_ID = re.compile(r"^file-results-(\d+)$")
 
 
 class FileOut(Schema):
@@ -114,8 +116,6 @@ def file_list(request, purpose: str | None = None, limit: int = 10000, after: st
 def file_retrieve(request, file_id: str):
     who = principal(request)
     if RESULT_ID.match(file_id):
-        from training.openai_api import result_file_out
-
         return result_file_out(who, file_id)
     return file_out(version_from_file_id(who, file_id))
 
@@ -124,8 +124,6 @@ def file_retrieve(request, file_id: str):
 def file_content(request, file_id: str):
     who = principal(request)
     if RESULT_ID.match(file_id):
-        from training.openai_api import result_file_csv
-
         return HttpResponse(result_file_csv(who, file_id), content_type="text/csv; charset=utf-8")
     version = version_from_file_id(who, file_id)
     if version.status != DatasetVersion.Status.READY:
@@ -141,3 +139,35 @@ def file_delete(request, file_id: str):
     version = version_from_file_id(who, file_id)
     services.dataset_version_delete(user=who, version=version)
     return {"id": file_id, "deleted": True}
+
+
+# ------------------------------------------------------------------------------------------------ result files
+
+def _result_task(who, file_id: str) -> TrainingTask:
+    match = RESULT_ID.match(file_id)
+    task = visible_to(who, TrainingTask.objects.filter(status="succeeded")).filter(
+        pk=int(match.group(1))).first() if match else None
+    if task is None:
+        raise NotFound(f"No such file: {file_id!r}.", code="file_not_found", param="file_id")
+    return task
+
+
+def result_file_csv(who, file_id: str) -> str:
+    """``step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy`` from the job's metrics events."""
+    task = _result_task(who, file_id)
+    rows: dict[int, dict] = {}
+    for data in task.events.filter(type="metrics").order_by("id").values_list("data", flat=True):
+        if data and "step" in data:
+            rows.setdefault(int(data["step"]), {}).update(data)
+    header = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+    # Metrics come from event data: to_csv keeps numbers as they are and escapes formula-like text.
+    return to_csv(header, ([step, rows[step].get("train_loss", ""), rows[step].get("train_mean_token_accuracy", ""),
+                            rows[step].get("valid_loss", ""), rows[step].get("valid_mean_token_accuracy", "")]
+                           for step in sorted(rows)), lineterminator="\n")
+
+
+def result_file_out(who, file_id: str) -> dict:
+    task = _result_task(who, file_id)
+    return {"id": file_id, "bytes": len(result_file_csv(who, file_id).encode()),
+            "created_at": ts(task.finished_at), "filename": f"{job_id(task)}-results.csv",
+            "purpose": "fine-tune-results", "status": "processed", "status_details": None}

@@ -126,7 +126,7 @@ def discover(root: Path, *, skip: set[Path] | None = None) -> Iterator[Candidate
     yield from walk(root, 0)
 
 
-def _safetensors_param_count(path: Path) -> int:
+def safetensors_param_count(path: Path) -> int:
     # The header is a little-endian u64 length followed by JSON: reading it is instant.
     with path.open("rb") as fh:
         header_len = int.from_bytes(fh.read(8), "little")
@@ -182,7 +182,7 @@ def inspect_hf_dir(path: Path) -> ModelInfo:
     safetensors = sorted(path.glob("*.safetensors"))
     if safetensors:
         for f in safetensors:
-            params += _safetensors_param_count(f)
+            params += safetensors_param_count(f)
     else:
         for pattern in ("pytorch_model*.bin", "model*.bin"):
             for f in sorted(path.glob(pattern)):
