@@ -211,3 +211,5 @@ TEAM_MAX_ACTIVE_JOBS = env_int("TEAM_MAX_ACTIVE_JOBS", 20, minimum=1)
 # Dataset validation limits (a line longer, or JSON nested deeper, is a data error with its line number).
 DATASET_MAX_LINE_BYTES = env_int("DATASET_MAX_LINE_BYTES", 1024 * 1024, minimum=1024)
 DATASET_MAX_JSON_DEPTH = env_int("DATASET_MAX_JSON_DEPTH", 32, minimum=2)
+# A plain .txt / .md corpus is cut into training rows of at most this many tokens, on paragraph boundaries.
+DATASET_TEXT_CHUNK_TOKENS = env_int("DATASET_TEXT_CHUNK_TOKENS", 1024, minimum=16)

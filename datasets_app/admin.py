@@ -90,7 +90,13 @@ class UploadForm(forms.Form):
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
     base_model = forms.ModelChoiceField(queryset=None, required=False, empty_label="(no token check)",
                                         help_text="Check example lengths with this model's tokenizer.")
-    file = forms.FileField(help_text="JSONL, a JSON array, or CSV with a header (text,label).")
+    columns = forms.CharField(required=False, max_length=2000,
+                              help_text="Column mapping our_key=file_key,... (e.g. instruction=question,"
+                                        "input=context,output=answer); empty when the keys are ours.")
+    skip_invalid = forms.BooleanField(required=False, label="Skip invalid rows",
+                                      help_text="Import the valid rows and keep the report of the others "
+                                                "(default: nothing is imported when a row is invalid).")
+    file = forms.FileField(help_text="JSONL, a JSON array, CSV with a header, Parquet, or a .txt / .md corpus.")
 
     def __init__(self, *args, user=None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -171,7 +177,8 @@ class DatasetAdmin(TeamScopedAdmin):
                 version = services.dataset_upload(user=request.user, team=data["team"], name=data["name"],
                                                   fileobj=data["file"], filename=data["file"].name,
                                                   format=data["format"] or None, description=data["description"],
-                                                  base_model=data["base_model"])
+                                                  base_model=data["base_model"], columns=data["columns"] or None,
+                                                  skip_invalid=data["skip_invalid"])
             except ApplicationError as exc:
                 form.add_error(exc.param if exc.param in form.fields else None, exc.message)
             else:
@@ -181,6 +188,11 @@ class DatasetAdmin(TeamScopedAdmin):
                     return redirect("admin:datasets_app_datasetversion_report", version.pk)
                 if getattr(version, "deduplicated", False):
                     self.message_user(request, f"The same content is already {version.ref}; no new version.",
+                                      messages.WARNING)
+                elif version.skipped_count:
+                    self.message_user(request, f"Imported {version.row_count} examples as {version.ref} "
+                                               f"({version.format}); {version.skipped_count} invalid row(s) skipped "
+                                               f"with {version.error_count} error(s), see the report.",
                                       messages.WARNING)
                 else:
                     self.message_user(request, f"Imported {version.row_count} examples as {version.ref} "
@@ -219,9 +231,9 @@ class DatasetVersionAdmin(TeamScopedAdmin):
     list_filter = ["status", "format", "split_role", VersionTeamFilter]
     search_fields = ["dataset__name", "sha256", "source_filename", "dataset__team__name"]
     list_select_related = ["dataset", "dataset__team", "created_by", "parent"]
-    readonly_fields = ["dataset", "number", "status_badge", "format", "row_count", "sha256", "path",
-                       "source_filename", "created_by", "created_at", "parent", "split_role", "split_seed",
-                       "split_ratio", "issues", "stats_table", "used_by"]
+    readonly_fields = ["dataset", "number", "status_badge", "format", "format_reason", "mapping_display", "row_count",
+                       "skipped", "sha256", "path", "source_filename", "created_by", "created_at", "parent",
+                       "split_role", "split_seed", "split_ratio", "issues", "stats_table", "used_by"]
     fields = readonly_fields
     actions = ["split_action"]
     change_form_template = "admin/datasets_app/datasetversion/change_form.html"
@@ -251,6 +263,22 @@ class DatasetVersionAdmin(TeamScopedAdmin):
     @admin.display(description="Problems")
     def issues(self, obj: DatasetVersion) -> str:
         return _issues(obj)
+
+    @admin.display(description="Format known by")
+    def format_reason(self, obj: DatasetVersion) -> str:
+        return (obj.report or {}).get("format_reason") or "—"
+
+    @admin.display(description="Column mapping")
+    def mapping_display(self, obj: DatasetVersion) -> str:
+        if not obj.mapping:
+            return "—"
+        return formats.ColumnMapping.model_validate(obj.mapping).describe()
+
+    @admin.display(description="Invalid rows skipped")
+    def skipped(self, obj: DatasetVersion) -> str:
+        if not (obj.report or {}).get("skip_invalid"):
+            return "— (all or nothing)"
+        return f"{obj.skipped_count} of {(obj.report or {}).get('examples', 0)}"
 
     @admin.display(description="Statistics")
     def stats_table(self, obj: DatasetVersion) -> str:

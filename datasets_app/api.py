@@ -1,10 +1,13 @@
 """/api/ endpoints for datasets and their versions.
 
-Upload answers (POST /api/datasets, multipart: file, name, team?, format?, description?, base_model?):
+Upload answers (POST /api/datasets, multipart: file, name, team?, format?, description?, base_model?,
+columns?, skip_invalid?):
 
 - ``201`` a new ready version;
 - ``200`` the existing version when the same content (after normalisation) was uploaded before
   (``deduplicated: true``);
+- ``201`` with ``skip_invalid``: a ready version of the valid rows, ``skipped_examples`` and the report of
+  the rest;
 - ``422`` the upload failed validation: the body is still the version (``status: "failed"``, its id,
   the first errors with line numbers). The failed version is kept and visible, its full report is at
   ``/api/dataset-versions/{id}/report``; nothing of it is stored as data.
@@ -60,7 +63,8 @@ def dataset_upload(request, file: File[UploadedFile], payload: Form[DatasetUploa
     the status codes: 201 new, 200 identical content already there, 422 failed validation."""
     version = services.dataset_upload(user=principal(request), team=payload.team, name=payload.name,
                                       fileobj=file, filename=file.name, format=payload.format,
-                                      description=payload.description, base_model=payload.base_model)
+                                      description=payload.description, base_model=payload.base_model,
+                                      columns=payload.columns, skip_invalid=payload.skip_invalid)
     if not version.is_ready:
         return Status(422, version)
     return Status(200 if getattr(version, "deduplicated", False) else 201, version)

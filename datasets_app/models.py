@@ -14,8 +14,11 @@ class Format(models.TextChoices):
     ALPACA = formats.ALPACA, "Alpaca"
     SHAREGPT = formats.SHAREGPT, "ShareGPT"
     OPENAI = formats.OPENAI, "OpenAI chat"
+    COMPLETION = formats.COMPLETION, "Prompt / completion"
     CLASSIFICATION = formats.CLASSIFICATION, "Classification"
     TEXT = formats.TEXT, "Plain text"
+    PREFERENCE = formats.PREFERENCE, "Preference pairs"
+    KTO = formats.KTO, "KTO (labelled rows)"
 
 
 class Dataset(models.Model):
@@ -48,7 +51,8 @@ class Dataset(models.Model):
 class DatasetVersion(models.Model):
     """One immutable upload (or split) of a dataset, stored normalised under DATA_DIR.
 
-    A failed upload is kept with ``status=failed`` and its validation ``report`` but no file. Split
+    A failed upload is kept with ``status=failed`` and its validation ``report`` but no file; an upload
+    with ``skip_invalid`` keeps its valid rows and the report of the others (``skipped_examples``). Split
     versions point at the version they were cut from (``parent``) with their ``split_role``.
     """
 
@@ -72,6 +76,8 @@ class DatasetVersion(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.READY)
     report = models.JSONField(default=dict, blank=True)
     stats = models.JSONField(default=dict, blank=True)
+    mapping = models.JSONField(default=dict, blank=True,
+                               help_text="The column mapping the file was read with ({columns, tags, source}).")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                    related_name="+")
     created_at = models.DateTimeField(default=timezone.now, editable=False)
@@ -107,6 +113,10 @@ class DatasetVersion(models.Model):
     @property
     def error_count(self) -> int:
         return int(self.report.get("error_count", 0)) if isinstance(self.report, dict) else 0
+
+    @property
+    def skipped_count(self) -> int:
+        return int(self.report.get("skipped_examples", 0)) if isinstance(self.report, dict) else 0
 
     @property
     def warning_count(self) -> int:

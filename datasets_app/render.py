@@ -10,6 +10,12 @@ message is the text its turn adds after the generation prompt: rendering ``messa
 template's end-of-turn marker). Assistant messages with ``weight: 0`` are not trained. When a
 template is not prefix-stable (some insert dates or strip earlier reasoning), the content's own
 position in the full text is used instead.
+
+Tool calls go through the template's own tool support when it has one (it reads ``tools`` and
+``tool_calls``), else through the fallback of ``formats.template_messages`` (tools described in the
+system message, ``<tool_call>`` blocks in the assistant's turn, ``<tool_response>`` blocks in a user
+turn); either way the loss is on the assistant's calls and answers. Prompt/completion rows are the prompt
+followed by the completion, without a template, with the loss on the completion (and EOS).
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from datasets_app import formats
 
 # Used when a model has no chat template of its own (base models): ChatML, the most common one.
 FALLBACK_CHAT_TEMPLATE = (
@@ -76,11 +84,35 @@ def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def _apply(tokenizer: Any, messages: list[dict], *, add_generation_prompt: bool, template: str | None) -> str:
-    clean = [{"role": m["role"], "content": m["content"]} for m in messages]
-    kwargs = {"chat_template": template} if template else {}
+def _apply(tokenizer: Any, messages: list[dict], *, add_generation_prompt: bool, template: str | None,
+           tools: list[dict] | None = None) -> str:
+    clean = [{k: v for k, v in m.items() if k != "weight"} for m in messages]
+    kwargs: dict[str, Any] = {"chat_template": template} if template else {}
+    if tools:
+        kwargs["tools"] = tools
     return tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=add_generation_prompt,
                                          **kwargs)
+
+
+def _conversation(tokenizer: Any, record: dict) -> tuple[list[dict], list[dict] | None, str | None]:
+    """The messages and tools to render, and the template to render them with (None: the tokenizer's)."""
+    template = None if has_chat_template(tokenizer) else FALLBACK_CHAT_TEMPLATE
+    native = formats.template_supports_tools(template or tokenizer.chat_template)
+    messages, tools = formats.template_messages(_as_chat(record), native_tools=native)
+    return messages, tools, template
+
+
+def _as_chat(record: dict) -> dict:
+    """Preference and KTO rows are shown (and counted) as their prompt followed by the chosen / given answer."""
+    if "chosen" in record:
+        return {"messages": record["prompt"] + record["chosen"]}
+    if isinstance(record.get("completion"), list):
+        return {"messages": record["prompt"] + record["completion"]}
+    return record
+
+
+def _is_chat(record: dict) -> bool:
+    return "messages" in record or "chosen" in record or isinstance(record.get("completion"), list)
 
 
 def render_record(tokenizer: Any, record: dict) -> Rendered:
@@ -90,15 +122,18 @@ def render_record(tokenizer: Any, record: dict) -> Rendered:
     span runs from the end of the generation prompt to the end of the turn, trailing whitespace
     dropped; turns with ``weight: 0`` are located (to keep the order) but not trained.
     """
-    messages = record.get("messages")
-    if messages is None:
+    if isinstance(record.get("completion"), str):
+        prompt = record["prompt"]
+        text = prompt + record["completion"]
+        return Rendered(text=text, trained_spans=[(len(prompt), len(text))], template="none", kind="completion")
+    if not _is_chat(record):
         text = record.get("text", "")
         # Plain text is trained on every token; a classification text has no generated tokens.
         spans = [(0, len(text))] if "label" not in record else []
         return Rendered(text=text, trained_spans=spans, template="none",
                         kind="classification" if "label" in record else "text")
-    template = None if has_chat_template(tokenizer) else FALLBACK_CHAT_TEMPLATE
-    full = _apply(tokenizer, messages, add_generation_prompt=False, template=template)
+    messages, tools, template = _conversation(tokenizer, record)
+    full = _apply(tokenizer, messages, add_generation_prompt=False, template=template, tools=tools)
     spans: list[tuple[int, int]] = []
     cursor = 0
     for i, message in enumerate(messages):
@@ -106,8 +141,9 @@ def render_record(tokenizer: Any, record: dict) -> Rendered:
             continue
         span = None
         try:
-            prefix = _apply(tokenizer, messages[:i], add_generation_prompt=True, template=template) if i else None
-            upto = _apply(tokenizer, messages[: i + 1], add_generation_prompt=False, template=template)
+            prefix = _apply(tokenizer, messages[:i], add_generation_prompt=True, template=template,
+                            tools=tools) if i else None
+            upto = _apply(tokenizer, messages[: i + 1], add_generation_prompt=False, template=template, tools=tools)
         except Exception:  # a template that refuses partial conversations (e.g. an assistant turn first)
             prefix = upto = None
         if prefix is not None and upto is not None and full.startswith(prefix) and full.startswith(upto) \
@@ -131,6 +167,21 @@ def render_record(tokenizer: Any, record: dict) -> Rendered:
 def encode_record(tokenizer: Any, record: dict) -> Encoded:
     """Token ids of the rendered record and, per token, whether the loss is on it."""
     rendered = render_record(tokenizer, record)
+    if rendered.kind == "completion":
+        # As training does: the prompt with the tokenizer's special tokens, the completion without, then EOS.
+        prompt = tokenizer(record["prompt"], add_special_tokens=True, return_offsets_mapping=True)
+        completion = tokenizer(record["completion"], add_special_tokens=False, return_offsets_mapping=True)
+        shift = len(record["prompt"])
+        ids = list(prompt["input_ids"]) + list(completion["input_ids"])
+        offsets = [tuple(o) for o in prompt["offset_mapping"]] + \
+            [(a + shift, b + shift) for a, b in completion["offset_mapping"]]
+        trained = [False] * len(prompt["input_ids"]) + [True] * len(completion["input_ids"])
+        eos = getattr(tokenizer, "eos_token_id", None)
+        if eos is not None:
+            ids.append(eos)
+            offsets.append((len(rendered.text), len(rendered.text)))
+            trained.append(True)
+        return Encoded(input_ids=ids, trained=trained, offsets=offsets, rendered=rendered)
     if rendered.kind != "chat":
         # As training does for plain text: the tokenizer's own special tokens, then EOS if missing.
         enc = tokenizer(rendered.text, add_special_tokens=True, return_offsets_mapping=True)
@@ -153,13 +204,16 @@ def encode_record(tokenizer: Any, record: dict) -> Encoded:
 
 def count_tokens(tokenizer: Any, record: dict) -> int:
     """Length in tokens of the rendered record (cheaper than ``encode_record``: no spans)."""
-    messages = record.get("messages")
-    if messages is None:
+    if isinstance(record.get("completion"), str):
+        eos = getattr(tokenizer, "eos_token_id", None)
+        return len(tokenizer(record["prompt"], add_special_tokens=True)["input_ids"]) + \
+            len(tokenizer(record["completion"], add_special_tokens=False)["input_ids"]) + (eos is not None)
+    if not _is_chat(record):
         ids = tokenizer(record.get("text", ""), add_special_tokens=True)["input_ids"]
         eos = getattr(tokenizer, "eos_token_id", None)
         return len(ids) + (1 if "label" not in record and eos is not None and (not ids or ids[-1] != eos) else 0)
-    template = None if has_chat_template(tokenizer) else FALLBACK_CHAT_TEMPLATE
-    text = _apply(tokenizer, messages, add_generation_prompt=False, template=template)
+    messages, tools, template = _conversation(tokenizer, record)
+    text = _apply(tokenizer, messages, add_generation_prompt=False, template=template, tools=tools)
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 

@@ -22,10 +22,15 @@ class DatasetUploadIn(Schema):
 
     name: str = Field(..., description="Dataset name; an existing name of the team gets a new version.")
     team: str | None = Field(None, description="Team name or id (default: the token's team / your only team).")
-    format: str | None = Field(None, description="alpaca, sharegpt, openai, classification or text; "
-                                                 "empty to detect it from the first example.")
+    format: str | None = Field(None, description="alpaca, sharegpt, openai, completion, classification, text, "
+                                                 "preference or kto; empty to detect it from the first example.")
     description: str = ""
     base_model: str | None = Field(None, description="Check token lengths with this base model's tokenizer.")
+    columns: str | None = Field(None, description="Column mapping our_key=file_key,... (e.g. instruction=question,"
+                                                  'output=answer), or a JSON object ({"columns": {...}, '
+                                                  '"tags": {...}} for ShareGPT tags).')
+    skip_invalid: bool = Field(False, description="Import the valid rows and keep the report of the others "
+                                                  "(default: all or nothing).")
 
 
 class DatasetFilter(Schema):
@@ -84,6 +89,9 @@ class DatasetVersionOut(Schema):
     split_ratio: float | None
     error_count: int
     warning_count: int
+    skipped_examples: int = Field(0, description="Invalid rows left out (uploads with skip_invalid).")
+    mapping: dict[str, Any] = Field(default_factory=dict, description="The column mapping the file was read with.")
+    format_reason: str = Field("", description="How the format was known: given, or detected from which row and why.")
     errors: list[IssueOut] = Field(..., description=f"The first {ISSUES_IN_SUMMARY} errors; all in /report.")
     warnings: list[IssueOut] = Field(..., description=f"The first {ISSUES_IN_SUMMARY} warnings.")
     deduplicated: bool = Field(False, description="True when an identical upload returned this existing version.")
@@ -99,6 +107,14 @@ class DatasetVersionOut(Schema):
     @staticmethod
     def resolve_created_by(obj) -> str | None:
         return obj.created_by.username if obj.created_by_id else None
+
+    @staticmethod
+    def resolve_skipped_examples(obj) -> int:
+        return obj.skipped_count
+
+    @staticmethod
+    def resolve_format_reason(obj) -> str:
+        return str((obj.report or {}).get("format_reason") or "")
 
     @staticmethod
     def resolve_errors(obj) -> list[dict]:
@@ -132,7 +148,13 @@ class ReportOut(Schema):
     status: str
     format: str | None = None
     format_detected: bool = False
+    format_given: bool = False
+    format_reason: str = ""
     container: str | None = None
+    mapping: dict[str, Any] = {}
+    formats_seen: dict[str, int] = {}
+    skip_invalid: bool = False
+    skipped_examples: int = 0
     examples: int = 0
     valid_examples: int = 0
     error_count: int = 0
@@ -180,6 +202,8 @@ class PreviewOut(Schema):
     base_model: str
     max_tokens: int
     chat_template: str
+    tools_rendering: str = Field("", description="How tool calls are rendered: the template's own tool support, or "
+                                                 "the documented text fallback.")
     examples: list[PreviewExampleOut]
 
 

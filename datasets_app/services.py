@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import pydantic
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
@@ -67,8 +68,8 @@ def _actor(who: Principal):
 def validation_limits() -> validation.Limits:
     return validation.Limits(
         max_bytes=int(settings.MAX_UPLOAD_BYTES),
-        max_line_bytes=int(getattr(settings, "DATASET_MAX_LINE_BYTES", validation.DEFAULT_MAX_LINE_BYTES)),
-        max_depth=int(getattr(settings, "DATASET_MAX_JSON_DEPTH", validation.DEFAULT_MAX_DEPTH)),
+        max_line_bytes=int(settings.DATASET_MAX_LINE_BYTES),
+        max_depth=int(settings.DATASET_MAX_JSON_DEPTH),
     )
 
 
@@ -79,6 +80,71 @@ def _clean_format(value: str | None) -> str | None:
         raise ApplicationError(str(exc), code="unknown_format", param="format") from None
 
 
+def _clean_mapping(columns: formats.ColumnMapping | dict | str | None) -> formats.ColumnMapping | None:
+    """A column mapping from ``"our=theirs,..."``, a JSON object / dict of columns, or a ColumnMapping;
+    None for nothing to map."""
+    if columns is None or columns == "" or columns == {}:
+        return None
+    try:
+        if isinstance(columns, str) and columns.strip().startswith("{"):
+            try:
+                columns = json.loads(columns)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"columns: invalid JSON ({exc.msg})") from None
+            if not isinstance(columns, dict):
+                raise ValueError("columns: expected a JSON object")
+        if isinstance(columns, formats.ColumnMapping):
+            mapping = columns
+        elif isinstance(columns, dict) and ("columns" in columns or "tags" in columns):
+            mapping = formats.ColumnMapping.model_validate(columns)
+        elif isinstance(columns, dict):
+            mapping = formats.ColumnMapping(columns=columns)
+        else:
+            mapping = formats.ColumnMapping(columns=formats.parse_columns(str(columns)))
+    except (ValueError, pydantic.ValidationError) as exc:
+        errors = exc.errors() if isinstance(exc, pydantic.ValidationError) else None
+        message = "; ".join(e["msg"].removeprefix("Value error, ") for e in errors) if errors else str(exc)
+        raise ApplicationError(f"Invalid column mapping: {message}", code="invalid_mapping", param="columns") from None
+    return mapping or None
+
+
+@dataclass
+class DatasetInfoEntry:
+    """What a LLaMA-Factory ``dataset_info.json`` entry says about one file."""
+
+    name: str
+    path: Path
+    format: str | None
+    mapping: formats.ColumnMapping
+
+
+def dataset_info_read(*, path: str | Path, entry: str) -> DatasetInfoEntry:
+    """Read entry ``entry`` of a LLaMA-Factory ``dataset_info.json``: its ``file_name`` (relative to the
+    file's folder), format (``formatting``, ``ranking``, ``kto_tag``) and column mapping (``columns``, ``tags``)."""
+    info_path = Path(path).expanduser()
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError) as exc:
+        raise ApplicationError(f"Cannot read {info_path}: {exc}", code="invalid_dataset_info",
+                               param="dataset_info") from None
+    if not isinstance(info, dict) or entry not in info:
+        names = ", ".join(sorted(info)[:20]) if isinstance(info, dict) else ""
+        raise ApplicationError(f"{info_path.name} has no entry {entry!r} (entries: {names or 'none'}).",
+                               code="invalid_dataset_info", param="entry")
+    item = info[entry]
+    if not isinstance(item, dict) or not item.get("file_name"):
+        hub = next((k for k in ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
+                    if isinstance(item, dict) and k in item), None)
+        why = f"it names {hub}, and this server reads local files only" if hub else "it has no file_name"
+        raise ApplicationError(f"Entry {entry!r} cannot be imported: {why}.", code="invalid_dataset_info",
+                               param="entry")
+    try:
+        fmt, mapping = formats.mapping_from_dataset_info(item, entry)
+    except ValueError as exc:
+        raise ApplicationError(str(exc), code="invalid_dataset_info", param="entry") from None
+    return DatasetInfoEntry(name=entry, path=info_path.parent / item["file_name"], format=fmt, mapping=mapping)
+
+
 def _clean_name(name: str | None) -> str:
     name = (name or "").strip()
     if not DATASET_NAME_RE.match(name) or name.isdigit():
@@ -87,7 +153,9 @@ def _clean_name(name: str | None) -> str:
     return name
 
 
-def _size_of(fileobj: IO) -> int | None:
+def _size_of(fileobj: IO | Path) -> int | None:
+    if isinstance(fileobj, Path):  # a save_to_disk folder: the validator sums its Arrow files
+        return None
     size = getattr(fileobj, "size", None)  # Django's UploadedFile
     if isinstance(size, int):
         return size
@@ -138,6 +206,10 @@ def max_tokens_for(base_model) -> int:
 def _token_counter(base_model) -> Callable[[dict], int]:
     tokenizer = _tokenizer(base_model)
     return lambda record: render.count_tokens(tokenizer, record)
+
+
+def _text_counter(base_model) -> Callable[[str], int]:
+    return style.tokenizer_counter(_tokenizer(base_model))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -206,20 +278,27 @@ def _create_version(dataset: Dataset, **fields: Any) -> DatasetVersion:
     return version
 
 
-def dataset_upload(*, user, team: Team | str | int | None, name: str, fileobj: IO, filename: str,
-                   format: str | None = None, description: str = "", base_model: Any = None) -> DatasetVersion:
+def dataset_upload(*, user, team: Team | str | int | None, name: str, fileobj: IO | Path, filename: str,
+                   format: str | None = None, description: str = "", base_model: Any = None,
+                   columns: formats.ColumnMapping | dict | str | None = None, skip_invalid: bool = False,
+                   format_reason: str = "") -> DatasetVersion:
     """Validate an uploaded file row by row, store its normalised form and record a new version.
 
     Data problems never raise: the result is a version with ``status=failed`` and the report, and
-    nothing is stored on disk. Identical content (after normalisation) already in the dataset returns
+    nothing is stored on disk; with ``skip_invalid`` the valid rows are stored (a ready version) and the
+    report keeps the others (``skipped_examples``), unless the file itself is unusable (unknown format,
+    unreadable, too few valid rows). ``columns`` maps the file's keys onto ours (``"instruction=question,..."``,
+    a dict, or a ColumnMapping); it is stored on the version. ``fileobj`` is a binary file, or the Path of a
+    ``datasets.save_to_disk`` folder. Identical content (after normalisation) already in the dataset returns
     that version (with ``deduplicated = True`` set on the object). Parameter problems raise
-    ``ApplicationError``: bad name/format/team, no permission, file over MAX_UPLOAD_BYTES (413),
+    ``ApplicationError``: bad name/format/team/mapping, no permission, file over MAX_UPLOAD_BYTES (413),
     a file of another kind than the dataset's (409).
     """
     who = as_principal(user)
     team = resolve_team(who, team, write=True)
     name = _clean_name(name)
     fmt = _clean_format(format)
+    mapping = _clean_mapping(columns)
     filename = storage.sanitize_filename(filename)
     limits = validation_limits()
     size = _size_of(fileobj)
@@ -229,12 +308,15 @@ def dataset_upload(*, user, team: Team | str | int | None, name: str, fileobj: I
     existing = Dataset.objects.filter(team=team, name=name).first()
     _check_kind(existing, fmt)
     counter = _token_counter(model) if model is not None else None
+    text_counter = _text_counter(model) if model is not None else None
     max_tokens = max_tokens_for(model) if model is not None else None
 
     writer = storage.NormalisedWriter(team.name)
     try:
         report = validation.validate(fileobj, format=fmt, filename=filename, limits=limits,
-                                     token_counter=counter, max_tokens=max_tokens, sink=writer.write)
+                                     token_counter=counter, max_tokens=max_tokens, sink=writer.write,
+                                     mapping=mapping, skip_invalid=skip_invalid, format_reason=format_reason,
+                                     text_counter=text_counter, chunk_tokens=settings.DATASET_TEXT_CHUNK_TOKENS)
         if report.counts.get("file_too_large"):
             raise _too_large(limits.max_bytes)
         _check_kind(existing, report.format)
@@ -243,8 +325,9 @@ def dataset_upload(*, user, team: Team | str | int | None, name: str, fileobj: I
             stats["tokens"] = {model.name: stats["tokens"]}
         report_data = report.to_dict()
         common = {"source_filename": filename, "format": report.format or fmt or "", "report": report_data,
-                  "stats": stats, "created_by": _actor(who)}
-        if not report.ok:
+                  "stats": stats, "created_by": _actor(who),
+                  "mapping": mapping.model_dump(exclude_none=True) if mapping else {}}
+        if not report.usable:
             writer.abort()
             dataset = _dataset_for(team, name, description=description, fmt=None, who=who)
             version = _create_version(dataset, status=DatasetVersion.Status.FAILED, row_count=0, **common)
@@ -642,10 +725,12 @@ def version_preview(*, version: DatasetVersion, base_model: Any, n: int = 5) -> 
             "tokens": len(encoded.input_ids),
             "trained_tokens": encoded.n_trained,
             "over_limit": len(encoded.input_ids) > limit,
-            "label": record.get("label"),
+            "label": None if record.get("label") is None else str(record["label"]),
         })
     return {"version": version.ref, "base_model": base_model.name, "max_tokens": limit,
             "chat_template": "model" if render.has_chat_template(tokenizer) else "fallback (ChatML)",
+            "tools_rendering": "model" if formats.template_supports_tools(getattr(tokenizer, "chat_template", None))
+            else "fallback (tools in the system message, <tool_call> / <tool_response> blocks)",
             "examples": examples}
 
 

@@ -2,8 +2,15 @@
 
 Plain module (no Django). Records are the normalised dataset lines:
 
-- chat: ``{"messages": [{"role": "system"|"user"|"assistant", "content": str, "weight"?: 0|1}, ...]}``
+- chat: ``{"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str, "weight"?: 0|1,
+  "tool_calls"?: [...], "tool_call_id"?: str}, ...], "tools"?: [...]}``
 - plain corpus: ``{"text": str}``
+- prompt/completion: ``{"prompt": str, "completion": str}``: the prompt (with the tokenizer's special tokens)
+  then the completion and EOS, no template; the loss is on the completion and EOS only.
+
+Tool calls are rendered through the template's own tool support when it has one, else through the fallback
+of ``datasets_app.formats.template_messages`` (the preview uses the same function); the loss is on the
+assistant's calls and answers, never on the tool results.
 
 A conversation is rendered with the tokenizer's chat template (or a named fallback template installed as
 the tokenizer's chat template, so the saved adapter's tokenizer renders prompts the same way at inference).
@@ -32,6 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from datasets_app.formats import template_messages, template_supports_tools
 from training.errors import TrainingError
 
 # see training/recipe.py: must be set before torch is first imported (this module imports it)
@@ -139,7 +147,15 @@ def check_record(record: Any, index: int) -> None:
     where = f"record {index + 1}"
     if not isinstance(record, dict):
         raise TrainingError("dataset_error", f"{where}: expected a JSON object.")
-    if "messages" in record:
+    if "chosen" in record or isinstance(record.get("label"), bool):
+        raise TrainingError("dataset_error", f"{where}: preference / KTO rows cannot be trained as supervised "
+                            "examples.")
+    if "completion" in record:
+        if not isinstance(record.get("prompt"), str) or not isinstance(record["completion"], str) \
+                or not record["completion"]:
+            raise TrainingError("dataset_error", f"{where}: 'prompt' and 'completion' must be strings, the "
+                                "completion non-empty.")
+    elif "messages" in record:
         messages = record["messages"]
         if not isinstance(messages, list) or not messages:
             raise TrainingError("dataset_error", f"{where}: 'messages' must be a non-empty list.")
@@ -160,18 +176,29 @@ def check_record(record: Any, index: int) -> None:
 # Rendering and label masking
 
 
-def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
-    clean = [{"role": m["role"], "content": m["content"]} for m in messages]
-    return tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=add_generation_prompt)
+def _render(tokenizer, messages: list[dict], add_generation_prompt: bool, tools: list[dict] | None = None) -> str:
+    clean = [{k: v for k, v in m.items() if k != "weight"} for m in messages]
+    kwargs = {"tools": tools} if tools else {}
+    return tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                         **kwargs)
 
 
-def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+def template_conversation(tokenizer, record: dict) -> tuple[list[dict], list[dict] | None]:
+    """The record's messages (and tools) as the tokenizer's chat template takes them: natively when the template
+    renders tools, else with the documented text fallback for tool calls and results."""
+    native = template_supports_tools(getattr(tokenizer, "chat_template", None))
+    return template_messages(record, native_tools=native)
+
+
+def assistant_spans(tokenizer, messages: list[dict], tools: list[dict] | None = None
+                    ) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans ``[start, end)`` of its trained assistant turns.
 
-    A span covers the answer and the template's end-of-turn marker (so the model learns to stop), with
-    trailing whitespace dropped. Turns with ``weight: 0`` are left out.
+    A span covers the answer (or the tool calls) and the template's end-of-turn marker (so the model learns to
+    stop), with trailing whitespace dropped. Turns with ``weight: 0`` are left out. ``messages`` and ``tools``
+    are as ``template_conversation`` gives them.
     """
-    full = _render(tokenizer, messages, add_generation_prompt=False)
+    full = _render(tokenizer, messages, add_generation_prompt=False, tools=tools)
     spans: list[tuple[int, int]] = []
     cursor = 0
     for i, m in enumerate(messages):
@@ -179,8 +206,8 @@ def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[in
             continue
         span = None
         try:
-            start_text = _render(tokenizer, messages[:i], add_generation_prompt=True) if i else None
-            end_text = _render(tokenizer, messages[: i + 1], add_generation_prompt=False)
+            start_text = _render(tokenizer, messages[:i], add_generation_prompt=True, tools=tools) if i else None
+            end_text = _render(tokenizer, messages[: i + 1], add_generation_prompt=False, tools=tools)
         except Exception:  # templates may refuse a prefix (e.g. an assistant turn first)
             start_text = end_text = None
         if start_text is not None and end_text is not None and full.startswith(start_text) \
@@ -210,14 +237,21 @@ def encode_record(tokenizer, record: dict, *, loss_on: str = "assistant") -> Exa
         if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
             ids = ids + [tokenizer.eos_token_id]
         return Example(input_ids=list(ids), labels=list(ids))
+    if isinstance(record.get("completion"), str):
+        prompt = list(tokenizer(record["prompt"], add_special_tokens=True)["input_ids"])
+        completion = list(tokenizer(record["completion"], add_special_tokens=False)["input_ids"])
+        if tokenizer.eos_token_id is not None:
+            completion.append(tokenizer.eos_token_id)
+        labels = prompt + completion if loss_on == "all" else [IGNORE_INDEX] * len(prompt) + completion
+        return Example(input_ids=prompt + completion, labels=labels)
 
-    messages = record["messages"]
+    messages, tools = template_conversation(tokenizer, record)
     if loss_on == "all":
-        full = _render(tokenizer, messages, add_generation_prompt=False)
+        full = _render(tokenizer, messages, add_generation_prompt=False, tools=tools)
         ids = tokenizer(full, add_special_tokens=False)["input_ids"]
         return Example(input_ids=list(ids), labels=list(ids))
 
-    full, spans = assistant_spans(tokenizer, messages)
+    full, spans = assistant_spans(tokenizer, messages, tools)
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
     offsets = enc["offset_mapping"]

@@ -67,7 +67,7 @@ def test_arbitrary_json_only_ever_produces_a_report(rows, fmt, as_array, indent)
         assert len(sunk) == report.valid_examples
         for line in sunk:
             obj = json.loads(line)
-            assert set(obj) <= {"messages", "text", "label"}
+            assert set(obj) <= {"messages", "tools", "text", "label", "prompt", "completion", "chosen", "rejected"}
 
 
 @settings(max_examples=100, deadline=None)
