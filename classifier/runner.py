@@ -8,14 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from django.conf import settings
-
 from classifier.models import ClassifierTask
-from jobs import runtime
 from jobs.runner import Outcome
 from training.lifecycle import adapter_register
 from training.models import Adapter
-from training.runner import DbHooks, RecipeRunner, adapter_dir_for, data_path, recipe_outcome
+from training.runner import DbHooks, RecipeRunner, recipe_inputs, recipe_outcome
 
 
 class ClassifierHooks(DbHooks):
@@ -35,20 +32,7 @@ class ClassifierRunner(RecipeRunner):
         from classifier.recipe import ClassifierSpec, label_map_to_json, train_classifier
 
         task = self.job
-        spec = ClassifierSpec(
-            base_model_path=task.base_model.path,
-            train=data_path(task.train_version),
-            validation=data_path(task.validation_version) if task.validation_version_id else None,
-            params=task.params or {},
-            run_dir=runtime.run_dir(task),
-            adapter_dir=adapter_dir_for(task),
-            resume_from=task.resume_from or None,
-            device=settings.TRAINING_DEVICE,
-            summary_extra={"task": {"id": task.pk, "name": task.name, "team": task.team.name, "kind": "classifier"},
-                           "dataset": {"train_version": task.train_version_id,
-                                       "train_sha256": task.train_version.sha256,
-                                       "validation_version": task.validation_version_id}},
-        )
+        spec = ClassifierSpec(**recipe_inputs(task))
         result = train_classifier(spec, ClassifierHooks(self.ctx))
         self.result = result
         fields = {"step": result.global_step, "total_steps": result.total_steps, "epoch": round(result.epoch, 4),

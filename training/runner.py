@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from jobs import runtime
 from jobs.models import EventLevel, EventType, JobStatus
+from jobs.registry import kind_of
 from jobs.runner import JobFailed, JobRunner, Outcome
 from training.errors import TrainingError, classify
 from training.hooks import NullHooks
@@ -112,6 +113,20 @@ class RecipeRunner(JobRunner):
         return JobFailed(err.code, err.message)
 
 
+def recipe_inputs(task, **summary) -> dict:
+    """What every recipe's spec takes from its task: the base model, the data, the parameters, where to write
+    (run folder, adapter folder), where to resume from, the device, and a summary of the task."""
+    return {"base_model_path": task.base_model.path, "train": data_path(task.train_version),
+            "validation": data_path(task.validation_version) if task.validation_version_id else None,
+            "params": task.params or {}, "run_dir": runtime.run_dir(task), "adapter_dir": adapter_dir_for(task),
+            "resume_from": task.resume_from or None, "device": settings.TRAINING_DEVICE,
+            "summary_extra": {"task": {"id": task.pk, "name": task.name, "team": task.team.name,
+                                       "kind": kind_of(task).name, **summary},
+                              "dataset": {"train_version": task.train_version_id,
+                                          "train_sha256": task.train_version.sha256,
+                                          "validation_version": task.validation_version_id}}}
+
+
 def recipe_outcome(result, fields: dict) -> Outcome:
     """The ending a recipe reported (succeeded, paused at a checkpoint, or cancelled), with the fields to write."""
     status = {"succeeded": JobStatus.SUCCEEDED, "paused": JobStatus.PAUSED}.get(result.status, JobStatus.CANCELLED)
@@ -128,20 +143,7 @@ class TrainingRunner(RecipeRunner):
         from training.recipe import RunSpec, run_training
 
         task = self.job
-        spec = RunSpec(
-            base_model_path=task.base_model.path,
-            train=data_path(task.train_version),
-            validation=data_path(task.validation_version) if task.validation_version_id else None,
-            params=task.params or {},
-            run_dir=runtime.run_dir(task),
-            adapter_dir=adapter_dir_for(task),
-            resume_from=task.resume_from or None,
-            device=settings.TRAINING_DEVICE,
-            summary_extra={"task": {"id": task.pk, "name": task.name, "team": task.team.name},
-                           "dataset": {"train_version": task.train_version_id,
-                                       "train_sha256": task.train_version.sha256,
-                                       "validation_version": task.validation_version_id}},
-        )
+        spec = RunSpec(**recipe_inputs(task))
         result = run_training(spec, DbHooks(self.ctx))
         self.result = result
         fields = {"step": result.global_step, "total_steps": result.total_steps or task.total_steps,
