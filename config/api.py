@@ -9,7 +9,7 @@ from ninja.errors import AuthenticationError, HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 
 from accounts.auth import SessionPrincipalAuth, TokenAuth
-from core.errors import ApplicationError
+from core.errors import ApplicationError, RateLimited
 
 
 def _loc_to_param(loc: list | tuple) -> str | None:
@@ -20,6 +20,19 @@ def _loc_to_param(loc: list | tuple) -> str | None:
     if parts and parts[0] in ("payload", "data", "filters"):
         parts = parts[1:]
     return ".".join(parts) or None
+
+
+def _retry_after(exc: ApplicationError) -> dict | None:
+    """A 429 says when a retry can succeed (``RateLimited.retry_after``: rate limits and queue quotas)."""
+    if isinstance(exc, RateLimited):
+        return {"Retry-After": str(exc.retry_after)}
+    return {"Retry-After": "60"} if exc.status == 429 else None
+
+
+def _with_headers(response: HttpResponse, headers: dict | None) -> HttpResponse:
+    for key, value in (headers or {}).items():
+        response[key] = value
+    return response
 
 
 def _validation_summary(errors: list[dict]) -> tuple[str, str | None]:
@@ -45,7 +58,7 @@ def _app_error(request, exc: ApplicationError):
     body = {"detail": exc.message, "code": exc.code, "param": exc.param}
     if isinstance(exc.details, list):
         body["errors"] = exc.details
-    return api.create_response(request, body, status=exc.status)
+    return _with_headers(api.create_response(request, body, status=exc.status), _retry_after(exc))
 
 
 @api.exception_handler(NinjaValidationError)
@@ -80,10 +93,7 @@ def openai_error(request, status: int, message: str, *, code: str | None = None,
                  headers: dict | None = None) -> HttpResponse:
     body = {"error": {"message": message, "type": OPENAI_ERROR_TYPES.get(status, "server_error"),
                       "param": param, "code": code}}
-    response = v1.create_response(request, body, status=status)
-    for key, value in (headers or {}).items():
-        response[key] = value
-    return response
+    return _with_headers(v1.create_response(request, body, status=status), headers)
 
 
 v1 = NinjaAPI(
@@ -98,9 +108,8 @@ v1 = NinjaAPI(
 
 @v1.exception_handler(ApplicationError)
 def _v1_app_error(request, exc: ApplicationError):
-    # Another team's object reads as missing; a read-only role is a 403.
-    headers = {"Retry-After": str(getattr(exc, "retry_after", 60))} if exc.status == 429 else None
-    return openai_error(request, exc.status, exc.message, code=exc.code, param=exc.param, headers=headers)
+    # Another team's object reads as missing; a read-only role is a 403; a 429 carries Retry-After.
+    return openai_error(request, exc.status, exc.message, code=exc.code, param=exc.param, headers=_retry_after(exc))
 
 
 @v1.exception_handler(NinjaValidationError)
@@ -126,8 +135,10 @@ def _register_routers() -> None:
     from classifier.api import router as classifier_router
     from datasets_app.api import router as datasets_router
     from evaluation.api import router as evaluation_router
+    from openai_compat.chat import router as chat_v1_router
     from openai_compat.files import router as files_v1_router
-    from openai_compat.fine_tuning import router as openai_v1_router
+    from openai_compat.fine_tuning import router as fine_tuning_v1_router
+    from openai_compat.model_list import router as models_v1_router
     from training.api import router as training_router
 
     api.add_router("/", accounts_router)
@@ -137,7 +148,9 @@ def _register_routers() -> None:
     api.add_router("/", classifier_router)
     api.add_router("/", evaluation_router)
     v1.add_router("/", files_v1_router)
-    v1.add_router("/", openai_v1_router)
+    v1.add_router("/", fine_tuning_v1_router)
+    v1.add_router("/", models_v1_router)
+    v1.add_router("/", chat_v1_router)
 
 
 _register_routers()

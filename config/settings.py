@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "training",
     "classifier",
     "evaluation",
+    "serving",
     "openai_compat",
     "console",
 ]

@@ -114,7 +114,7 @@ def compute_perplexity(run: EvaluationRun, records: list[dict], gen: dict, progr
 
 
 def generate_samples(run: EvaluationRun, records: list[dict], gen: dict, progress: Progress) -> list[dict]:
-    from training.inference import GenerationRequest, generate
+    from serving.inference import GenerationRequest, generate
 
     rows = []
     prompts = [p for p in (split_prompt(r) for r in records) if p is not None][: int(gen["n_samples"])]

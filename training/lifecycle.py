@@ -45,7 +45,6 @@ from training.signals import lineage_requested
 log = logging.getLogger(__name__)
 SAFE_NAME_RE = re.compile(r"[^A-Za-z0-9._-]+")
 STAMP_SUFFIX_RE = re.compile(r"_\d{8}-\d{6}$")
-PRODUCTION_REF_RE = re.compile(r"^(?P<team>[^/:\s]+)/(?P<name>[^/:\s]+):production$")
 OLLAMA_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}(?::[A-Za-z0-9._-]{1,50})?$")
 Stage = Adapter.Stage
 
@@ -223,21 +222,6 @@ def _to_production(adapter: Adapter, who, *, note: str) -> Adapter:
     _event(adapter, who, AdapterEvent.Action.APPROVED, from_stage=previous, to_stage=Stage.PRODUCTION, note=note,
            data={"requested_by": requested_by.username if requested_by else None,
                  "replaced": [a.pk for a in current]})
-    return adapter
-
-
-def adapter_for_serving(*, user, ref: str) -> Adapter | None:
-    """``<team>/<model name>:production`` -> the adapter in production (None when ``ref`` is not that form)."""
-    match = PRODUCTION_REF_RE.match(ref or "")
-    if match is None:
-        return None
-    qs = visibility.visible_to(user, Adapter.objects.select_related("team", "base_model"))
-    adapter = qs.filter(team__name=match["team"], model_name=match["name"], stage=Stage.PRODUCTION,
-                        status=Adapter.Status.READY, files_deleted_at__isnull=True,
-                        kind=Adapter.Kind.CAUSAL_LM).first()
-    if adapter is None:
-        raise NotFound(f"No adapter of {match['team']}/{match['name']} is in production (or you cannot see it).",
-                       code="model_not_found", param="model")
     return adapter
 
 

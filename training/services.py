@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import uuid
 from pathlib import Path
 
 from django.db import transaction
@@ -25,6 +27,10 @@ from training.params import InvalidParams, estimate_memory, resolve_params
 from training.signals import evaluation_metric_names
 
 TRAINABLE_KINDS = {"chat", "text"}  # dataset kinds a causal LM trains on
+METADATA_KEY_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+METADATA_MAX_KEYS = 16
+METADATA_MAX_VALUE = 512
+SUFFIX_RE = re.compile(r"^[A-Za-z0-9_-]{0,64}$")
 
 
 def _version_ref(user: Actor, ref: object, *, param: str) -> DatasetVersion:
@@ -102,6 +108,32 @@ def _evaluation_request(evaluate, metrics) -> list[str]:
     return cleaned
 
 
+def check_metadata(metadata: object) -> dict[str, str]:
+    """A task's metadata: at most 16 keys of 1-64 characters ``[A-Za-z0-9_.-]``, text values up to 512."""
+    metadata = {} if metadata is None else metadata
+    if not isinstance(metadata, dict) or len(metadata) > METADATA_MAX_KEYS or any(
+            not isinstance(k, str) or not METADATA_KEY_RE.match(k) or not isinstance(v, str)
+            or len(v) > METADATA_MAX_VALUE for k, v in metadata.items()):
+        raise ApplicationError(f"metadata: at most {METADATA_MAX_KEYS} keys of 1-64 characters [A-Za-z0-9_.-], "
+                               f"text values up to {METADATA_MAX_VALUE}.", code="invalid_metadata", param="metadata")
+    return dict(metadata)
+
+
+def check_suffix(suffix: object) -> str:
+    """The suffix of the fine-tuned model's name (``ft:<base>:<team>:<suffix>:<id>``): up to 64 letters, digits,
+    '-' and '_' (a ':' would break the name)."""
+    suffix = "" if suffix is None else suffix
+    if not isinstance(suffix, str) or not SUFFIX_RE.match(suffix):
+        raise ApplicationError("suffix may contain up to 64 letters, digits, '-' and '_' only.",
+                               code="invalid_suffix", param="suffix")
+    return suffix
+
+
+def _default_name(model: BaseModel, suffix: str) -> str:
+    """A task nobody named (the OpenAI protocol has no names): random, so concurrent creates never collide."""
+    return f"ft-{suffix or model.name}-{uuid.uuid4().hex[:8]}"
+
+
 def training_task_create(*, user: Actor, name: str | None, base_model: BaseModel | str | int, train_version,
                          validation_version=None, params: dict | None = None, team: Team | str | None = None,
                          priority: int = 0, suffix: str = "", metadata: dict | None = None,
@@ -110,7 +142,9 @@ def training_task_create(*, user: Actor, name: str | None, base_model: BaseModel
     """Validate everything synchronously, then create a queued task and wake a worker on commit.
 
     ``fail_invalid_files`` (the OpenAI protocol): a file that failed validation still creates the job,
-    which fails at once in validating_files with the row-level report, instead of a 400.
+    which fails at once in validating_files with the row-level report, instead of a 400. Without a ``name`` the
+    task gets ``ft-<suffix or base model>-<8 hex digits>``. The team's queue quota (``job_check_quota``) is
+    checked in the transaction that creates the task.
     """
     team = resolve_team(user, team)
     model = base_model_get(user=user, ref=base_model.pk if isinstance(base_model, BaseModel) else base_model,
@@ -120,9 +154,11 @@ def training_task_create(*, user: Actor, name: str | None, base_model: BaseModel
     if validation_version not in (None, ""):
         validation = _version_ref(user, validation_version,
                                   param="validation_file" if fail_invalid_files else "validation_version")
+    metadata = check_metadata(metadata)
+    suffix = check_suffix(suffix)
     priority = job_check_priority(priority)
     metrics_requested = _evaluation_request(evaluate, evaluation_metrics)
-    name = job_check_name((name or "").strip() or f"{model.name}-{train.dataset.name}")
+    name = job_check_name((name or "").strip() or _default_name(model, suffix))
     file_problem = None
     for version, param in ((train, "training_file" if fail_invalid_files else "train_version"),
                            (validation, "validation_file" if fail_invalid_files else "validation_version")):
@@ -140,7 +176,7 @@ def training_task_create(*, user: Actor, name: str | None, base_model: BaseModel
             job_check_quota(team)
         task = TrainingTask(name=unique_name(TrainingTask, team, name), team=team, created_by=acting_user(user),
                             base_model=model, train_version=train, validation_version=validation,
-                            params=params or {}, priority=priority, suffix=suffix[:64], metadata=metadata or {},
+                            params=params or {}, priority=priority, suffix=suffix, metadata=metadata,
                             cloned_from=cloned_from, evaluate_on_success=bool(evaluate),
                             evaluation_metrics=metrics_requested)
         if file_problem:

@@ -245,8 +245,8 @@ def _review(make_team, make_user, tiny_base_model, make_version):
 
 def test_results_csv_escapes_text_in_metrics(make_team, make_user, tiny_base_model, make_version):
     from accounts.visibility import Principal
+    from openai_compat.files import result_file_csv
     from training.models import TrainingEvent, TrainingTask
-    from training.openai_api import result_file_csv
 
     team = make_team("alpha")
     alice = make_user("alice", team, "member")

@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from core.errors import Conflict, PermissionDenied
 from jobs.models import JobStatus
+from serving.services import chat_model_resolve
 from tests.training.lifecycle_helpers import copy_adapter, save_tiny_adapter
 from training import lifecycle
 from training.models import Adapter, AdapterEvent, TrainingTask
@@ -167,8 +168,6 @@ def test_leaving_production_needs_a_team_admin(world, make_adapter):
 
 
 def test_production_name_resolves_in_chat_completions(world, make_adapter, token_for, bearer):
-    from training.openai_api import resolve_model
-
     first = make_adapter("faq-v1", model_name="faq", stage="candidate")
     second = make_adapter("faq-v2", model_name="faq", stage="candidate")
     client = bearer(token_for(world["viewer"], world["team"]))
@@ -177,9 +176,9 @@ def test_production_name_resolves_in_chat_completions(world, make_adapter, token
                                                    "max_tokens": 3}, content_type="application/json")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
     lifecycle.adapter_approve(user=world["admin"], adapter=first)
-    assert resolve_model(world["viewer"], "alpha/faq:production").adapter_path == first.path
+    assert chat_model_resolve(user=world["viewer"], name="alpha/faq:production").adapter_path == first.path
     lifecycle.adapter_approve(user=world["admin"], adapter=second)
-    resolved = resolve_model(world["viewer"], "alpha/faq:production")
+    resolved = chat_model_resolve(user=world["viewer"], name="alpha/faq:production")
     assert resolved.adapter_path == second.path and resolved.key == f"adapter-{second.pk}"
     response = client.post("/v1/chat/completions", {"model": "alpha/faq:production", "messages": [message],
                                                     "max_tokens": 3}, content_type="application/json")

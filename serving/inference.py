@@ -1,12 +1,16 @@
-"""Text generation for /v1/chat/completions: each base model is loaded once per process, adapters are
-attached to it and switched by name (PEFT multi-adapter), with bounded LRU caches of both.
+"""Text generation (chat completions, evaluation samples): each base model is loaded once per process,
+adapters are attached to it and switched by name (PEFT multi-adapter), with bounded LRU caches of both.
 
 Generation on one base model is serialised by its lock (one model in memory serves every adapter,
 so two requests cannot switch adapters under each other); different base models run in parallel.
+
+torch, transformers and peft are imported inside the functions that load or run a model: importing this
+module (the web process does, through ``serving.services``) must not load them.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -14,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.conf import settings
+
+from training.data import install_template
 
 
 @dataclass
@@ -36,7 +42,7 @@ class GenerationResult:
 
 class _LoadedBase:
     def __init__(self, path: str) -> None:
-        import torch
+        import torch  # lazily: kept out of the web process until a model is loaded
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.path = path
@@ -58,12 +64,12 @@ class _LoadedBase:
 
     def attach(self, key: str, adapter_path: str) -> None:
         """Load an adapter under ``key`` (once), evicting the least recently used beyond the limit."""
-        from peft import PeftModel
+        from peft import PeftModel  # lazily, like torch
 
         if key in self.adapters:
             self.adapters.move_to_end(key)
             return
-        limit = max(1, getattr(settings, "INFERENCE_MAX_ADAPTERS", 4))
+        limit = max(1, settings.INFERENCE_MAX_ADAPTERS)
         while len(self.adapters) >= limit:
             old, _ = self.adapters.popitem(last=False)
             self.peft.delete_adapter(old)
@@ -77,8 +83,6 @@ class _LoadedBase:
     def render(self, messages: list[dict], template: str | None) -> list[int]:
         kwargs = {"chat_template": template} if template else {}
         if not template and not getattr(self.tokenizer, "chat_template", None):
-            from training.data import install_template
-
             install_template(self.tokenizer, "alpaca")
         ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                  return_dict=True, **kwargs)["input_ids"]
@@ -91,8 +95,6 @@ def _adapter_template(adapter_path: str) -> str | None:
     jinja = folder / "chat_template.jinja"
     if jinja.is_file():
         return jinja.read_text(encoding="utf-8")
-    import json
-
     cfg = folder / "tokenizer_config.json"
     if cfg.is_file():
         try:
@@ -115,7 +117,7 @@ class ModelCache:
             if loaded is not None:
                 self._bases.move_to_end(path)
                 return loaded
-            limit = max(1, getattr(settings, "INFERENCE_MAX_BASES", 1))
+            limit = max(1, settings.INFERENCE_MAX_BASES)
             while len(self._bases) >= limit:
                 _, old = self._bases.popitem(last=False)
                 with old.lock:  # let a running generation finish before the memory goes
@@ -133,7 +135,7 @@ CACHE = ModelCache()
 
 
 def _generate_kwargs(loaded: _LoadedBase, req: GenerationRequest, input_len: int) -> dict:
-    import torch
+    import torch  # lazily, see the module docstring
 
     kwargs = {"max_new_tokens": req.max_new_tokens, "pad_token_id": loaded.tokenizer.pad_token_id}
     if req.temperature and req.temperature > 0:
@@ -198,7 +200,7 @@ def count_prompt_tokens(base_path: str, messages: list[dict]) -> int:
 
 def generate(base_path: str, adapter_key: str | None, adapter_path: str | None,
              req: GenerationRequest) -> GenerationResult:
-    import torch
+    import torch  # lazily, see the module docstring
 
     with _Session(base_path, adapter_key, adapter_path) as s:
         tok = s.loaded.tokenizer
@@ -218,7 +220,7 @@ def generate(base_path: str, adapter_key: str | None, adapter_path: str | None,
 def generate_stream(base_path: str, adapter_key: str | None, adapter_path: str | None,
                     req: GenerationRequest) -> Iterator[str | GenerationResult]:
     """Yield text pieces as they are generated, then one final ``GenerationResult`` (usage, finish reason)."""
-    import torch
+    import torch  # lazily, see the module docstring
     from transformers import TextIteratorStreamer
 
     with _Session(base_path, adapter_key, adapter_path) as s:

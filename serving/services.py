@@ -1,0 +1,260 @@
+"""Serving a model: which model a name means, and chat completions with their bounds and rate limits.
+
+Every door that serves a model (``/v1/``, the admin, commands) calls these, so the rules hold once:
+
+- **Names.** A base model by name; ``ft:<base>:<team>:<suffix>:<task id>`` (the adapter of a succeeded
+  fine-tuning job); ``<ft name>:ckpt-step-N`` (one of its checkpoints); ``<team>/<model name>:production``
+  (the adapter in production under that name now). Another team's model reads as missing.
+- **Bounds of one request.** ``max_tokens`` up to ``INFERENCE_MAX_NEW_TOKENS``; the prompt (rendered with the
+  base model's chat template) up to ``INFERENCE_MAX_PROMPT_TOKENS`` and, with ``max_tokens``, within the
+  model's context; at most four stop sequences. Broken bounds are 400s and are never counted.
+- **Rate limits per team and minute.** ``INFERENCE_TEAM_REQUESTS_PER_MINUTE`` requests and
+  ``INFERENCE_TEAM_TOKENS_PER_MINUTE`` tokens (prompt + ``max_tokens``, counted when the request is admitted);
+  beyond them a ``RateLimited`` (429 with Retry-After).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from django.conf import settings
+from django.db.models import QuerySet
+
+from accounts.models import Team
+from accounts.visibility import Actor, as_principal, resolve_team, visible_to
+from catalog.models import BaseModel
+from catalog.services import base_model_get, base_model_list
+from core.errors import ApplicationError, NotFound, RateLimited
+from core.ratelimit import consume
+from serving import inference
+from serving.inference import GenerationRequest, GenerationResult
+from training.models import Adapter, Checkpoint, TrainingTask
+from training.services import training_task_list
+
+PRODUCTION_REF_RE = re.compile(r"^(?P<team>[^/:\s]+)/(?P<name>[^/:\s]+):production$")
+CHECKPOINT_PART_RE = re.compile(r"^ckpt-step-(?P<step>\d+)$")
+ROLES = ("system", "user", "assistant", "tool")
+MAX_STOP_SEQUENCES = 4
+DEFAULT_MAX_TOKENS = 256
+
+
+# ---------------------------------------------------------------------------------------------- names
+
+def fine_tuned_model_name(task: TrainingTask) -> str:
+    """The model a fine-tuning job produces, as clients name it: ``ft:<base>:<team>:<suffix>:<task id>``."""
+    return f"ft:{task.base_model.name}:{task.team.name}:{task.suffix}:{task.pk}"
+
+
+def checkpoint_model_name(task: TrainingTask, step: int) -> str:
+    return f"{fine_tuned_model_name(task)}:ckpt-step-{step}"
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """What a model name points to: a base folder, and an adapter folder with its cache key (None: the base)."""
+
+    name: str
+    base: BaseModel
+    adapter_path: str | None = None
+    key: str | None = None
+    team: Team | None = None  # the owner; None for a global base model
+    created: datetime | None = None
+
+    @property
+    def owner(self) -> str:
+        return self.team.name if self.team is not None else "system"
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One entry of the model list."""
+
+    id: str
+    created: datetime | None
+    owned_by: str
+
+
+def _not_found(name: str) -> NotFound:
+    return NotFound(f"The model {name!r} does not exist or you do not have access to it.", code="model_not_found",
+                    param="model")
+
+
+def _succeeded_tasks(user: Actor) -> QuerySet[TrainingTask]:
+    return training_task_list(user=user, status=TrainingTask.Status.SUCCEEDED).order_by("-pk")
+
+
+def _production_adapters(user: Actor) -> QuerySet[Adapter]:
+    return visible_to(user, Adapter.objects.select_related("team", "base_model")).filter(
+        stage=Adapter.Stage.PRODUCTION, status=Adapter.Status.READY, files_deleted_at__isnull=True,
+        kind=Adapter.Kind.CAUSAL_LM)
+
+
+def chat_model_resolve(*, user: Actor, name: str) -> ResolvedModel:
+    """The model ``name`` means for ``user`` (see the module docstring), or NotFound (``param="model"``)."""
+    name = name or ""
+    production = PRODUCTION_REF_RE.match(name)
+    if production:
+        adapter = _production_adapters(user).filter(team__name=production["team"],
+                                                    model_name=production["name"]).first()
+        if adapter is None:
+            raise NotFound(f"No adapter of {production['team']}/{production['name']} is in production (or you "
+                           "cannot see it).", code="model_not_found", param="model")
+        return ResolvedModel(name, adapter.base_model, adapter.path, f"adapter-{adapter.pk}", adapter.team,
+                             adapter.stage_changed_at or adapter.created_at)
+    if not name.startswith("ft:"):
+        try:
+            base = base_model_get(user=user, ref=name, kind=BaseModel.Kind.CAUSAL_LM)
+        except ApplicationError:
+            raise _not_found(name) from None
+        return ResolvedModel(name, base, team=base.team, created=base.created_at)
+    parts = name.split(":")
+    step = None
+    if len(parts) == 6 and CHECKPOINT_PART_RE.match(parts[5]):
+        step = int(CHECKPOINT_PART_RE.match(parts[5])["step"])
+        parts = parts[:5]
+    if len(parts) != 5 or not parts[4].isdigit():
+        raise _not_found(name)
+    task = _succeeded_tasks(user).filter(pk=int(parts[4])).first()
+    if task is None or fine_tuned_model_name(task) != ":".join(parts):
+        raise _not_found(name)
+    if step is None:
+        adapter = task.adapters.filter(status=Adapter.Status.READY).first()
+        if adapter is None:
+            raise _not_found(name)
+        return ResolvedModel(name, task.base_model, adapter.path, f"adapter-{adapter.pk}", task.team,
+                             task.finished_at)
+    ckpt = Checkpoint.objects.filter(task=task, step=step).first()
+    if ckpt is None:
+        raise _not_found(name)
+    return ResolvedModel(name, task.base_model, ckpt.path, f"ckpt-{ckpt.pk}", task.team, ckpt.created_at)
+
+
+def chat_model_list(*, user: Actor) -> list[ServedModel]:
+    """Every name ``user`` can chat with: available base models, fine-tuned models with their checkpoints, and
+    the production names of the teams."""
+    rows = [ServedModel(m.name, m.created_at, m.team.name if m.team_id else "system")
+            for m in base_model_list(user=user, kind=BaseModel.Kind.CAUSAL_LM, available=True).select_related("team")]
+    for task in _succeeded_tasks(user).prefetch_related("checkpoints"):
+        rows.append(ServedModel(fine_tuned_model_name(task), task.finished_at, task.team.name))
+        rows.extend(ServedModel(checkpoint_model_name(task, c.step), c.created_at, task.team.name)
+                    for c in task.checkpoints.all())
+    rows.extend(ServedModel(a.serving_name, a.stage_changed_at or a.created_at, a.team.name)
+                for a in _production_adapters(user).order_by("team__name", "model_name"))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- completions
+
+def _require_files(resolved: ResolvedModel) -> None:
+    """A clear 404 instead of a loader traceback (500) when the folders vanished from disk."""
+    missing = not (Path(resolved.base.path) / "config.json").is_file() or (
+        resolved.adapter_path is not None and not (Path(resolved.adapter_path) / "adapter_config.json").is_file())
+    if missing:
+        raise NotFound(f"The files of model {resolved.name!r} are missing on this server; ask an admin to restore "
+                       "or rescan them.", code="model_files_missing", param="model")
+
+
+def _messages(messages: list[dict]) -> list[dict]:
+    if not isinstance(messages, list) or not messages:
+        raise ApplicationError("messages must be a non-empty list.", code="invalid_messages", param="messages")
+    cleaned = []
+    for i, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        content = message.get("content") if isinstance(message, dict) else None
+        if role not in ROLES:
+            raise ApplicationError(f"messages[{i}].role must be one of {', '.join(ROLES)}.",
+                                   code="invalid_messages", param="messages")
+        if content is not None and not isinstance(content, str):
+            raise ApplicationError(f"messages[{i}].content must be text.", code="invalid_messages",
+                                   param="messages")
+        cleaned.append({"role": role, "content": content or ""})
+    return cleaned
+
+
+def _request(messages: list[dict], *, max_tokens: int | None, temperature: float | None, top_p: float | None,
+             seed: int | None, stop: str | list[str] | None) -> GenerationRequest:
+    limit = settings.INFERENCE_MAX_NEW_TOKENS
+    wanted = min(DEFAULT_MAX_TOKENS, limit) if max_tokens is None else max_tokens
+    if isinstance(wanted, bool) or not isinstance(wanted, int) or wanted < 1:
+        raise ApplicationError("max_tokens must be a positive integer.", code="invalid_parameter",
+                               param="max_tokens")
+    if wanted > limit:
+        raise ApplicationError(f"max_tokens is {wanted}; this server allows at most {limit}.",
+                               code="max_tokens_too_large", param="max_tokens")
+    temperature = 0.0 if temperature is None else temperature
+    if not 0 <= temperature <= 2:
+        raise ApplicationError("temperature must be from 0 to 2.", code="invalid_parameter", param="temperature")
+    top_p = 1.0 if top_p is None else top_p
+    if not 0 < top_p <= 1:
+        raise ApplicationError("top_p must be above 0 and at most 1.", code="invalid_parameter", param="top_p")
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if len(stops) > MAX_STOP_SEQUENCES:
+        raise ApplicationError(f"stop: at most {MAX_STOP_SEQUENCES} sequences.", code="invalid_stop", param="stop")
+    return GenerationRequest(messages=_messages(messages), max_new_tokens=wanted, temperature=temperature,
+                             top_p=top_p, seed=seed, stop=[s for s in stops if s])
+
+
+def _check_prompt(resolved: ResolvedModel, req: GenerationRequest) -> int:
+    limit = settings.INFERENCE_MAX_PROMPT_TOKENS
+    n = inference.count_prompt_tokens(resolved.base.path, req.messages)
+    context = resolved.base.max_position_embeddings or limit
+    if n > limit or n + req.max_new_tokens > context:
+        raise ApplicationError(f"The prompt has {n} tokens; with max_tokens={req.max_new_tokens} it exceeds the "
+                               f"limit ({min(limit, context)} tokens).", code="context_length_exceeded",
+                               param="messages")
+    return n
+
+
+def _rate_team(user: Actor, resolved: ResolvedModel) -> Team:
+    """The team a request is charged to: the API token's, else the model's owner, else the user's only team."""
+    return as_principal(user).team or resolved.team or resolve_team(user, None, write=False)
+
+
+def _check_team_rate(team: Team, tokens: int) -> None:
+    requests = settings.INFERENCE_TEAM_REQUESTS_PER_MINUTE
+    token_limit = settings.INFERENCE_TEAM_TOKENS_PER_MINUTE
+    over = consume(f"chat-requests:{team.pk}", 1, limit=requests)
+    if over is not None:
+        raise RateLimited(f"Team {team.name!r} sent {over.used} chat requests this minute (limit {requests}); "
+                          f"retry in {over.retry_after}s.", retry_after=over.retry_after)
+    over = consume(f"chat-tokens:{team.pk}", tokens, limit=token_limit)
+    if over is not None:
+        raise RateLimited(f"Team {team.name!r} used {over.used} of its {token_limit} tokens this minute and this "
+                          f"request needs {tokens}; retry in {over.retry_after}s.", retry_after=over.retry_after,
+                          code="tokens_rate_limit_exceeded")
+
+
+def _admit(user: Actor, model: str, messages: list[dict], **options) -> tuple[ResolvedModel, GenerationRequest]:
+    """Resolve, bound and charge one request (in that order: a refused request is never counted)."""
+    resolved = chat_model_resolve(user=user, name=model)
+    _require_files(resolved)
+    req = _request(messages, **options)
+    prompt_tokens = _check_prompt(resolved, req)
+    _check_team_rate(_rate_team(user, resolved), prompt_tokens + req.max_new_tokens)
+    return resolved, req
+
+
+def chat_completion_create(*, user: Actor, model: str, messages: list[dict], max_tokens: int | None = None,
+                           temperature: float | None = None, top_p: float | None = None, seed: int | None = None,
+                           stop: str | list[str] | None = None) -> GenerationResult:
+    """One completion of ``messages`` (``[{"role": ..., "content": "text"}]``) by the model named ``model``."""
+    resolved, req = _admit(user, model, messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                           seed=seed, stop=stop)
+    return inference.generate(resolved.base.path, resolved.key, resolved.adapter_path, req)
+
+
+def chat_completion_stream(*, user: Actor, model: str, messages: list[dict], max_tokens: int | None = None,
+                           temperature: float | None = None, top_p: float | None = None, seed: int | None = None,
+                           stop: str | list[str] | None = None) -> Iterator[str | GenerationResult]:
+    """Like ``chat_completion_create``, streamed: text pieces, then one ``GenerationResult`` (usage, finish).
+
+    Resolution, bounds and rate limits are checked when this is called (so they can still be an HTTP error);
+    the generation runs while the iterator is consumed.
+    """
+    resolved, req = _admit(user, model, messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                           seed=seed, stop=stop)
+    return inference.generate_stream(resolved.base.path, resolved.key, resolved.adapter_path, req)
