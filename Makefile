@@ -14,7 +14,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-mysql serve worker migrate install install-test sysdeps browser lint clean-venv
+.PHONY: demo test test-mysql serve dev worker migrate install install-test sysdeps browser lint clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,8 +62,16 @@ migrate: install
 demo: migrate
 	$(MANAGE) demo
 
-# Web server and one queue worker; Ctrl-C stops both.
+WEB_WORKERS ?= 3
+# The production web server (gunicorn, WEB_WORKERS processes of 4 threads: a streaming chat holds a thread) and
+# one queue worker; Ctrl-C stops both. `make dev` runs Django's autoreloading runserver instead.
 serve: migrate
+	@trap 'kill 0' INT TERM EXIT; \
+	$(MANAGE) qcluster & \
+	$(BIN)/gunicorn config.wsgi:application --workers $(WEB_WORKERS) --worker-class gthread --threads 4 \
+	  --bind $(HOST):$(PORT) --timeout 600 --graceful-timeout 30 --access-logfile -
+
+dev: migrate
 	@trap 'kill 0' INT TERM EXIT; \
 	$(MANAGE) qcluster & \
 	$(MANAGE) runserver $(HOST):$(PORT)

@@ -107,3 +107,21 @@ def parse_database_url(url: str, *, base_dir: Path) -> dict:
             "TEST": {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"},
         }
     raise ImproperlyConfigured(f"DATABASE_URL scheme {scheme!r} is not supported (use sqlite:// or mysql://)")
+
+
+CACHE_TABLE = "lora_studio_cache"
+
+
+def parse_cache_url(url: str) -> dict:
+    """The default cache from ``CACHE_URL``: ``db`` (a table in the database: every process of every host
+    shares it, nothing more to run), ``redis://host:6379/0`` (faster under load), or ``locmem`` (one process
+    only). Rate limits and login throttling count in it, so several web processes agree only on a shared one."""
+    parsed = urlparse(url)
+    scheme = parsed.scheme or url
+    if scheme == "db":
+        return {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": CACHE_TABLE}
+    if scheme in ("redis", "rediss"):
+        return {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url}
+    if scheme == "locmem":
+        return {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    raise ImproperlyConfigured(f"CACHE_URL {url!r} is not supported (use db, redis://host:port/db or locmem)")

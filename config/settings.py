@@ -10,7 +10,7 @@ from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
-from config.env import env_bool, env_int, env_list, env_path, env_str, parse_database_url
+from config.env import env_bool, env_int, env_list, env_path, env_str, parse_cache_url, parse_database_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -170,7 +170,8 @@ Q_CLUSTER = {
     "cache": "queue-stats",
 }
 CACHES = {
-    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    # Rate limits and login throttling count here: the database by default, so every web process agrees.
+    "default": parse_cache_url(env_str("CACHE_URL", "db")),
     "queue-stats": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
                     "LOCATION": str(DATA_DIR / "cache" / "queue-stats")},
 }
@@ -200,8 +201,8 @@ INFERENCE_MAX_BASES = env_int("INFERENCE_MAX_BASES", 1, minimum=1)
 INFERENCE_MAX_ADAPTERS = env_int("INFERENCE_MAX_ADAPTERS", 4, minimum=1)
 INFERENCE_MAX_NEW_TOKENS = env_int("INFERENCE_MAX_NEW_TOKENS", 1024, minimum=1)
 INFERENCE_MAX_PROMPT_TOKENS = env_int("INFERENCE_MAX_PROMPT_TOKENS", 4096, minimum=16)
-# Per team and minute on /v1/chat/completions (429 with Retry-After beyond them); per web process with the
-# default cache (see core/ratelimit.py).
+# Per team and minute on /v1/chat/completions (429 with Retry-After beyond them), counted in the default cache
+# (CACHE_URL), which every web process shares.
 INFERENCE_TEAM_REQUESTS_PER_MINUTE = env_int("INFERENCE_TEAM_REQUESTS_PER_MINUTE", 60, minimum=1)
 INFERENCE_TEAM_TOKENS_PER_MINUTE = env_int("INFERENCE_TEAM_TOKENS_PER_MINUTE", 200_000, minimum=1)
 # Classifier predictions (/api/classifier/{adapter}/predict): texts per request.

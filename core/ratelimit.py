@@ -1,9 +1,9 @@
-"""A fixed-window rate limiter on Django's cache (per team, per minute).
+"""A fixed-window rate limiter on Django's default cache (per key, per minute).
 
-Used by /v1/chat/completions (requests and tokens per team) and the admin login throttle. The default
-cache is per process (LocMemCache): with several web processes each one counts on its own, so the
-effective limit is the configured one times the number of processes; point CACHES at a shared cache
-(database, Redis, Memcached) to make it global.
+Used by the chat-completion service (requests and tokens per team). The cache is ``CACHE_URL``: the database
+by default, so every web process of every host counts together; Redis makes the counts atomic (Django's
+database cache increments by read-then-write, so two requests at the very same moment may both take the last
+slot); ``locmem`` counts per process only.
 """
 
 from __future__ import annotations
@@ -41,7 +41,3 @@ def consume(key: str, amount: int, *, limit: int, period: int = 60, now: float |
         return Window(used=used - amount, retry_after=int((window + 1) * period - now) + 1)
     return None
 
-
-def peek(key: str, *, period: int = 60, now: float | None = None) -> int:
-    now = time.time() if now is None else now
-    return int(cache.get(f"rl:{key}:{int(now // period)}", 0))
