@@ -4,12 +4,18 @@ a save that changes only what a person may edit (name, priority) through ``jobs.
 
 from __future__ import annotations
 
+import json
+
 from django.contrib import admin, messages
+from django.core.paginator import Paginator
 from django.http import Http404, JsonResponse
 from django.shortcuts import redirect
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
 from django.views.decorators.http import require_POST
 
+from core.admin_ui import format_duration
 from jobs import services
 from jobs.schemas import error_fields, progress_fields
 
@@ -30,6 +36,7 @@ class JobEventInline(admin.TabularInline):
     ordering = ["-id"]
     max_num = 0
     verbose_name_plural = "Latest events"
+    classes = ["collapse"]
 
     def get_queryset(self, request):
         qs = super().get_queryset(request)
@@ -115,9 +122,17 @@ class JobControlAdminMixin:
                          "enabled": job.status in statuses.split(),
                          "url": reverse(f"admin:{self._url_name('control')}", args=[job.pk, action])}
                         for action, (label, statuses) in self.CONTROLS.items() if self._service(action) is not None]
-            extra_context = {**(extra_context or {}), "job_controls": controls,
+            extra_context = {**(extra_context or {}), "job_controls": controls, "job_headline": self.headline(job),
+                             "job_events_url": reverse(f"admin:{self._url_name('events')}", args=[job.pk]),
                              "job_progress_url": reverse(f"admin:{self._url_name('progress')}", args=[job.pk])}
         return super().change_view(request, object_id, form_url, extra_context)
+
+    def headline(self, job) -> list[tuple[str, str]]:
+        """The figures the page opens with, beside the progress bar (a kind adds its own metrics)."""
+        rows = [("Duration", format_duration(job.duration_seconds))]
+        if job.device:
+            rows.append(("Device", job.device))
+        return rows
 
     # ---- views --------------------------------------------------------------------------------------
 
@@ -127,6 +142,7 @@ class JobControlAdminMixin:
     def job_urls(self) -> list:
         wrap = self.admin_site.admin_view
         return [path("<int:pk>/progress.json", wrap(self.progress_view), name=self._url_name("progress")),
+                path("<int:pk>/events/", wrap(self.events_view), name=self._url_name("events")),
                 path("<int:pk>/control/<str:action>/", wrap(require_POST(self.control_view)),
                      name=self._url_name("control"))]
 
@@ -142,6 +158,19 @@ class JobControlAdminMixin:
         return {"status": job.status, **progress_fields(job), "metrics": job.metrics,
                 "error": error["message"] if error else "", "events": events}
 
+    def events_view(self, request, pk: int):
+        """Every event of the job, newest first, 100 a page, filtered by level."""
+        job = self._task(request, pk)
+        level = request.GET.get("level", "")
+        events = job.events.order_by("-id")
+        if level in ("info", "warn", "error"):
+            events = events.filter(level=level)
+        page = Paginator(events, 100).get_page(request.GET.get("page"))
+        context = {**self.admin_site.each_context(request), "title": f"Events of {job.name}", "job": job,
+                   "page": page, "level": level, "opts": self.model._meta,
+                   "levels": [("", "all"), ("info", "info"), ("warn", "warnings"), ("error", "errors")]}
+        return TemplateResponse(request, "admin/jobs/events.html", context)
+
     def progress_view(self, request, pk: int):
         return JsonResponse(self.progress_data(self._task(request, pk)))
 
@@ -154,3 +183,18 @@ class JobControlAdminMixin:
                                    success=f"{action.capitalize()}: done for {job.name}.")
         target = result if action == "clone" and result is not None else job
         return redirect(f"admin:{self._url_name('change')}", target.pk)
+
+
+def parameter_table(values: dict, given: dict, reasons: dict, *, raw: dict | None = None) -> str:
+    """Parameters as a table a person reads: the value, and whether it was given or chosen by "auto" (and why);
+    the raw JSON stays one click away."""
+    rows = format_html_join(
+        "", '<tr><th style="text-align:left">{}</th><td>{}</td><td>{}</td></tr>',
+        ((key, values[key], "given" if key in given and given[key] != "auto" else reasons.get(key, "auto"))
+         for key in values if key not in ("auto",) and (key in reasons or key in given)))
+    others = format_html_join(", ", "{}={}", ((k, v) for k, v in values.items()
+                                              if k != "auto" and k not in reasons and k not in given))
+    raw_json = json.dumps(raw if raw is not None else values, indent=2, default=str, ensure_ascii=False)
+    return format_html('<table class="job-params"><thead><tr><th>parameter</th><th>value</th><th>how it was chosen'
+                       '</th></tr></thead><tbody>{}</tbody></table><p class="help">Also: {}</p>'
+                       '<details><summary>raw</summary><pre>{}</pre></details>', rows, others or "—", raw_json)

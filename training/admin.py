@@ -17,7 +17,7 @@ from core import admin_ui
 from core.commands import format_bytes, format_count
 from core.errors import ApplicationError
 from datasets_app.models import DatasetVersion
-from jobs.admin import JobControlAdminMixin, JobEventInline
+from jobs.admin import JobControlAdminMixin, JobEventInline, parameter_table
 from training import lifecycle, services
 from training.charts import loss_chart_png
 from training.models import Adapter, Checkpoint, MergeEvent, MergeJob, TrainingEvent, TrainingTask
@@ -78,18 +78,37 @@ class TrainingTaskAdmin(JobControlAdminMixin, TeamScopedAdmin):
     change_form_template = "admin/training/trainingtask/change_form.html"
     change_list_template = "admin/training/trainingtask/change_list.html"
     fieldsets = [
-        (None, {"fields": ["name", "team", "status", "priority", "base_model", "train_version",
-                           "validation_version", "adapter_link"]}),
-        ("Parameters", {"fields": ["params", "resolved_params", "auto_explanation", "estimated_memory",
-                                   "seed", "evaluate_on_success", "evaluation_metrics"]}),
-        ("Progress", {"fields": ["step", "total_steps", "epoch", "tokens_seen", "tokens_per_second",
-                                 "eta", "metrics", "trained_tokens"]}),
-        ("Run", {"fields": ["device", "worker", "attempts", "recoveries", "heartbeat_at", "library_versions",
-                            "log_path", "resume_from", "cancel_requested", "pause_requested"]}),
-        ("Error", {"fields": ["error_code", "error_message", "error_param"]}),
-        ("Times", {"fields": ["created_by", "created_at", "queued_at", "started_at", "paused_at", "finished_at",
+        (None, {"fields": ["name", "priority", "team", "base_model", "train_version", "validation_version",
+                           "adapter_link", "evaluate_on_success", "evaluation_metrics"]}),
+        ("Parameters", {"fields": ["parameters", "estimated_memory", "seed"]}),
+        ("Run details", {"classes": ["collapse"],
+                         "fields": ["status", "step", "total_steps", "epoch", "tokens_seen", "tokens_per_second",
+                                    "trained_tokens", "metrics", "device", "worker", "attempts", "recoveries",
+                                    "heartbeat_at", "library_versions", "log_path", "resume_from",
+                                    "cancel_requested", "pause_requested", "error_code", "error_message",
+                                    "error_param"]}),
+        ("Times", {"classes": ["collapse"],
+                   "fields": ["created_by", "created_at", "queued_at", "started_at", "paused_at", "finished_at",
                               "duration_col"]}),
     ]
+
+    @admin.display(description="Parameters")
+    def parameters(self, obj: TrainingTask) -> str:
+        return parameter_table(obj.resolved_params or {}, obj.params or {}, obj.auto_explanation or {},
+                               raw={"given": obj.params, "resolved": obj.resolved_params})
+
+    def headline(self, job: TrainingTask) -> list[tuple[str, str]]:
+        metrics = job.metrics or {}
+        rows = [(label, f"{metrics[key]:.4f}") for key, label in (("train_loss", "Training loss"),
+                                                                   ("valid_loss", "Validation loss"))
+                if isinstance(metrics.get(key), (int, float))]
+        if job.tokens_per_second:
+            rows.append(("Speed", f"{job.tokens_per_second:,.0f} tokens/s"))
+        if job.trained_tokens:
+            rows.append(("Trained tokens", format_count(job.trained_tokens)))
+        if job.estimated_memory_bytes:
+            rows.append(("Estimated memory", format_bytes(job.estimated_memory_bytes)))
+        return rows + super().headline(job)
 
     def has_add_permission(self, request):
         return False  # tasks are started through the "Start training" form (validation, memory check, queue)
@@ -217,6 +236,21 @@ class AdapterAdmin(TeamScopedAdmin):
     def has_delete_permission(self, request, obj=None):
         # Deleting keeps the row (lineage, audit trail): it is the "Delete files" button, not Django's delete.
         return False
+
+    def save_model(self, request, obj, form, change):
+        # Never obj.save(): lifecycle services write the other columns (stage, status, production slot);
+        # names change through adapter_rename (an AdapterEvent, the production constraint as a 409).
+        changed = {f: form.cleaned_data[f] for f in ("name", "model_name") if f in form.changed_data}
+        if change and changed:
+            renamed = self.call_service(request, lifecycle.adapter_rename, user=request.user,
+                                        adapter=Adapter.objects.get(pk=obj.pk), **changed)
+            if renamed is None:
+                request._service_refused = True
+
+    def response_change(self, request, obj):
+        if getattr(request, "_service_refused", False):
+            return redirect(request.path)  # the error message is shown; nothing changed
+        return super().response_change(request, obj)
 
     @admin.display(description="Task")
     def task_link(self, obj: Adapter) -> str:
