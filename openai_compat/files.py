@@ -14,13 +14,13 @@ from ninja import File, Form, Router, Schema
 from ninja.files import UploadedFile
 
 from accounts.auth import principal
-from accounts.visibility import visible_to
 from core.csv_export import to_csv
 from core.errors import ApplicationError, NotFound
 from datasets_app import services
 from datasets_app.models import DatasetVersion
 from openai_compat.ids import FILE_ID, RESULT_ID, job_id, ts
 from training.models import TrainingTask
+from training.services import training_task_list
 
 router = Router(tags=["files"])
 
@@ -145,7 +145,7 @@ def file_delete(request, file_id: str):
 
 def _result_task(who, file_id: str) -> TrainingTask:
     match = RESULT_ID.match(file_id)
-    task = visible_to(who, TrainingTask.objects.filter(status="succeeded")).filter(
+    task = training_task_list(user=who, status=TrainingTask.Status.SUCCEEDED).filter(
         pk=int(match.group(1))).first() if match else None
     if task is None:
         raise NotFound(f"No such file: {file_id!r}.", code="file_not_found", param="file_id")
