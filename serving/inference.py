@@ -19,8 +19,6 @@ from pathlib import Path
 
 from django.conf import settings
 
-from training.data import install_template
-
 
 @dataclass
 class GenerationRequest:
@@ -83,6 +81,8 @@ class _LoadedBase:
     def render(self, messages: list[dict], template: str | None) -> list[int]:
         kwargs = {"chat_template": template} if template else {}
         if not template and not getattr(self.tokenizer, "chat_template", None):
+            from training.data import install_template  # lazily: training.data imports torch
+
             install_template(self.tokenizer, "alpaca")
         ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                  return_dict=True, **kwargs)["input_ids"]
