@@ -301,6 +301,7 @@ def scale_queries(*, member, superuser, big_task: int) -> dict:
     """Plans and timings of the task list (a team member's and a superuser's; first and a deep page) and of
     keyset event pages. Each timing runs a fresh clone of the queryset (a sliced queryset caches its rows)."""
     from accounts.visibility import Principal
+    from jobs.services import job_events_page
     from training import services
     from training.models import TrainingTask
 
@@ -318,7 +319,7 @@ def scale_queries(*, member, superuser, big_task: int) -> dict:
     }
     out = {name: (timed(lambda qs=qs: list(qs.all())), explain(qs)) for name, qs in queries.items()}
     out["events, /api/ page (service)"] = (
-        timed(lambda: services.training_events_page(task=task, after=middle_id, limit=100)), "")
+        timed(lambda: job_events_page(job=task, after=middle_id, limit=100)), "")
     return out
 
 
