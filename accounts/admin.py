@@ -4,8 +4,9 @@ from django import forms
 from django.contrib import admin, messages
 from django.utils.html import format_html
 
-from accounts import services, visibility
+from accounts import selectors, services, visibility
 from accounts.models import ApiToken, Membership, Team
+from core.errors import ApplicationError
 
 
 class MembershipInline(admin.TabularInline):
@@ -26,8 +27,21 @@ class MembershipInline(admin.TabularInline):
         return super().has_delete_permission(request, obj) and self._can_manage(request, obj)
 
 
+class TeamForm(forms.ModelForm):
+    class Meta:
+        model = Team
+        fields = ["name", "display_name"]
+
+    def clean_name(self):
+        try:
+            return services.team_check_name(self.cleaned_data.get("name", ""))
+        except ApplicationError as exc:
+            raise forms.ValidationError(exc.message) from None
+
+
 @admin.register(Team)
 class TeamAdmin(admin.ModelAdmin):
+    form = TeamForm
     list_display = ["name", "display_name", "member_count", "created_at"]
     search_fields = ["name", "display_name"]
     inlines = [MembershipInline]
@@ -50,6 +64,19 @@ class TeamAdmin(admin.ModelAdmin):
             return True
         return obj is not None and visibility.can_manage(request.user, obj) and \
             request.user.has_perm("accounts.change_membership")
+
+    def get_readonly_fields(self, request, obj=None):
+        # A team's name is part of every model id its clients saved (ft:<base>:<team>:..., <team>/<name>:production).
+        return ["name"] if obj is not None else []
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        # A new team goes through the service (only superusers create teams), like the API and the command.
+        team = services.team_create(user=request.user, name=obj.name, display_name=obj.display_name)
+        obj.pk, obj.created_at, obj.display_name = team.pk, team.created_at, team.display_name
+        obj._state.adding = False
 
     def save_formset(self, request, form, formset, change):
         # Membership changes go through the service so that admin permissions follow the role.
@@ -101,8 +128,11 @@ class ApiTokenCreateForm(forms.ModelForm):
     def clean(self):
         data = super().clean()
         user, team = data.get("user"), data.get("team")
-        if user and team and not user.is_superuser and not Membership.objects.filter(user=user, team=team).exists():
-            raise forms.ValidationError(f"{user} is not a member of team {team}.")
+        if user and team:
+            try:
+                services.api_token_check_owner(user=user, team=team)  # the service's rule, not a copy of it
+            except ApplicationError as exc:
+                raise forms.ValidationError(exc.message) from None
         return data
 
 
@@ -116,13 +146,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
     actions = ["revoke"]
 
     def get_queryset(self, request):
-        qs = super().get_queryset(request)
-        manage = visibility.team_ids(request.user, manage=True)
-        if manage is None:
-            return qs
-        from django.db.models import Q
-
-        return qs.filter(Q(user=request.user) | Q(team_id__in=manage))
+        return selectors.api_tokens_visible(request.user)
 
     def get_form(self, request, obj=None, **kwargs):
         if obj is None:

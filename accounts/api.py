@@ -10,8 +10,9 @@ from accounts import services
 from accounts.auth import principal
 from accounts.models import ApiToken, Membership, Team
 from accounts.schemas import MemberIn, MemberOut, MeOut, TeamIn, TeamOut, TokenCreatedOut, TokenIn, TokenOut
-from accounts.visibility import get_visible, resolve_team, team_ids, teams
-from core.errors import NotFound, PermissionDenied
+from accounts.selectors import api_tokens_visible
+from accounts.visibility import get_visible, resolve_team, teams
+from core.errors import NotFound
 from core.pagination import Mapped, Pagination
 from core.schemas import ErrorOut
 
@@ -46,9 +47,7 @@ def team_list(request):
 
 @router.post("/teams", response={201: TeamOut, **ERRORS})
 def team_create(request, payload: TeamIn):
-    if not principal(request).is_superuser:
-        raise PermissionDenied("Only superusers create teams.")
-    team = services.team_create(name=payload.name, display_name=payload.display_name)
+    team = services.team_create(user=principal(request), name=payload.name, display_name=payload.display_name)
     return Status(201, _team_out(team, {}))
 
 
@@ -90,21 +89,10 @@ def _token_out(token: ApiToken) -> dict:
             "revoked_at": token.revoked_at}
 
 
-def _tokens_visible(who):
-    """Own tokens; team admins also see their teams' tokens."""
-    qs = ApiToken.objects.select_related("team", "user")
-    manage = team_ids(who, manage=True)
-    if manage is None:
-        return qs
-    from django.db.models import Q
-
-    return qs.filter(Q(user=who.user) | Q(team_id__in=manage))
-
-
 @router.get("/tokens", response=list[TokenOut])
 @paginate(Pagination)
 def token_list(request):
-    return Mapped(_tokens_visible(principal(request)), _token_out)  # the page is cut in SQL
+    return Mapped(api_tokens_visible(principal(request)), _token_out)  # the page is cut in SQL
 
 
 @router.post("/tokens", response={201: TokenCreatedOut, **ERRORS})
@@ -119,5 +107,5 @@ def token_create(request, payload: TokenIn):
 @router.post("/tokens/{token_id}/revoke", response={200: TokenOut, **ERRORS})
 def token_revoke(request, token_id: int):
     who = principal(request)
-    token = get_visible(who, _tokens_visible(who), team_field="team", pk=token_id)
+    token = get_visible(who, api_tokens_visible(who), team_field="team", pk=token_id)
     return _token_out(services.api_token_revoke(token=token, actor=who))

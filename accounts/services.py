@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from accounts.models import ApiToken, Membership, Role, Team
 from accounts.roles import sync_user_groups
-from accounts.visibility import as_principal, can_manage, forget_roles
+from accounts.visibility import Actor, as_principal, can_manage, forget_roles
 from core.errors import ApplicationError, Conflict, NotFound, PermissionDenied
 
 TEAM_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -24,12 +24,22 @@ TEAM_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 LAST_USED_RESOLUTION = timedelta(seconds=60)
 
 
-def team_create(*, name: str, display_name: str = "") -> Team:
+def team_check_name(name: str) -> str:
+    """The name, stripped, or ``ApplicationError`` when it is not a valid team name."""
     name = (name or "").strip()
     if not TEAM_NAME_RE.match(name):
         raise ApplicationError(
             "Team name must be 1-64 lowercase letters, digits, '-' or '_', starting with a letter or digit.",
             code="invalid_team_name", param="name")
+    return name
+
+
+def team_create(*, user: Actor | None = None, name: str, display_name: str = "") -> Team:
+    """Create a team. Only superusers create teams: every door (``/api/``, the admin, ``manage.py create_team``)
+    passes its acting user. ``user=None`` is for setup code that runs before any door (test fixtures, benchmarks)."""
+    if user is not None and not as_principal(user).is_superuser:
+        raise PermissionDenied("Only superusers create teams.", code="permission_denied")
+    name = team_check_name(name)
     try:
         with transaction.atomic():
             return Team.objects.create(name=name, display_name=display_name or name)
@@ -70,9 +80,12 @@ def membership_remove(*, team: Team, user, actor=None) -> None:
 
 
 def member_add(*, team_name: str, username: str, role: str, password: str | None = None,
-               email: str = "") -> tuple[object, Membership, bool]:
-    """Create the user if missing (with ``password`` or an unusable one) and give them ``role`` in the team."""
+               email: str = "", actor: Actor | None = None) -> tuple[object, Membership, bool]:
+    """Create the user if missing (with ``password`` or an unusable one) and give them ``role`` in the team.
+    ``actor`` (a command's acting user) must manage the team."""
     team = team_get(team_name)
+    if actor is not None and not can_manage(actor, team):
+        raise PermissionDenied("Only team admins can manage members.")
     User = get_user_model()
     username = (username or "").strip()
     if not username:
@@ -88,7 +101,7 @@ def member_add(*, team_name: str, username: str, role: str, password: str | None
         elif password:
             user.set_password(password)
             user.save(update_fields=["password"])
-        membership = membership_set(team=team, user=user, role=role)
+        membership = membership_set(team=team, user=user, role=role, actor=actor)
     return user, membership, created
 
 
@@ -96,10 +109,15 @@ def _hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def api_token_create(*, user, team: Team, name: str = "", expires_days: int | None = None) -> tuple[ApiToken, str]:
-    """Create a token for ``user`` scoped to ``team``; returns the row and the secret (shown once)."""
+def api_token_check_owner(*, user, team: Team) -> None:
+    """A token is scoped to a team its user belongs to (superusers: any team)."""
     if not user.is_superuser and not Membership.objects.filter(user=user, team=team).exists():
         raise PermissionDenied(f"{user} is not a member of team {team.name!r}.", code="not_a_member", param="team")
+
+
+def api_token_create(*, user, team: Team, name: str = "", expires_days: int | None = None) -> tuple[ApiToken, str]:
+    """Create a token for ``user`` scoped to ``team``; returns the row and the secret (shown once)."""
+    api_token_check_owner(user=user, team=team)
     if expires_days is not None and expires_days < 1:
         raise ApplicationError("expires_days must be at least 1.", code="invalid_expiry", param="expires_days")
     secret = settings.API_TOKEN_PREFIX + secrets.token_urlsafe(32)

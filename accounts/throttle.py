@@ -21,8 +21,7 @@ from django.core.exceptions import ValidationError
 
 
 def _limits() -> tuple[int, int, int]:
-    return (getattr(settings, "LOGIN_FAILURE_LIMIT", 5), getattr(settings, "LOGIN_FAILURE_LIMIT_PER_IP", 20),
-            getattr(settings, "LOGIN_LOCKOUT_SECONDS", 900))
+    return settings.LOGIN_FAILURE_LIMIT, settings.LOGIN_FAILURE_LIMIT_PER_IP, settings.LOGIN_LOCKOUT_SECONDS
 
 
 def _keys(username: str, ip: str) -> list[tuple[str, int]]:

@@ -22,6 +22,8 @@ class BaseModelAdmin(TeamScopedAdmin):
     readonly_fields = ["kind", "path", "source_path", "format", "architecture", "model_type", "parameter_count",
                        "size_bytes", "tokenizer_present", "has_chat_template", "config", "bundled", "available",
                        "created_at", "last_scanned_at", "created_by"]
+    # The team is read-only: moving a global model into a team (or between teams) would hide it from the
+    # others and break their tasks. The name changes only through base_model_rename.
     fields = ["name", "team", *readonly_fields]
     actions = ["rescan"]
     change_list_template = "admin/catalog/basemodel/change_list.html"
@@ -29,6 +31,26 @@ class BaseModelAdmin(TeamScopedAdmin):
     def has_add_permission(self, request):
         # Models are registered by scanning folders on the server, not typed in.
         return False
+
+    def get_readonly_fields(self, request, obj=None):
+        return ["team", *self.readonly_fields]
+
+    def save_model(self, request, obj, form, change):
+        # Never obj.save(): a scan writes the other columns; the rename rule (and its audit entry) is the service's.
+        if change and "name" in form.changed_data:
+            renamed = self.call_service(request, services.base_model_rename, user=request.user,
+                                        model=BaseModel.objects.get(pk=obj.pk), name=form.cleaned_data["name"])
+            if renamed is None:
+                request._service_refused = True
+
+    def log_change(self, request, obj, message):
+        # base_model_rename writes the history entry (with the old and new name).
+        return None
+
+    def response_change(self, request, obj):
+        if getattr(request, "_service_refused", False):
+            return redirect(request.path)  # the error message is shown; nothing changed
+        return super().response_change(request, obj)
 
     @admin.display(description="Parameters", ordering="parameter_count")
     def params(self, obj: BaseModel) -> str:

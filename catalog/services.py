@@ -9,17 +9,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.conf import settings
-from django.db import transaction
+from django.contrib.admin.models import CHANGE, LogEntry
+from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from accounts.models import Team
-from accounts.visibility import acting_user, get_visible, visible_to
+from accounts.visibility import Actor, acting_user, get_visible, require_write, team_ids, visible_to
 from catalog import model_scan
 from catalog.models import BaseModel
-from core.errors import ApplicationError, NotFound
+from core.errors import ApplicationError, Conflict, NotFound, PermissionDenied
 
 log = logging.getLogger(__name__)
 SAFE_NAME_RE = re.compile(r"[^A-Za-z0-9._-]+")
+# A base model's name is part of model ids (``ft:<base>:<team>:<suffix>:<id>``, ``team/name:production``):
+# no ``:``, ``/`` or whitespace in it.
+BASE_MODEL_NAME_RE = re.compile(r"^[^\s:/]{1,200}$")
 
 
 @dataclass
@@ -69,7 +74,9 @@ def _register(candidate: model_scan.Candidate, folder: Path, *, team: Team | Non
         "last_scanned_at": timezone.now(),
     }
     with transaction.atomic():
-        obj = BaseModel.objects.select_for_update().filter(name=candidate.name).first()
+        # By name, else by folder: a model renamed in the admin is still the model in that folder.
+        obj = BaseModel.objects.select_for_update().filter(name=candidate.name).first() or \
+            BaseModel.objects.select_for_update().filter(path=values["path"]).first()
         if obj is None:
             obj = BaseModel.objects.create(name=candidate.name, team=team, created_by=acting_user(user), **values)
             action = "added"
@@ -87,13 +94,19 @@ def _register(candidate: model_scan.Candidate, folder: Path, *, team: Team | Non
                    size_bytes=obj.size_bytes, path=obj.path)
 
 
-def base_models_scan(*, paths: Iterable[str | Path] | None = None, include_defaults: bool = True,
-                     team: Team | None = None, user=None,
+def base_models_scan(*, user: Actor, paths: Iterable[str | Path] | None = None, include_defaults: bool = True,
+                     team: Team | None = None,
                      progress: Callable[[str, int, int], None] | None = None) -> ScanReport:
     """Register base models found on disk; convert GGUF files once; mark vanished ones unavailable.
 
-    ``progress(name, index, total)`` is called before each candidate is processed.
+    Scanning needs a writer role: a superuser, or a member or admin of some team (of ``team`` when new models
+    are registered as that team's). ``progress(name, index, total)`` is called before each candidate.
     """
+    writable = team_ids(user, write=True)
+    if writable is not None and not writable:
+        raise PermissionDenied("Scanning needs a member or admin role in a team.")
+    if team is not None:
+        require_write(user, team)
     report = ScanReport()
     converted_root = models_dir().resolve()
     candidates: list[model_scan.Candidate] = []
@@ -146,7 +159,7 @@ def base_models_scan(*, paths: Iterable[str | Path] | None = None, include_defau
     return report
 
 
-def base_model_list(*, user, kind: str | None = None, available: bool | None = None):
+def base_model_list(*, user: Actor, kind: str | None = None, available: bool | None = None) -> QuerySet[BaseModel]:
     qs = visible_to(user, BaseModel.objects.all(), include_global=True)
     if kind:
         qs = qs.filter(kind=kind)
@@ -155,7 +168,7 @@ def base_model_list(*, user, kind: str | None = None, available: bool | None = N
     return qs
 
 
-def base_model_get(*, user, ref: str | int, kind: str | None = None, require_available: bool = True) -> BaseModel:
+def base_model_get(*, user: Actor, ref: str | int, kind: str | None = None, require_available: bool = True) -> BaseModel:
     """Find a base model the user can see by id or name; optionally require its kind and availability."""
     qs = BaseModel.objects.all()
     lookup = {"pk": int(ref)} if isinstance(ref, int) or str(ref).isdigit() else {"name": str(ref)}
@@ -170,3 +183,42 @@ def base_model_get(*, user, ref: str | int, kind: str | None = None, require_ava
         raise ApplicationError(f"Base model {obj.name!r} is unavailable: its folder {obj.path} is missing. "
                                "Run `manage.py scan_models`.", code="model_unavailable", param="base_model")
     return obj
+
+
+def base_model_rename(*, user: Actor, model: BaseModel, name: str) -> BaseModel:
+    """Rename a base model (its team's writers; global models: superusers), recorded in the admin history.
+
+    A base model's name is part of every ``ft:<base>:<team>:<suffix>:<id>`` id of the tasks trained on it, and
+    clients keep those ids; so once a training task used the model, its name is fixed (409). Only the name
+    column is written: a scan may update the others at the same time.
+    """
+    require_write(user, model)
+    new = (name or "").strip()
+    if not BASE_MODEL_NAME_RE.match(new):
+        raise ApplicationError("A base model name is 1-200 characters without spaces, ':' or '/'.",
+                               code="invalid_parameter", param="name")
+    with transaction.atomic():
+        locked = BaseModel.objects.select_for_update().get(pk=model.pk)
+        if new == locked.name:
+            return locked
+        tasks = locked.training_tasks.count()
+        if tasks:
+            raise Conflict(f"Base model {locked.name!r} cannot be renamed: {tasks} training task(s) were trained on "
+                           f"it, and their fine-tuned model ids (ft:{locked.name}:...) name it. Clients that saved "
+                           "those ids would get 404.", code="model_in_use", param="name")
+        if BaseModel.objects.filter(name=new).exclude(pk=locked.pk).exists():
+            raise Conflict(f"A base model named {new!r} already exists.", code="name_taken", param="name")
+        old = locked.name
+        try:
+            with transaction.atomic():
+                BaseModel.objects.filter(pk=locked.pk).update(name=new)
+        except IntegrityError:
+            raise Conflict(f"A base model named {new!r} already exists.", code="name_taken", param="name") from None
+        who = acting_user(user)
+        if who is not None:
+            LogEntry.objects.log_actions(user_id=who.pk, queryset=BaseModel.objects.filter(pk=locked.pk),
+                                         action_flag=CHANGE, single_object=True,
+                                         change_message=f"Renamed from {old!r} to {new!r}.")
+        log.info("base model %s renamed %r -> %r by %s", locked.pk, old, new, who)
+    locked.refresh_from_db()
+    return locked

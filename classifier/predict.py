@@ -28,7 +28,7 @@ _LOAD_LOCK = threading.Lock()
 
 
 def cache_size() -> int:
-    return max(1, int(getattr(settings, "CLASSIFIER_CACHE_SIZE", 4)))
+    return max(1, int(settings.CLASSIFIER_CACHE_SIZE))
 
 
 def _key(adapter) -> tuple:
@@ -38,7 +38,7 @@ def _key(adapter) -> tuple:
 def _device() -> str:
     import torch
 
-    wanted = getattr(settings, "TRAINING_DEVICE", "auto")
+    wanted = settings.TRAINING_DEVICE
     if wanted not in ("", "auto"):
         return wanted if (not wanted.startswith("cuda") or torch.cuda.is_available()) else "cpu"
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -81,4 +81,4 @@ def clear_cache() -> None:
 def classify(adapter, texts: list[str]) -> list[dict]:
     loaded = get_model(adapter)
     return predict_texts(loaded.model, loaded.tokenizer, loaded.id2label, texts, max_length=loaded.max_length,
-                         device=loaded.device, batch_size=int(getattr(settings, "CLASSIFIER_MAX_BATCH", 64)))
+                         device=loaded.device, batch_size=int(settings.CLASSIFIER_MAX_BATCH))

@@ -207,6 +207,8 @@ INFERENCE_TEAM_REQUESTS_PER_MINUTE = env_int("INFERENCE_TEAM_REQUESTS_PER_MINUTE
 INFERENCE_TEAM_TOKENS_PER_MINUTE = env_int("INFERENCE_TEAM_TOKENS_PER_MINUTE", 200_000, minimum=1)
 # Classifier predictions (/api/classifier/{adapter}/predict): texts per request.
 CLASSIFIER_MAX_BATCH = env_int("CLASSIFIER_MAX_BATCH", 64, minimum=1)
+# Classifier adapters kept loaded for predictions (an LRU; each is a small encoder plus its LoRA weights).
+CLASSIFIER_CACHE_SIZE = env_int("CLASSIFIER_CACHE_SIZE", 4, minimum=1)
 # Queue quota of one team: active (queued, running, paused) fine-tuning jobs; beyond it /v1/ answers 429.
 TEAM_MAX_ACTIVE_JOBS = env_int("TEAM_MAX_ACTIVE_JOBS", 20, minimum=1)
 

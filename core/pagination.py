@@ -1,7 +1,14 @@
-"""One pagination style for every /api/ list: ``?limit=&offset=``, ``{"items": [...], "count": N}``."""
+"""One pagination style for every /api/ list: ``?limit=&offset=``, ``{"items": [...], "count": N}``.
+
+A page holds ``DEFAULT_LIMIT`` rows unless ``?limit=`` asks for another size; a larger ``limit`` than
+``MAX_LIMIT`` is capped to it (one request never loads a whole table).
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+from ninja import Field, Schema
 from ninja.pagination import LimitOffsetPagination
 
 DEFAULT_LIMIT = 50
@@ -9,8 +16,13 @@ MAX_LIMIT = 500
 
 
 class Pagination(LimitOffsetPagination):
-    class Input(LimitOffsetPagination.Input):
-        pass
+    class Input(Schema):
+        limit: int = Field(DEFAULT_LIMIT, ge=1, description=f"Rows per page (default {DEFAULT_LIMIT}); values above "
+                                                           f"{MAX_LIMIT} are capped to {MAX_LIMIT}.")
+        offset: int = Field(0, ge=0)
+
+    def __init__(self, max_limit: int = MAX_LIMIT, **kwargs: Any) -> None:
+        super().__init__(max_limit=min(max_limit, MAX_LIMIT), **kwargs)
 
 
 class Mapped:

@@ -27,12 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from datasets_app import formats
-
-# Used when a model has no chat template of its own (base models): ChatML, the most common one.
-FALLBACK_CHAT_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
-    "'<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+from datasets_app.prompt_templates import fallback_template
 
 
 @dataclass
@@ -96,7 +91,7 @@ def _apply(tokenizer: Any, messages: list[dict], *, add_generation_prompt: bool,
 
 def _conversation(tokenizer: Any, record: dict) -> tuple[list[dict], list[dict] | None, str | None]:
     """The messages and tools to render, and the template to render them with (None: the tokenizer's)."""
-    template = None if has_chat_template(tokenizer) else FALLBACK_CHAT_TEMPLATE
+    template = None if has_chat_template(tokenizer) else fallback_template()
     native = formats.template_supports_tools(template or tokenizer.chat_template)
     messages, tools = formats.template_messages(_as_chat(record), native_tools=native)
     return messages, tools, template

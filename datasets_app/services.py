@@ -1,8 +1,8 @@
 """Business rules for datasets: upload (validate, normalise, store), find, split, inspect, delete, style build.
 
 Every door (the /api/ router, the admin, the commands, the training side) calls these functions.
-``user`` is a Django user or an ``accounts.visibility.Principal``; ``OPERATOR`` stands for the person
-at the server's shell (commands run without ``--user``) and may act on every team.
+``user`` is a Django user or an ``accounts.visibility.Principal``; commands act as a real user too
+(``accounts.commands.command_actor``).
 """
 
 from __future__ import annotations
@@ -22,12 +22,11 @@ from typing import IO, Any
 
 import pydantic
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.db.models import Count, Max, ProtectedError, QuerySet
 
 from accounts.models import Team
-from accounts.visibility import Principal, as_principal, require_write, resolve_team, visible_to
+from accounts.visibility import Principal, acting_user, as_principal, require_write, resolve_team, visible_to
 from core.errors import ApplicationError, Conflict, NotFound
 from datasets_app import formats, render, storage, style, validation
 from datasets_app.models import Dataset, DatasetVersion
@@ -39,30 +38,6 @@ DATASET_NAME_RE = re.compile(r"^\w[\w.\-]{0,99}$")
 VERSION_REF_RE = re.compile(r"^(?:(?P<team>[\w-]+)/)?(?P<name>\w[\w.\-]{0,99}?)(?:@(?P<number>\d+))?$")
 DEFAULT_MAX_TOKENS = 2048
 PREVIEW_MAX = 50
-
-
-class _Operator:
-    """The server's operator (a management command without ``--user``): every team, no user row."""
-
-    is_superuser = True
-    is_authenticated = True
-    is_active = True
-    is_staff = True
-    pk = None
-    id = None
-    username = "operator"
-
-    def __str__(self) -> str:
-        return "operator"
-
-
-OPERATOR = Principal(user=_Operator())
-
-
-def _actor(who: Principal):
-    """The user row to record as ``created_by`` (None for the operator)."""
-    user = who.user
-    return user if isinstance(user, get_user_model()) and user.pk else None
 
 
 def validation_limits() -> validation.Limits:
@@ -249,7 +224,7 @@ def _dataset_for(team: Team, name: str, *, description: str, fmt: str | None, wh
         try:
             with transaction.atomic():
                 dataset = Dataset.objects.create(team=team, name=name, description=description,
-                                                 format=fmt or "", created_by=_actor(who))
+                                                 format=fmt or "", created_by=acting_user(who))
         except IntegrityError:  # created concurrently by another upload
             dataset = Dataset.objects.get(team=team, name=name)
     elif description and description != dataset.description:
@@ -325,7 +300,7 @@ def dataset_upload(*, user, team: Team | str | int | None, name: str, fileobj: I
             stats["tokens"] = {model.name: stats["tokens"]}
         report_data = report.to_dict()
         common = {"source_filename": filename, "format": report.format or fmt or "", "report": report_data,
-                  "stats": stats, "created_by": _actor(who),
+                  "stats": stats, "created_by": acting_user(who),
                   "mapping": mapping.model_dump(exclude_none=True) if mapping else {}}
         if not report.usable:
             writer.abort()
@@ -441,14 +416,6 @@ def iter_records(version: DatasetVersion) -> Iterator[dict]:
             yield json.loads(line)
 
 
-def split_pair(version: DatasetVersion) -> tuple[DatasetVersion, DatasetVersion] | None:
-    """The most recent (train, validation) pair cut from ``version``, if any."""
-    children = list(version.splits.filter(status=DatasetVersion.Status.READY).order_by("-number")[:2])
-    train = next((c for c in children if c.split_role == DatasetVersion.SplitRole.TRAIN), None)
-    val = next((c for c in children if c.split_role == DatasetVersion.SplitRole.VALIDATION), None)
-    return (train, val) if train and val else None
-
-
 def _existing_split(version: DatasetVersion, *, seed: int | None, ratio: float | None,
                     val_sha: str | None = None) -> tuple[DatasetVersion, DatasetVersion] | None:
     qs = version.splits.filter(status=DatasetVersion.Status.READY, split_seed=seed)
@@ -483,7 +450,7 @@ def _write_split(parent: DatasetVersion, val_rows: set[int], *, seed: int | None
         val_w.abort()
         raise
     common = {"format": parent.format, "status": DatasetVersion.Status.READY, "parent": parent,
-              "split_seed": seed, "split_ratio": ratio, "created_by": _actor(who)}
+              "split_seed": seed, "split_ratio": ratio, "created_by": acting_user(who)}
     with transaction.atomic():
         train = _create_version(parent.dataset, sha256=train_w.sha256, path=train_path, row_count=train_w.rows,
                                 split_role=DatasetVersion.SplitRole.TRAIN,
@@ -569,7 +536,7 @@ def _attach_validation(who: Principal, version: DatasetVersion, validation_ref: 
         return existing
     ratio = val_src.row_count / max(1, val_src.row_count + version.row_count)
     common = {"format": version.format, "status": DatasetVersion.Status.READY, "parent": version,
-              "split_seed": None, "split_ratio": ratio, "created_by": _actor(who)}
+              "split_seed": None, "split_ratio": ratio, "created_by": acting_user(who)}
     with transaction.atomic():
         train = _create_version(version.dataset, sha256=version.sha256, path=version.path,
                                 row_count=version.row_count, split_role=DatasetVersion.SplitRole.TRAIN,

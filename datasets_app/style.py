@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -372,9 +372,3 @@ def read_article(path: Path, root: Path) -> Article:
     return Article(path=path, relative=str(path.relative_to(root)), title=title,
                    date=str(date) if date else None, tags=[str(t) for t in tags if str(t).strip()],
                    paragraphs=paragraphs)
-
-
-def iter_articles(source_dir: Path) -> Iterator[Article]:
-    root = Path(source_dir)
-    for path in find_articles(root):
-        yield read_article(path, root)

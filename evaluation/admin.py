@@ -7,6 +7,7 @@ import io
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.db.models import Prefetch
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
@@ -105,12 +106,20 @@ class EvaluationRunAdmin(TeamScopedAdmin):
     def perplexity(self, obj: EvaluationRun) -> str:
         return obj.ppl_summary or "—"
 
+    def get_queryset(self, request):
+        # The win-rate column reads the latest closed review's votes: prefetched for the page, not a query per row.
+        closed = Review.objects.filter(status=Review.Status.CLOSED).prefetch_related("pairs__votes")
+        return super().get_queryset(request).prefetch_related(Prefetch("reviews", queryset=closed,
+                                                                       to_attr="closed_reviews"))
+
     @admin.display(description="Adapter win rate")
     def win_rate(self, obj: EvaluationRun) -> str:
-        review = obj.reviews.filter(status=Review.Status.CLOSED).first()
-        if review is None:
+        reviews = getattr(obj, "closed_reviews", None)
+        if reviews is None:  # not loaded through get_queryset
+            reviews = list(obj.reviews.filter(status=Review.Status.CLOSED).prefetch_related("pairs__votes"))
+        if not reviews:
             return "—"
-        rate = (services.review_results(user=None, review=review).get("adapter") or {}).get("win_rate")
+        rate = services.review_win_rate(reviews[0])  # the latest (reviews are ordered newest first)
         return f"{rate:.0%}" if rate is not None else "—"
 
     @admin.action(description="Cancel selected runs")
@@ -233,7 +242,7 @@ class ReviewAdmin(TeamScopedAdmin):
     def results_view(self, request, pk: int):
         review = self._review(request, pk)
         context = {**self.admin_site.each_context(request), "opts": self.model._meta, "review": review,
-                   "results": services.review_results(user=request.user, review=review),
+                   "results": services.review_results(review=review),
                    "title": f"Results of review {review.pk}"}
         return TemplateResponse(request, "admin/evaluation/review/results.html", context)
 

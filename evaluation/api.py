@@ -103,7 +103,7 @@ def review_close(request, review_id: int):
 @router.get("/evaluation/reviews/{review_id}/results", response={200: dict, **ERRORS})
 def review_results(request, review_id: int):
     who = principal(request)
-    return services.review_results(user=who, review=services.review_get(user=who, ref=review_id))
+    return services.review_results(review=services.review_get(user=who, ref=review_id))
 
 
 @router.get("/evaluation/reviews/{review_id}/votes.csv", response={200: None, **ERRORS})

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from django.conf import settings
 
+from datasets_app.prompt_templates import fallback_template
+
 
 @dataclass
 class GenerationRequest:
@@ -81,9 +83,7 @@ class _LoadedBase:
     def render(self, messages: list[dict], template: str | None) -> list[int]:
         kwargs = {"chat_template": template} if template else {}
         if not template and not getattr(self.tokenizer, "chat_template", None):
-            from training.data import install_template  # lazily: training.data imports torch
-
-            install_template(self.tokenizer, "alpaca")
+            self.tokenizer.chat_template = fallback_template()
         ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                  return_dict=True, **kwargs)["input_ids"]
         return list(ids)

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from datasets_app.formats import template_messages, template_supports_tools
+from datasets_app.prompt_templates import FALLBACK_TEMPLATES
 from training.errors import TrainingError
 
 # see training/recipe.py: must be set before torch is first imported (this module imports it)
@@ -47,34 +48,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant", "tool")
-
-# Fallback templates for base models without a chat template. They are installed as the tokenizer's
-# chat_template, so the adapter's saved tokenizer renders prompts exactly as training did.
-FALLBACK_TEMPLATES = {
-    "chatml": (
-        "{% for message in messages %}"
-        "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-        "{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-    ),
-    "alpaca": (
-        "{% for message in messages %}"
-        "{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}"
-        "{% elif message['role'] == 'assistant' %}{{ '### Response:\n' + message['content'] + (eos_token or '') + '\n\n' }}"
-        "{% else %}{{ '### Instruction:\n' + message['content'] + '\n\n' }}{% endif %}"
-        "{% endfor %}"
-        "{% if add_generation_prompt %}{{ '### Response:\n' }}{% endif %}"
-    ),
-    "alpaca_zh": (
-        "{% for message in messages %}"
-        "{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}"
-        "{% elif message['role'] == 'assistant' %}{{ '### 回應：\n' + message['content'] + (eos_token or '') + '\n\n' }}"
-        "{% else %}{{ '### 指令：\n' + message['content'] + '\n\n' }}{% endif %}"
-        "{% endfor %}"
-        "{% if add_generation_prompt %}{{ '### 回應：\n' }}{% endif %}"
-    ),
-}
-
 
 def install_template(tokenizer, template: str) -> None:
     """Make ``tokenizer.chat_template`` the template training renders with."""

@@ -6,7 +6,6 @@ task creation, the child process at run time), never at import.
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 
 from django.conf import settings
@@ -14,7 +13,7 @@ from django.conf import settings
 
 @lru_cache(maxsize=1)
 def detect_device() -> str:
-    wanted = getattr(settings, "TRAINING_DEVICE", "auto")
+    wanted = settings.TRAINING_DEVICE
     if wanted in ("cpu", "cuda"):
         return wanted
     try:
@@ -27,7 +26,7 @@ def detect_device() -> str:
 
 def available_memory_bytes(device: str) -> int:
     """Memory a new run may use: free RAM on CPU, the GPU's total memory on CUDA (runs are one per GPU)."""
-    override = getattr(settings, "TRAINING_MEMORY_LIMIT_BYTES", None)
+    override = settings.TRAINING_MEMORY_LIMIT_BYTES
     if override:
         return int(override)
     if device == "cuda":
@@ -43,10 +42,3 @@ def gpu_memory_gb() -> float | None:
     if detect_device() != "cuda":
         return None
     return available_memory_bytes("cuda") / 1024**3
-
-
-def cpu_threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1

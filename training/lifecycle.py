@@ -127,6 +127,59 @@ def _copy_state(target: Adapter, source: Adapter) -> Adapter:
     return target
 
 
+# ============================================================================================ rename
+
+# The served name is ``<team>/<model name>:production``: no ``/``, ``:`` or whitespace in a model name.
+MODEL_NAME_RE = re.compile(r"^[^\s/:]{1,200}$")
+
+
+def adapter_rename(*, user: Actor, adapter: Adapter, name: str | None = None,
+                   model_name: str | None = None) -> Adapter:
+    """Change the adapter's name and/or the model name it is served under, with an audit event.
+
+    Only these two columns are written. ``ft:`` ids name the training task and its base model, not the
+    adapter, so they keep resolving. A new model name of an adapter in production moves
+    ``<team>/<model name>:production`` with it; when another adapter is already in production under that
+    model name the rename is refused (409), like a second approval would be."""
+    visibility.require_write(user, adapter)
+    values: dict[str, str] = {}
+    with transaction.atomic():
+        locked = _locked(adapter)
+        if name is not None and name.strip() != locked.name:
+            name = name.strip()
+            if not name or len(name) > 200:
+                raise ApplicationError("name must be 1-200 characters.", code="invalid_parameter", param="name")
+            if Adapter.objects.filter(team_id=locked.team_id, name=name).exclude(pk=locked.pk).exists():
+                raise Conflict(f"Another adapter of team {locked.team.name!r} is named {name!r}.", code="name_taken",
+                               param="name")
+            values["name"] = name
+        if model_name is not None and model_name.strip() != locked.model_name:
+            model_name = model_name.strip() or values.get("name", locked.name)
+            if not MODEL_NAME_RE.match(model_name):
+                raise ApplicationError("model_name must be 1-200 characters without spaces, '/' or ':'.",
+                                       code="invalid_parameter", param="model_name")
+            if model_name != locked.model_name:
+                values["model_name"] = model_name
+        if not values:
+            return _copy_state(adapter, locked)
+        try:
+            with transaction.atomic():
+                Adapter.objects.filter(pk=locked.pk).update(**values)
+        except IntegrityError:
+            if "model_name" in values and locked.stage == Stage.PRODUCTION:
+                raise Conflict(f"Another adapter is in production as {locked.team.name}/{values['model_name']}; "
+                               "move it out of production first.", code="production_conflict",
+                               param="model_name") from None
+            raise Conflict(f"Another adapter of team {locked.team.name!r} is named {values.get('name')!r}.",
+                           code="name_taken", param="name") from None
+        changes = {key: {"from": getattr(locked, key), "to": value} for key, value in values.items()}
+        _event(locked, user, AdapterEvent.Action.RENAMED,
+               note="; ".join(f"{key}: {c['from']} -> {c['to']}" for key, c in changes.items()), data=changes)
+        locked.refresh_from_db()
+    adapter.name, adapter.model_name = locked.name, locked.model_name
+    return _copy_state(adapter, locked)
+
+
 # ============================================================================================ stages
 
 def adapter_promote(*, user, adapter: Adapter, stage: str, note: str = "") -> Adapter:

@@ -159,6 +159,7 @@ class AdapterEvent(models.Model):
         DELETED = "deleted", "Files deleted"
         EXPORTED = "exported", "Exported"
         MERGED = "merged", "Merge queued"
+        RENAMED = "renamed", "Renamed"
 
     adapter = models.ForeignKey(Adapter, on_delete=models.CASCADE, related_name="events")
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,

@@ -18,6 +18,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from datasets_app.prompt_templates import DEFAULT_FALLBACK
+
 Auto = Literal["auto"]
 AUTO = "auto"
 
@@ -345,7 +347,7 @@ def resolve_params(
         packing = bool(p.packing)
 
     if p.template == AUTO:
-        template = "chat_template" if has_chat_template else "alpaca"
+        template = "chat_template" if has_chat_template else DEFAULT_FALLBACK
         why["template"] = "the base model's chat template" if has_chat_template else (
             "the base model has no chat template: '### Instruction / ### Response' (alpaca)"
         )

@@ -12,6 +12,12 @@ from accounts.services import api_token_authenticate
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture(autouse=True)
+def root(django_user_model):
+    """Commands act as a real user: without --user and outside a team, the first superuser."""
+    return django_user_model.objects.create_superuser("root", password="x")
+
+
 def run(*args) -> tuple[str, str]:
     out, err = io.StringIO(), io.StringIO()
     call_command(*args, stdout=out, stderr=err)
@@ -27,6 +33,24 @@ def test_create_team_and_refuse_duplicate_or_bad_name():
         run("create_team", "Bad Name!")
 
 
+def test_only_superusers_create_teams_even_from_the_shell():
+    run("create_team", "nlp")
+    run("add_member", "nlp", "ann", "--role", "admin")
+    with pytest.raises(CommandError, match="Only superusers create teams"):
+        run("create_team", "vision", "--user", "ann")
+    assert not Team.objects.filter(name="vision").exists()
+
+
+def test_add_member_acts_as_the_team_admin_and_a_member_cannot_manage():
+    run("create_team", "nlp")
+    run("add_member", "nlp", "ann", "--role", "admin")
+    run("add_member", "nlp", "bob", "--role", "member")
+    run("add_member", "nlp", "carl", "--role", "viewer")  # acts as ann, the team's first admin
+    with pytest.raises(CommandError, match="Only team admins"):
+        run("add_member", "nlp", "dora", "--user", "bob")
+    assert not get_user_model().objects.filter(username="dora").exists()
+
+
 def test_add_member_creates_user_with_unusable_password_and_staff_access():
     run("create_team", "nlp")
     out, _ = run("add_member", "nlp", "bob", "--role", "viewer")
@@ -34,8 +58,8 @@ def test_add_member_creates_user_with_unusable_password_and_staff_access():
     bob = get_user_model().objects.get(username="bob")
     assert not bob.has_usable_password()
     assert bob.is_staff and not bob.is_superuser
-    assert bob.has_perm("training.view_basemodel")
-    assert not bob.has_perm("training.change_basemodel")
+    assert bob.has_perm("catalog.view_basemodel")
+    assert not bob.has_perm("catalog.change_basemodel")
     assert Membership.objects.get(user=bob).role == "viewer"
 
 
@@ -47,7 +71,7 @@ def test_add_member_changes_role_and_permissions_follow():
     run("add_member", "nlp", "bob", "--role", "admin")
     bob = get_user_model().objects.get(username="bob")
     assert Membership.objects.get(user=bob).role == "admin"
-    assert bob.has_perm("training.change_basemodel") and bob.has_perm("accounts.add_membership")
+    assert bob.has_perm("catalog.change_basemodel") and bob.has_perm("accounts.add_membership")
 
 
 def test_add_member_unknown_team_is_a_clean_error():

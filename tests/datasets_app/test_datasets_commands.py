@@ -17,6 +17,12 @@ from datasets_app.models import Dataset, DatasetVersion
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 
 
+@pytest.fixture(autouse=True)
+def root(db, django_user_model):
+    """Without --user a command acts as the team's admin, else a superuser (a real user, never a fake one)."""
+    return django_user_model.objects.create_superuser("root", password="x")
+
+
 def run(*args, **kwargs) -> str:
     out = io.StringIO()
     call_command(*args, stdout=out, stderr=io.StringIO(), **kwargs)

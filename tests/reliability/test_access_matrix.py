@@ -179,7 +179,7 @@ def cast(make_team, make_user, tiny_base_model, data_dir, fast_passwords, token_
 
 
 def _values(world: World) -> dict:
-    from training.openai_api import fine_tuned_name
+    from serving.services import fine_tuned_model_name as fine_tuned_name
 
     f = world.first
     return {"name": "alpha", "username": "extra", "token_id": f["token"].pk, "job_id": f["merge"].pk,
@@ -306,7 +306,7 @@ ADMIN = {
     "django_q.ormq": "queue_view",
     "accounts.team": "team_scoped", "accounts.membership": "team_scoped", "accounts.apitoken": "own_tokens",
     "datasets_app.dataset": "team_scoped", "datasets_app.datasetversion": "team_scoped",
-    "training.basemodel": "team_scoped", "training.trainingtask": "team_scoped", "training.adapter": "team_scoped",
+    "catalog.basemodel": "team_scoped", "training.trainingtask": "team_scoped", "training.adapter": "team_scoped",
     "training.mergejob": "team_scoped",
     "classifier.classifiertask": "team_scoped", "evaluation.evaluationrun": "team_scoped",
     "evaluation.review": "team_scoped",
@@ -322,7 +322,7 @@ def _admin_object(model, world: World, users):
     by_label = {"accounts.team": world.team, "accounts.apitoken": f["token"],
                 "accounts.membership": Membership.objects.filter(team=world.team).first(),
                 "datasets_app.dataset": f["dataset"], "datasets_app.datasetversion": f["version"],
-                "training.basemodel": f["base"], "training.trainingtask": f["task"],
+                "catalog.basemodel": f["base"], "training.trainingtask": f["task"],
                 "training.adapter": f["adapter"], "classifier.classifiertask": f["classifier"],
                 "training.mergejob": f["merge"],
                 "evaluation.evaluationrun": f["run"], "evaluation.review": f["review"],

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from django.db import IntegrityError, transaction
+from django.urls import reverse
 from django.utils import timezone
 
 from core.errors import Conflict, PermissionDenied
@@ -371,9 +372,12 @@ def test_classifier_adapter_page_has_the_try_it_box(world, tiny_base_model, data
     client.force_login(world["viewer"])
     page = client.get(f"/admin/training/adapter/{adapter.pk}/change/").content.decode()
     assert 'id="try-it"' in page and "btn-ollama" not in page
-    response = client.post(f"/admin/training/adapter/{adapter.pk}/classify/", {"text": "a question"})
+    # The box posts to the classifier app's view (training's adapter page only shows it).
+    url = reverse("admin:classifier_try_adapter", args=[adapter.pk])
+    assert f'data-url="{url}"' in page
+    response = client.post(url, {"text": "a question"})
     assert response.status_code == 200 and response.json()["label"] == "b"
-    empty = client.post(f"/admin/training/adapter/{adapter.pk}/classify/", {"text": " "})
+    empty = client.post(url, {"text": " "})
     assert empty.status_code == 400 and empty.json()["code"] == "empty_text"
 
 
@@ -391,13 +395,14 @@ def test_adapter_command_promotes_exports_and_archives(world, make_adapter, tmp_
     call_command("adapter", "approve", "faq-bot", "--user", "boss", stdout=out)
     assert Adapter.objects.get(pk=adapter.pk).stage == "production"
     target = tmp_path / "bundle.zip"
-    call_command("adapter", "ollama", "faq-bot", "--from", "smollm2:135m", "-o", str(target), stdout=out)
+    call_command("adapter", "ollama", "faq-bot", "--team", "alpha", "--from", "smollm2:135m", "-o", str(target),
+                 stdout=out)
     assert "ollama create faq-bot -f Modelfile" in out.getvalue()
     assert "faq-bot-ollama/Modelfile" in zipfile.ZipFile(target).namelist()
-    call_command("adapter", "export", "faq-bot", "-o", str(tmp_path / "a.zip"), stdout=out)
+    call_command("adapter", "export", "faq-bot", "--team", "alpha", "-o", str(tmp_path / "a.zip"), stdout=out)
     assert "faq-bot/README.md" in zipfile.ZipFile(tmp_path / "a.zip").namelist()
     with pytest.raises(CommandError, match="in production"):
-        call_command("adapter", "archive", "faq-bot", stdout=out)
+        call_command("adapter", "archive", "faq-bot", "--team", "alpha", stdout=out)
     out = io.StringIO()
-    call_command("adapter", "lineage", "faq-bot", stdout=out)
+    call_command("adapter", "lineage", "faq-bot", "--team", "alpha", stdout=out)
     assert json.loads(out.getvalue())["task"]["name"] == "faq-bot-task"

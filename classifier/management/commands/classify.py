@@ -3,24 +3,12 @@ from __future__ import annotations
 import json
 import sys
 
-from django.contrib.auth import get_user_model
+from django.conf import settings
 
-from classifier.services import classifier_adapter_get, classifier_predict, max_batch
+from accounts.commands import add_user_argument, command_actor
+from classifier.services import classifier_adapter_get, classifier_predict
 from core.commands import ServiceCommand
-from core.errors import ApplicationError, NotFound
-
-
-def _user(username: str | None):
-    User = get_user_model()
-    if username:
-        try:
-            return User.objects.get(username=username)
-        except User.DoesNotExist:
-            raise NotFound(f"User {username!r} not found.", param="user") from None
-    user = User.objects.filter(is_superuser=True).order_by("pk").first()
-    if user is None:
-        raise ApplicationError("No user to act as: pass --user USERNAME.", param="user")
-    return user
+from core.errors import ApplicationError
 
 
 class Command(ServiceCommand):
@@ -33,23 +21,26 @@ class Command(ServiceCommand):
         parser.add_argument("--text", action="append", default=[], help="A text to classify (repeatable).")
         parser.add_argument("--file", default=None, help="A UTF-8 file with one text a line ('-' for stdin).")
         parser.add_argument("--interactive", action="store_true", help="Prompt for texts until an empty line.")
-        parser.add_argument("--user", default=None, help="Act as this user (default: the first superuser).")
+        parser.add_argument("--team", default=None, help="The adapter's team, whose first admin acts when --user "
+                                                         "is left out (default: the first superuser).")
+        add_user_argument(parser)
 
     def _emit(self, user, adapter, texts: list[str]) -> None:
-        step = max_batch()
+        step = settings.CLASSIFIER_MAX_BATCH
         for i in range(0, len(texts), step):
             for text, pred in zip(texts[i:i + step], classifier_predict(user=user, adapter=adapter,
                                                                        texts=texts[i:i + step]), strict=True):
                 self.stdout.write(json.dumps({"text": text, **pred}, ensure_ascii=False))
 
     def run(self, *args, **opts):
-        user = _user(opts["user"])
+        user = command_actor(username=opts["user"], team=opts["team"])
         adapter = classifier_adapter_get(user=user, ref=opts["adapter"])
         if opts["interactive"]:
             return self._interactive(user, adapter)
         texts = list(opts["texts"]) + list(opts["text"])
         if opts["file"]:
-            stream = sys.stdin if opts["file"] == "-" else open(opts["file"], encoding="utf-8")  # noqa: SIM115
+            # Not a `with open(...)`: the stream is either stdin or the file; the `with` below closes either.
+            stream = sys.stdin if opts["file"] == "-" else open(opts["file"], encoding="utf-8")
             with stream:
                 texts += [line.rstrip("\n") for line in stream if line.strip()]
         elif not texts:

@@ -1,11 +1,11 @@
 from __future__ import annotations
 
+from accounts.commands import add_user_argument, command_actor
 from classifier.services import classifier_task_create
 from core.commands import ServiceCommand
 from core.errors import ApplicationError
 from core.params import parse_param_options
 from jobs.cli import wait_with_progress
-from training.management.commands.start_training import command_user
 
 
 class Command(ServiceCommand):
@@ -20,12 +20,12 @@ class Command(ServiceCommand):
         parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                             help="Hyperparameter, repeatable (values parsed as JSON when possible).")
         parser.add_argument("--priority", type=int, default=0)
-        parser.add_argument("--user", default=None, help="Act as this user (default: the team's first admin).")
+        add_user_argument(parser)
         parser.add_argument("--wait", action="store_true", help="Show progress until the task ends.")
         parser.add_argument("--timeout", type=float, default=None, help="With --wait: give up after SECONDS.")
 
     def run(self, *args, **opts):
-        user = command_user(opts["user"], opts["team"])
+        user = command_actor(username=opts["user"], team=opts["team"])
         task = classifier_task_create(user=user, team=opts["team"], name=opts["name"], base_model=opts["base_model"],
                                       train_version=opts["dataset"], validation_version=opts["validation_dataset"],
                                       params=parse_param_options(opts["param"]), priority=opts["priority"])

@@ -13,6 +13,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from tqdm import tqdm
 
+from accounts.commands import command_actor
 from accounts.models import Role, Team
 from accounts.services import api_token_create, membership_set, team_create
 from catalog.models import BaseModel
@@ -46,17 +47,21 @@ class Command(ServiceCommand):
     def run(self, *args, **opts):
         out = self.stdout
         out.write(self.style.MIGRATE_HEADING("1. Team and admin user"))
-        team = Team.objects.filter(name=DEMO_TEAM).first() or team_create(name=DEMO_TEAM, display_name="Demo team")
         User = get_user_model()
         password = opts["password"] or secrets.token_urlsafe(12)
-        user = User.objects.filter(username=DEMO_USER).first()
-        if user is None:
-            user = User.objects.create_superuser(DEMO_USER, email="admin@example.com", password=password)
+        # The demo's own superuser comes first: every later step acts as this real user (the commands' rule
+        # in accounts.commands, which then finds it as the demo team's admin).
+        admin_user = User.objects.filter(username=DEMO_USER).first()
+        if admin_user is None:
+            admin_user = User.objects.create_superuser(DEMO_USER, email="admin@example.com", password=password)
         else:
-            user.set_password(password)
-            user.is_superuser = user.is_staff = True
-            user.save()
-        membership_set(team=team, user=user, role=Role.ADMIN)
+            admin_user.set_password(password)
+            admin_user.is_superuser = admin_user.is_staff = True
+            admin_user.save()
+        user = command_actor(username=DEMO_USER)
+        team = Team.objects.filter(name=DEMO_TEAM).first() or team_create(user=user, name=DEMO_TEAM,
+                                                                          display_name="Demo team")
+        membership_set(team=team, user=user, role=Role.ADMIN, actor=user)
         _token, secret = api_token_create(user=user, team=team, name="demo")
         out.write(f"   team {team.name}; login {DEMO_USER} / {password}")
 
@@ -146,7 +151,7 @@ class Command(ServiceCommand):
 
     def train_and_compare(self, user, team, version):
         from jobs.cli import wait_with_progress
-        from training import inference
+        from serving import inference
         from training.services import training_task_create
 
         out = self.stdout

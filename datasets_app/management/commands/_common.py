@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-from django.contrib.auth import get_user_model
-
-from accounts.visibility import Principal
-from core.errors import NotFound
-from datasets_app import services
+from accounts.commands import USER_HELP, command_actor
 from datasets_app.models import DatasetVersion
 
-USER_HELP = ("Act as this user, with their teams and roles (default: the operator, who may write to every "
-             "team).")
+__all__ = ["USER_HELP", "actor_for", "report_lines"]
 
 
-def principal_for(username: str | None) -> Principal:
-    if not username:
-        return services.OPERATOR
-    try:
-        return Principal(user=get_user_model().objects.get(username=username, is_active=True))
-    except get_user_model().DoesNotExist:
-        raise NotFound(f"User {username!r} not found.", code="user_not_found", param="user") from None
+def actor_for(username: str | None, team: str | None):
+    """The user a dataset command acts as: the one rule every command shares (``accounts.commands``)."""
+    return command_actor(username=username, team=team)
 
 
 def report_lines(version: DatasetVersion, *, limit: int) -> list[str]:

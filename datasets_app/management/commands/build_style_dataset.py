@@ -7,7 +7,7 @@ from tqdm import tqdm
 
 from core.commands import ServiceCommand
 from datasets_app import services
-from datasets_app.management.commands._common import USER_HELP, principal_for, report_lines
+from datasets_app.management.commands._common import USER_HELP, actor_for, report_lines
 
 
 class Command(ServiceCommand):
@@ -30,7 +30,7 @@ class Command(ServiceCommand):
         parser.add_argument("--user", default=None, help=USER_HELP)
 
     def run(self, *args, **opts):
-        who = principal_for(opts["user"])
+        who = actor_for(opts["user"], opts["team"])
         bar = tqdm(total=0, unit="article", file=sys.stderr, disable=None, dynamic_ncols=True)
 
         def progress(name: str, index: int, total: int) -> None:

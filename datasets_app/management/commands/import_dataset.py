@@ -6,7 +6,7 @@ from django.core.management.base import CommandError
 
 from core.commands import ServiceCommand
 from datasets_app import formats, services
-from datasets_app.management.commands._common import USER_HELP, principal_for, report_lines
+from datasets_app.management.commands._common import USER_HELP, actor_for, report_lines
 
 
 class Command(ServiceCommand):
@@ -38,7 +38,7 @@ class Command(ServiceCommand):
         parser.add_argument("--max-issues", type=int, default=50, help="Issues of each kind to print (default 50).")
 
     def run(self, *args, **opts):
-        who = principal_for(opts["user"])
+        who = actor_for(opts["user"], opts["team"])
         fmt, columns, reason = opts["format"], opts["columns"], ""
         if opts["dataset_info"] or opts["entry"]:
             if not (opts["dataset_info"] and opts["entry"]):

@@ -4,24 +4,12 @@ from __future__ import annotations
 
 import json
 
-from django.contrib.auth import get_user_model
-
+from accounts.commands import add_user_argument, command_actor
 from core.commands import ServiceCommand
-from core.errors import ApplicationError, NotFound
+from core.errors import ApplicationError
 from evaluation.services import evaluation_run_create
-
-
-def _user(username: str | None):
-    User = get_user_model()
-    if username:
-        try:
-            return User.objects.get(username=username)
-        except User.DoesNotExist:
-            raise NotFound(f"User {username!r} not found.", param="user") from None
-    user = User.objects.filter(is_superuser=True).order_by("pk").first()
-    if user is None:
-        raise ApplicationError("No user to act as: pass --user USERNAME.", param="user")
-    return user
+from jobs import runtime
+from jobs.cli import wait_with_progress
 
 
 class Command(ServiceCommand):
@@ -40,7 +28,9 @@ class Command(ServiceCommand):
         parser.add_argument("--wait", action="store_true", help="Show progress until the run ends.")
         parser.add_argument("--foreground", action="store_true", help="Run it in this process (no worker needed).")
         parser.add_argument("--json", action="store_true", help="Print the run's results as one JSON object.")
-        parser.add_argument("--user", default=None, help="Act as this user (default: the first superuser).")
+        parser.add_argument("--team", default=None, help="The adapter's team, whose first admin acts when --user "
+                                                         "is left out (default: the first superuser).")
+        add_user_argument(parser)
 
     def run(self, *args, **opts):
         ref = opts["adapter"] or opts["adapter_ref"]
@@ -48,16 +38,14 @@ class Command(ServiceCommand):
             raise ApplicationError("Name the adapter to evaluate.", param="adapter")
         generation = {k: v for k, v in (("n_samples", opts["samples"]), ("max_new_tokens", opts["max_new_tokens"]))
                       if v is not None}
-        run = evaluation_run_create(user=_user(opts["user"]), adapter=ref, dataset=opts["dataset"],
+        user = command_actor(username=opts["user"], team=opts["team"])
+        run = evaluation_run_create(user=user, adapter=ref, dataset=opts["dataset"],
                                     other_adapter=opts["other_adapter"], metrics=opts["metrics"],
                                     generation=generation)
         self.stderr.write(f"Evaluation run {run.pk} queued: {', '.join(run.metric_names)}.")
         if opts["foreground"]:
-            from jobs import runtime
             runtime.run_foreground(run)
         elif opts["wait"]:
-            from jobs.cli import wait_with_progress
-
             wait_with_progress(run, self.stderr._out)
         run.refresh_from_db()
         if opts["json"]:

@@ -3,11 +3,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from accounts.commands import USER_HELP, command_actor
 from core.commands import ServiceCommand
 from core.errors import ApplicationError
 from jobs.cli import wait_with_progress
 from training import lifecycle
-from training.management.commands.start_training import command_user
 from training.services import adapter_get
 
 
@@ -21,8 +21,9 @@ class Command(ServiceCommand):
         def add(name: str, help_text: str):
             p = sub.add_parser(name, help=help_text)
             p.add_argument("adapter", help="Adapter id or name.")
-            p.add_argument("--user", default=None, help="Act as this user (default: the team's first admin).")
-            p.add_argument("--team", default=None, help="Team whose first admin acts when --user is left out.")
+            p.add_argument("--user", default=None, metavar="USERNAME", help=USER_HELP)
+            p.add_argument("--team", default=None, help="The adapter's team: its first admin acts when --user is "
+                                                        "left out (default: the first superuser).")
             return p
 
         p = add("merge", "Queue a merge job (base + adapter -> new base model).")
@@ -48,15 +49,9 @@ class Command(ServiceCommand):
         add("reproduce", "Clone the adapter's task with identical inputs.").add_argument("--name", default=None)
 
     def run(self, *args, **opts):
-        from training.models import Adapter
-
         ref = opts["adapter"]
-        team = opts["team"]
-        if team is None and not opts["user"]:
-            row = Adapter.objects.filter(**({"pk": int(ref)} if str(ref).isdigit() else {"name": ref})) \
-                .select_related("team").first()
-            team = row.team.name if row else ""
-        user = command_user(opts["user"], team or "")
+        # The adapter is looked up as the acting user, through visibility like any door.
+        user = command_actor(username=opts["user"], team=opts["team"])
         adapter = adapter_get(user=user, ref=ref)
         action = opts["action"]
         if action == "merge":

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from tqdm import tqdm
 
+from accounts.commands import add_user_argument, command_actor
 from accounts.services import team_get
 from catalog.services import base_models_scan
 from core.commands import ServiceCommand, format_bytes, format_count, table
@@ -22,9 +23,11 @@ class Command(ServiceCommand):
                                  "new adapters (without it they are listed as skipped).")
         parser.add_argument("--no-adapters", action="store_true", help="Do not scan for adapter folders.")
         parser.add_argument("--only-paths", action="store_true", help="Scan only the given paths.")
+        add_user_argument(parser)
 
     def run(self, *args, **opts):
         team = team_get(opts["team"]) if opts["team"] else None
+        user = command_actor(username=opts["user"], team=team)
         # tqdm writes carriage returns: give it the raw stream, not the newline-adding OutputWrapper.
         bar = tqdm(total=0, unit="model", file=self.stderr._out, dynamic_ncols=True)
 
@@ -36,7 +39,7 @@ class Command(ServiceCommand):
 
         try:
             report = base_models_scan(paths=opts["paths"], include_defaults=not opts["only_paths"], team=team,
-                                      progress=progress)
+                                      user=user, progress=progress)
         finally:
             bar.close()
         rows = [[r.name, r.action, r.kind, format_count(r.parameter_count) if r.parameter_count else "",
@@ -48,7 +51,7 @@ class Command(ServiceCommand):
         self.stdout.write(f"{len(report.rows)} models scanned: {summary or 'nothing found'}.")
         if opts["no_adapters"]:
             return
-        found = adapters_scan(paths=opts["paths"], include_defaults=not opts["only_paths"], team=team)
+        found = adapters_scan(paths=opts["paths"], include_defaults=not opts["only_paths"], team=team, user=user)
         if not found:
             self.stdout.write("No adapter folders found.")
             return

@@ -1,31 +1,11 @@
 from __future__ import annotations
 
-from django.contrib.auth import get_user_model
-
+from accounts.commands import add_user_argument, command_actor
 from core.commands import ServiceCommand
-from core.errors import ApplicationError, NotFound
+from core.errors import ApplicationError
 from core.params import parse_param_options
 from jobs.cli import wait_with_progress
 from training.services import training_task_create
-
-
-def command_user(username: str | None, team_name: str):
-    """The acting user of a command: --user, else the team's first admin, else a superuser."""
-    from accounts.models import Membership, Role
-
-    User = get_user_model()
-    if username:
-        try:
-            return User.objects.get(username=username)
-        except User.DoesNotExist:
-            raise NotFound(f"User {username!r} not found.", param="user") from None
-    membership = Membership.objects.filter(team__name=team_name, role=Role.ADMIN).select_related("user").first()
-    if membership:
-        return membership.user
-    user = User.objects.filter(is_superuser=True).order_by("pk").first()
-    if user is None:
-        raise ApplicationError("No user to act as: pass --user USERNAME.", param="user")
-    return user
 
 
 class Command(ServiceCommand):
@@ -40,7 +20,7 @@ class Command(ServiceCommand):
         parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                             help="Hyperparameter, repeatable (values parsed as JSON when possible).")
         parser.add_argument("--priority", type=int, default=0)
-        parser.add_argument("--user", default=None, help="Act as this user (default: the team's first admin).")
+        add_user_argument(parser)
         parser.add_argument("--wait", action="store_true", help="Show progress until the task ends.")
         parser.add_argument("--evaluate", action="store_true",
                             help="Queue an evaluation run of the adapter when the task succeeds.")
@@ -48,7 +28,7 @@ class Command(ServiceCommand):
                             help="With --evaluate: perplexity, samples, style, overlap (default all).")
 
     def run(self, *args, **opts):
-        user = command_user(opts["user"], opts["team"])
+        user = command_actor(username=opts["user"], team=opts["team"])
         task = training_task_create(user=user, team=opts["team"], name=opts["name"], base_model=opts["base_model"],
                                     train_version=opts["dataset"], validation_version=opts["validation_dataset"],
                                     params=parse_param_options(opts["param"]), priority=opts["priority"],
