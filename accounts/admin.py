@@ -182,7 +182,9 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         if change:
-            obj.save(update_fields=["name"])
+            if "name" in form.changed_data:
+                services.api_token_rename(token=ApiToken.objects.get(pk=obj.pk), name=form.cleaned_data["name"],
+                                          actor=request.user)
             return
         token, secret = services.api_token_create(user=form.cleaned_data["user"], team=form.cleaned_data["team"],
                                                   name=form.cleaned_data.get("name", ""),

@@ -149,6 +149,19 @@ def api_token_authenticate(secret: str | None) -> ApiToken | None:
     return token
 
 
+def api_token_rename(*, token: ApiToken, name: str, actor: Actor | None = None) -> ApiToken:
+    """Rename a token (its owner or an admin of its team); only the name column is written."""
+    if actor is not None:
+        principal = as_principal(actor)
+        if principal.user.pk != token.user_id and not can_manage(actor, token.team):
+            raise NotFound("Token not found.")
+    name = (name or "")[:100]
+    if name != token.name:
+        ApiToken.objects.filter(pk=token.pk).update(name=name)
+        token.name = name
+    return token
+
+
 def api_token_revoke(*, token: ApiToken, actor=None) -> ApiToken:
     if actor is not None:
         principal = as_principal(actor)

@@ -106,3 +106,23 @@ def test_api_token_expiry_out_of_range_names_the_field(make_team, make_user, tok
                                                    content_type="application/json")
     assert response.status_code == 400
     assert response.json()["param"] == "expires_days"
+
+
+def test_admin_and_api_list_the_same_tokens_and_the_admin_form_uses_the_services_rule(make_team, make_user,
+                                                                                        token_for, bearer, client):
+    alpha, beta = make_team("alpha"), make_team("beta")
+    ada, mia, bob = make_user("ada", alpha, "admin"), make_user("mia", alpha, "member"), make_user("bob", beta)
+    token_for(mia, alpha, name="mia-ci")
+    token_for(bob, beta, name="bob-ci")
+    listed = {t["name"] for t in bearer(token_for(ada, alpha, name="ada-ci")).get("/api/tokens").json()["items"]}
+    assert listed == {"mia-ci", "ada-ci"}
+    client.force_login(ada)
+    page = client.get("/admin/accounts/apitoken/").content.decode()
+    assert "mia-ci" in page and "ada-ci" in page and "bob-ci" not in page
+    # A token for a team its user is not in: the form shows the service's refusal.
+    response = client.post("/admin/accounts/apitoken/add/", {"user": ada.pk, "team": beta.pk, "name": "x"})
+    assert response.status_code == 200
+    token = ApiToken.objects.get(name="mia-ci")
+    response = client.post(f"/admin/accounts/apitoken/{token.pk}/change/", {"name": "mia-ci-2"})
+    assert response.status_code == 302
+    assert ApiToken.objects.get(pk=token.pk).name == "mia-ci-2"

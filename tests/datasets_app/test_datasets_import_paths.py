@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from dataset_helpers import PAIR, chat_record, jsonl, tool_record, tool_row
+from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from django.core.management.base import CommandError
@@ -32,6 +33,8 @@ def rows_with_two_bad() -> bytes:
 
 
 def command(*args) -> str:
+    # Without --user a command acts as the team's admin, else the first superuser: a real user.
+    get_user_model().objects.get_or_create(username="root", defaults={"is_superuser": True, "is_staff": True})
     out = io.StringIO()
     call_command(*args, stdout=out, stderr=io.StringIO())
     return out.getvalue()

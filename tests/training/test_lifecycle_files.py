@@ -88,11 +88,11 @@ def test_merge_job_writes_a_standalone_model_that_generates_like_base_plus_adapt
 
     # It is a base model like any other: visible to the team, trainable, servable; a rescan does not duplicate it.
     from catalog.services import base_model_get, base_models_scan
-    from training.openai_api import resolve_model
+    from serving.services import chat_model_resolve
 
     assert base_model_get(user=member, ref="faq-bot-merged", kind="causal-lm") == merged_row
-    assert resolve_model(member, "faq-bot-merged").base == merged_row
-    base_models_scan(include_defaults=False, paths=[data_dir / "models"])
+    assert chat_model_resolve(user=member, name="faq-bot-merged").base == merged_row
+    base_models_scan(user=member, include_defaults=False, paths=[data_dir / "models"])
     assert BaseModel.objects.filter(name__startswith="faq-bot-merged").count() == 1
     lineage = lifecycle.adapter_lineage(user=member, adapter=adapter)
     assert lineage["merges"][0]["base_model_id"] == merged_row.pk
@@ -330,14 +330,15 @@ def test_scan_registers_adapter_folders_by_base_path_or_name(team, member, tiny_
     assert {r.action for r in again} == {"unchanged", "unmatched"} and Adapter.objects.count() == 3
 
 
-def test_scan_models_command_reports_adapters(team, tiny_base_model, tiny_adapter_dir, tmp_path):
+def test_scan_models_command_reports_adapters(team, member, tiny_base_model, tiny_adapter_dir, tmp_path):
     from django.core.management import call_command
 
     copy_adapter(tiny_adapter_dir, tmp_path / "ext" / "cmd-adapter")
     out = io.StringIO()
-    call_command("scan_models", str(tmp_path / "ext"), "--only-paths", stdout=out)
+    call_command("scan_models", str(tmp_path / "ext"), "--only-paths", "--user", "alice", stdout=out)
     assert "pass --team" in out.getvalue() and not Adapter.objects.exists()
-    call_command("scan_models", str(tmp_path / "ext"), "--only-paths", "--team", "alpha", stdout=out)
+    call_command("scan_models", str(tmp_path / "ext"), "--only-paths", "--team", "alpha", "--user", "alice",
+                 stdout=out)
     assert "adapters scanned: added 1" in out.getvalue()
     assert Adapter.objects.get().name == "cmd-adapter"
     assert MergeJob.objects.count() == 0

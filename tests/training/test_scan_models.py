@@ -13,6 +13,12 @@ from catalog.models import BaseModel
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture(autouse=True)
+def root(django_user_model):
+    """Scanning needs a writer role; without --user or --team the command acts as the first superuser."""
+    return django_user_model.objects.create_superuser("root", password="x")
+
+
 def scan(*args) -> tuple[str, str]:
     out, err = io.StringIO(), io.StringIO()
     call_command("scan_models", *args, stdout=out, stderr=err)
@@ -86,12 +92,12 @@ def test_scan_reports_missing_paths_and_broken_folders_without_stopping(tmp_path
     assert BaseModel.objects.filter(name="good-encoder", available=True).exists()
 
 
-def test_model_dirs_setting_is_scanned(settings, tmp_path, minilm_dir):
+def test_model_dirs_setting_is_scanned(settings, tmp_path, minilm_dir, root):
     shutil.copytree(minilm_dir, tmp_path / "shared-models" / "team-bert")
     settings.MODEL_DIRS = [tmp_path / "shared-models"]
     from catalog.services import base_models_scan
 
-    report = base_models_scan(include_defaults=True, paths=[])
+    report = base_models_scan(user=root, include_defaults=True, paths=[])
     names = {r.name for r in report.rows}
     assert "team-bert" in names
 
