@@ -8,8 +8,18 @@ from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 
+from accounts.api import router as accounts_router
 from accounts.auth import SessionPrincipalAuth, TokenAuth
+from catalog.api import router as catalog_router
+from classifier.api import router as classifier_router
 from core.errors import ApplicationError, RateLimited
+from datasets_app.api import router as datasets_router
+from evaluation.api import router as evaluation_router
+from openai_compat.chat import router as chat_v1_router
+from openai_compat.files import router as files_v1_router
+from openai_compat.fine_tuning import router as fine_tuning_v1_router
+from openai_compat.model_list import router as models_v1_router
+from training.api import router as training_router
 
 
 def _loc_to_param(loc: list | tuple) -> str | None:
@@ -129,28 +139,13 @@ def _v1_http_error(request, exc: HttpError):
     return openai_error(request, exc.status_code, str(exc))
 
 
-def _register_routers() -> None:
-    from accounts.api import router as accounts_router
-    from catalog.api import router as catalog_router
-    from classifier.api import router as classifier_router
-    from datasets_app.api import router as datasets_router
-    from evaluation.api import router as evaluation_router
-    from openai_compat.chat import router as chat_v1_router
-    from openai_compat.files import router as files_v1_router
-    from openai_compat.fine_tuning import router as fine_tuning_v1_router
-    from openai_compat.model_list import router as models_v1_router
-    from training.api import router as training_router
-
-    api.add_router("/", accounts_router)
-    api.add_router("/", datasets_router)
-    api.add_router("/", catalog_router)
-    api.add_router("/", training_router)
-    api.add_router("/", classifier_router)
-    api.add_router("/", evaluation_router)
-    v1.add_router("/", files_v1_router)
-    v1.add_router("/", fine_tuning_v1_router)
-    v1.add_router("/", models_v1_router)
-    v1.add_router("/", chat_v1_router)
-
-
-_register_routers()
+api.add_router("/", accounts_router)
+api.add_router("/", datasets_router)
+api.add_router("/", catalog_router)
+api.add_router("/", training_router)
+api.add_router("/", classifier_router)
+api.add_router("/", evaluation_router)
+v1.add_router("/", files_v1_router)
+v1.add_router("/", fine_tuning_v1_router)
+v1.add_router("/", models_v1_router)
+v1.add_router("/", chat_v1_router)

@@ -27,6 +27,8 @@ from django.db.models import Count, Max, ProtectedError, QuerySet
 
 from accounts.models import Team
 from accounts.visibility import Principal, acting_user, as_principal, require_write, resolve_team, visible_to
+from catalog.models import BaseModel
+from catalog.services import base_model_get
 from core.errors import ApplicationError, Conflict, NotFound
 from datasets_app import formats, render, storage, style, validation
 from datasets_app.models import Dataset, DatasetVersion
@@ -156,9 +158,6 @@ def resolve_base_model(*, user, ref: Any):
     """A base model the user can see, by instance, id or name; None for an empty ref."""
     if ref is None or ref == "":
         return None
-    from catalog.models import BaseModel
-    from catalog.services import base_model_get
-
     if isinstance(ref, BaseModel):
         return ref
     return base_model_get(user=user, ref=ref)

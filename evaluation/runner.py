@@ -14,12 +14,14 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 
+from classifier.recipe import classification_metrics, load_for_inference, predict_texts
 from datasets_app.services import iter_records
 from evaluation import metrics as m
 from evaluation.models import EvaluationRun, EvaluationSample
 from jobs import runtime
 from jobs.models import JobStatus
 from jobs.runner import Cancelled, Outcome
+from serving.inference import GenerationRequest, generate
 from training.models import Adapter
 from training.runner import RecipeRunner
 
@@ -114,8 +116,6 @@ def compute_perplexity(run: EvaluationRun, records: list[dict], gen: dict, progr
 
 
 def generate_samples(run: EvaluationRun, records: list[dict], gen: dict, progress: Progress) -> list[dict]:
-    from serving.inference import GenerationRequest, generate
-
     rows = []
     prompts = [p for p in (split_prompt(r) for r in records) if p is not None][: int(gen["n_samples"])]
     base_path = run.adapter.base_model.path
@@ -138,8 +138,6 @@ def generate_samples(run: EvaluationRun, records: list[dict], gen: dict, progres
 
 def classifier_metrics(run: EvaluationRun, records: list[dict]) -> dict:
     """Accuracy, macro-F1, per-class table and confusion matrix (the classifier app's own functions)."""
-    from classifier.recipe import classification_metrics, load_for_inference, predict_texts
-
     device = _device()
     model, tok, id2label = load_for_inference(run.adapter.path, run.adapter.base_model.path, device=device)
     rows = [r for r in records if "text" in r and "label" in r]

@@ -359,9 +359,7 @@ def adapter_delete(*, user, adapter: Adapter, note: str = "") -> Adapter:
         removed = False
         # Only files we own are removed: a folder registered by a scan of MODEL_DIRS stays where its owner put it.
         if folder.is_dir() and _inside(folder, Path(settings.DATA_DIR)):
-            from catalog.model_scan import folder_size
-
-            freed = folder_size(folder)
+            freed = model_scan.folder_size(folder)
             doomed = folder.with_name(f".deleting-{folder.name}")
             folder.rename(doomed)  # atomic: no reader ever sees a half-deleted adapter folder
             shutil.rmtree(doomed, ignore_errors=True)

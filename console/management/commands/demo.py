@@ -18,7 +18,13 @@ from accounts.models import Role, Team
 from accounts.services import api_token_create, membership_set, team_create
 from catalog.models import BaseModel
 from catalog.services import base_models_scan
+from classifier.services import classifier_predict, classifier_task_create
 from core.commands import ServiceCommand, format_bytes, format_count, table
+from datasets_app.models import DatasetVersion
+from datasets_app.services import dataset_upload, style_dataset_build
+from jobs.cli import wait_with_progress
+from serving import inference
+from training.services import training_task_create
 
 DEMO_TEAM = "demo"
 DEMO_USER = "admin"
@@ -112,9 +118,6 @@ class Command(ServiceCommand):
     # ------------------------------------------------------------------------------------------- samples
 
     def load_samples(self, user, team) -> dict:
-        from datasets_app.models import DatasetVersion
-        from datasets_app.services import dataset_upload, style_dataset_build
-
         out = self.stdout
         out.write(self.style.MIGRATE_HEADING("3. Sample data (validated row by row, stored normalised)"))
         root = Path(settings.BASE_DIR) / "samples"
@@ -150,10 +153,6 @@ class Command(ServiceCommand):
     ]
 
     def train_and_compare(self, user, team, version):
-        from jobs.cli import wait_with_progress
-        from serving import inference
-        from training.services import training_task_create
-
         out = self.stdout
         out.write(self.style.MIGRATE_HEADING("4. Fine-tune SmolLM2-135M-Instruct on the customer-service set "
                                              "(auto parameters, through the queue worker)"))
@@ -190,9 +189,6 @@ class Command(ServiceCommand):
     ]
 
     def train_classifier_and_classify(self, user, team, train, held_out) -> None:
-        from classifier.services import classifier_predict, classifier_task_create
-        from jobs.cli import wait_with_progress
-
         out = self.stdout
         out.write(self.style.MIGRATE_HEADING("6. Train a question classifier: all-MiniLM-L6-v2 + LoRA (default "
                                              "parameters, through the queue worker)"))
