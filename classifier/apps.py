@@ -15,4 +15,5 @@ class ClassifierConfig(AppConfig):
 
         register(JobKind(name="classifier", model=ClassifierTask, event_model=ClassifierEvent, event_fk="task",
                          runner="classifier.runner.ClassifierRunner",
-                         latest_checkpoint=classifier_task_latest_checkpoint, reproduce=classifier_task_reproduce))
+                         latest_checkpoint=classifier_task_latest_checkpoint, reproduce=classifier_task_reproduce,
+                         outputs=lambda task: [task.adapter] if task.adapter_id else []))

@@ -36,6 +36,11 @@ def _base_model_queryset(user):
     return visibility.visible_to(user, BaseModel.objects.filter(available=True), include_global=True)
 
 
+def _change_url(obj) -> str:
+    meta = obj._meta
+    return reverse(f"admin:{meta.app_label}_{meta.model_name}_change", args=[obj.pk])
+
+
 class VersionTeamFilter(VisibleTeamFilter):
     team_lookup = "dataset__team_id"
 
@@ -296,8 +301,8 @@ class DatasetVersionAdmin(TeamScopedAdmin):
 
     @admin.display(description="Used by")
     def used_by(self, obj: DatasetVersion) -> str:
-        """The jobs of every kind that train, validate or evaluate on this version (they link to their adapters)."""
-        rows = []
+        """The jobs of every kind that train, validate or evaluate on this version, and what they produced."""
+        parts = []
         for kind in kinds():
             links = [f.name for f in kind.model._meta.get_fields()
                      if isinstance(f, ForeignKey) and f.related_model is DatasetVersion]
@@ -306,14 +311,13 @@ class DatasetVersionAdmin(TeamScopedAdmin):
             cond = Q()
             for name in links:
                 cond |= Q(**{name: obj})
-            meta = kind.model._meta
             # A job uses only its own team's data, so these jobs share the version's visibility.
             for job in kind.model.objects.filter(cond, team_id=obj.dataset.team_id).order_by("-created_at")[:50]:
-                rows.append((reverse(f"admin:{meta.app_label}_{meta.model_name}_change", args=[job.pk]),
-                             meta.verbose_name, job.name, job.status))
-        if not rows:
-            return "—"
-        return format_html_join(", ", '<a href="{}">{} {}</a> ({})', rows)
+                made = format_html_join(", ", '<a href="{}">{}</a>', ((_change_url(o), str(o))
+                                                                     for o in kind.outputs(job)))
+                parts.append(format_html('<a href="{}">{} {}</a> ({}){}', _change_url(job), job._meta.verbose_name,
+                                         job.name, job.status, format_html(" → {}", made) if made else ""))
+        return format_html_join(", ", "{}", ((p,) for p in parts)) if parts else "—"
 
     # -- extra pages ---------------------------------------------------------------------------------------------
 

@@ -104,10 +104,6 @@ class JobControlAdminMixin:
         self.call_service(request, services.job_update, user=request.user, job=type(obj).objects.get(pk=obj.pk),
                           **changed)
 
-    def save_related(self, request, form, formsets, change):
-        # Inlines of a job (events, checkpoints) are read-only: nothing to save.
-        pass
-
     # ---- the change page ------------------------------------------------------------------------------
 
     # action -> (label, the statuses it is valid in): the page shows only the valid ones, and follows the state.
@@ -133,6 +129,12 @@ class JobControlAdminMixin:
         if job.device:
             rows.append(("Device", job.device))
         return rows
+
+    def save_related(self, request, form, formsets, change):
+        # A job's inlines (events, checkpoints) are read-only: nothing of them is written. The change message
+        # reads what each formset saved, so say "nothing" rather than leave it unset.
+        for formset in formsets:
+            formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
 
     # ---- views --------------------------------------------------------------------------------------
 

@@ -31,6 +31,8 @@ class JobKind:
     latest_checkpoint: Callable[[Job], str | None] = field(default=lambda job: None)
     # Queue a new job with the same inputs (None: the kind cannot be reproduced).
     reproduce: Callable[..., Job] | None = None
+    # What a job produced (its adapters, say), for pages that link a job's inputs to its outputs.
+    outputs: Callable[[Job], list] = field(default=lambda job: [])
 
     def runner_class(self) -> type[JobRunner]:
         return import_string(self.runner)

@@ -15,7 +15,7 @@ class TrainingConfig(AppConfig):
 
         register(JobKind(name="training", model=TrainingTask, event_model=TrainingEvent, event_fk="task",
                          runner="training.runner.TrainingRunner", latest_checkpoint=training_task_latest_checkpoint,
-                         reproduce=training_task_reproduce))
+                         reproduce=training_task_reproduce, outputs=lambda task: list(task.adapters.all())))
         # Merging an adapter into its base model runs on the same queue, claim and supervised child as training.
         register(JobKind(name="merge", model=MergeJob, event_model=MergeEvent, event_fk="job",
                          runner="training.runner.MergeRunner"))

@@ -12,15 +12,7 @@ from jobs.models import JobStatus
 from tests.training.conftest import make_version, tiny_base_model, tiny_model_dir  # noqa: F401 - fixtures
 from training.models import TrainingTask
 
-pytestmark = [
-    pytest.mark.django_db,
-    # Saving any job's change form is a 500 today: JobControlAdminMixin.save_related (jobs/admin.py) skips
-    # the inline formsets' save, and Django's construct_change_message then reads formset.new_objects, which
-    # only formset.save() sets. Setting new_objects/changed_objects/deleted_objects to [] on each formset in
-    # save_related fixes it (verified); remove this marker with that fix.
-    pytest.mark.xfail(raises=AttributeError, strict=True,
-                      reason="jobs/admin.py save_related leaves formset.new_objects unset"),
-]
+pytestmark = pytest.mark.django_db
 
 
 def _post_data(response) -> dict:
