@@ -11,6 +11,7 @@ from django.urls import path, reverse
 from django.views.decorators.http import require_POST
 
 from jobs import services
+from jobs.scheduling import job_waiting_reason
 from jobs.schemas import error_fields, progress_fields
 
 CONTROL_VERBS = {"cancel": "Cancel requested for", "pause": "Pause requested for", "resume": "Resumed",
@@ -116,6 +117,7 @@ class JobControlAdminMixin:
                          "url": reverse(f"admin:{self._url_name('control')}", args=[job.pk, action])}
                         for action, (label, statuses) in self.CONTROLS.items() if self._service(action) is not None]
             extra_context = {**(extra_context or {}), "job_controls": controls,
+                             "job_waiting_reason": job_waiting_reason(job),
                              "job_progress_url": reverse(f"admin:{self._url_name('progress')}", args=[job.pk])}
         return super().change_view(request, object_id, form_url, extra_context)
 
@@ -140,7 +142,8 @@ class JobControlAdminMixin:
         events = list(job.events.order_by("-id").values("id", "created_at", "level", "type", "message")[:20])
         error = error_fields(job)
         return {"status": job.status, **progress_fields(job), "metrics": job.metrics,
-                "error": error["message"] if error else "", "events": events}
+                "error": error["message"] if error else "", "waiting_reason": job_waiting_reason(job),
+                "events": events}
 
     def progress_view(self, request, pk: int):
         return JsonResponse(self.progress_data(self._task(request, pk)))

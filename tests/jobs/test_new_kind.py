@@ -9,7 +9,6 @@ from jobs import runtime, services
 from jobs.models import JobStatus
 from jobs.registry import get_kind, kind_of, kinds
 from tests.jobkind.models import CountJob
-from tests.training.conftest import worker_env  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.django_db
 
