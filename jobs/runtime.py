@@ -381,12 +381,13 @@ def on_worker_spawn(sender=None, **kwargs) -> None:
 
 
 def heartbeat_once() -> bool:
-    """One beat of an idle worker: say it is alive, recover what dead workers held, and when a queued job it can
+    """One beat of the worker's heartbeat thread: recover what dead workers held (also while this one supervises,
+    so a dead worker's job is queued again at once); when idle, say it is alive, and when a queued job it can
     run waits (its wake-up went to a busy worker), ask for a dispatch. True when it asked."""
+    recover_stale()
     if _me["running"] is not None:
         return False  # the supervisor beats while it runs a job
     worker_beat(running=[])
-    recover_stale()
     me = current_worker()
     if claimable(me):
         wake_worker()

@@ -9,6 +9,7 @@ from jobs import runtime, services
 from jobs.models import JobStatus
 from jobs.registry import get_kind, kind_of, kinds
 from tests.jobkind.models import CountJob
+from tests.training.conftest import worker_env  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.django_db
 
@@ -105,7 +106,7 @@ def test_the_team_quota_counts_the_new_kind_too(alice, settings):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_supervisor_runs_the_kind_in_a_child_process(alice, worker_env, monkeypatch):
+def test_the_supervisor_runs_the_kind_in_a_child_process(alice, worker_env, monkeypatch):  # noqa: F811 - the fixture
     team, user = alice
     # The child (manage.py run_job count <pk>) must open this test's database and DATA_DIR.
     monkeypatch.setenv("DATABASE_URL", worker_env["DATABASE_URL"])
