@@ -342,10 +342,12 @@ def recover_or_fail(job: Job, token: str, reason: str) -> str:
             wake_worker()
             return JobStatus.QUEUED
         return type(job).objects.get(pk=job.pk).status
-    finish(job, token, JobStatus.FAILED, error_code="worker_crashed",
-           error_message=f"{reason[0].upper()}{reason[1:]}; gave up after {job.recoveries} automatic recoveries.")
-    add_event(job, f"Failed: {reason}.", level=EventLevel.ERROR)
-    return JobStatus.FAILED
+    # Several workers recover at once (each one's heartbeat does): only the one whose write wins logs it.
+    if finish(job, token, JobStatus.FAILED, error_code="worker_crashed",
+              error_message=f"{reason[0].upper()}{reason[1:]}; gave up after {job.recoveries} automatic recoveries."):
+        add_event(job, f"Failed: {reason}.", level=EventLevel.ERROR)
+        return JobStatus.FAILED
+    return type(job).objects.get(pk=job.pk).status
 
 
 def recover_stale(now=None) -> int:
