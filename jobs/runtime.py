@@ -250,14 +250,19 @@ def supervise(job: Job, token: str) -> str:
     running = [running_entry(job)]
     _me["running"] = running
     try:
-        worker_beat(running=running)
+        _beat_quietly(running)
         return _supervise(job, token)
     finally:
         _me["running"] = None
-        try:
-            worker_beat(running=[])
-        except Exception as exc:  # noqa: BLE001 - the next heartbeat says it again
-            log.warning("worker heartbeat failed: %s", exc)
+        _beat_quietly([])
+
+
+def _beat_quietly(running: list[dict]) -> None:
+    """The worker's heartbeat where a failure must not stop the job: the next beat says it again."""
+    try:
+        worker_beat(running=running)
+    except Exception as exc:  # noqa: BLE001 - a database restart, say
+        log.warning("worker heartbeat failed: %s", exc)
 
 
 def _supervise(job: Job, token: str) -> str:
