@@ -402,8 +402,9 @@ def heartbeat_once() -> bool:
     return False
 
 
-def _heartbeat_loop(stop: threading.Event) -> None:
-    while not stop.wait(HEARTBEAT_SECONDS):
+def _heartbeat_loop() -> None:
+    while True:
+        time.sleep(HEARTBEAT_SECONDS)
         try:
             close_old_connections()
             heartbeat_once()
@@ -422,8 +423,7 @@ def start_heartbeat() -> threading.Thread:
     """A daemon thread of the queue worker process (it ends with it): the idle worker's heartbeat."""
     thread = _heartbeat["thread"]
     if thread is None or not thread.is_alive():
-        thread = threading.Thread(target=_heartbeat_loop, args=(threading.Event(),), name="jobs-worker-heartbeat",
-                                  daemon=True)
+        thread = threading.Thread(target=_heartbeat_loop, name="jobs-worker-heartbeat", daemon=True)
         thread.start()
         _heartbeat["thread"] = thread
     return thread
