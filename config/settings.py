@@ -178,6 +178,10 @@ CACHES = {
 
 # Fairness: how many jobs of one team may run at once across all workers.
 TEAM_MAX_RUNNING = env_int("TEAM_MAX_RUNNING", 1, minimum=1)
+# This worker's identity in the Worker table and on the jobs it runs ("" = host:pid of each queue worker
+# process), and its labels: a job whose requirements name labels runs only on a worker that has them all.
+WORKER_NAME = env_str("WORKER_NAME", "")
+WORKER_LABELS = env_list("WORKER_LABELS", [])
 
 LOGGING = {
     "version": 1,

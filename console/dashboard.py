@@ -4,7 +4,10 @@
 sees their teams' jobs and counts, a superuser sees all); the admin index renders it, and
 ``/admin/dashboard/`` serves it again as an HTML fragment (polled by the page) or as JSON.
 
-Worker status comes from two sources, both without a cache server:
+Worker status comes from three sources, none needing a cache server:
+- the ``Worker`` table (``jobs.scheduling``): each queue worker process records its host, hardware (CUDA GPUs
+  with their memory, CPU cores, free memory), labels and the jobs it supervises, at start and with a heartbeat
+  every five seconds, from whichever host it runs on;
 - django-q2's cluster statistics (``Stat``): each ``qcluster`` sentinel saves its status every half second
   with a three-second lifetime into the ``queue-stats`` cache (a file cache under ``DATA_DIR``, shared by the
   processes of one host). A cluster is alive while its entry is there, idle or busy.
@@ -26,6 +29,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from django.apps import apps
 from django.conf import settings
 from django.db.models import Count, Q
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -37,8 +41,9 @@ from accounts import visibility
 from core.admin_ui import format_duration, job_progress, status_badge
 from core.commands import format_bytes
 from datasets_app.models import Dataset, DatasetVersion
-from jobs.models import JobStatus
+from jobs.models import JobStatus, Worker
 from jobs.registry import kinds
+from jobs.scheduling import is_live
 from training.models import Adapter
 
 DATA_SUBFOLDERS = ("datasets", "models", "adapters", "runs", "exports")
@@ -178,6 +183,43 @@ def busy_workers() -> list[dict[str, Any]]:
         entry["heartbeat_human"] = format_duration(entry["heartbeat_age"])
         out.append(entry)
     return out
+
+
+WORKER_GONE_SHOWN = timedelta(hours=1)
+
+
+def _running_label(entry: dict, visible_teams: set[int]) -> dict[str, Any]:
+    """A job a worker runs, named only for a user who can see its team."""
+    if entry.get("team") not in visible_teams:
+        return {"label": "a job of another team", "url": ""}
+    try:
+        model = apps.get_model(str(entry.get("kind", "")))
+    except (LookupError, ValueError):
+        return {"label": f"job {entry.get('name')}", "url": ""}
+    return {"label": f"{model._meta.verbose_name} {entry.get('name')}", "url": _admin_url(model(pk=entry.get("id")))}
+
+
+def worker_hosts(user) -> list[dict[str, Any]]:
+    """The workers of every host with their hardware and what each runs (live ones first, then those gone in the
+    last hour); jobs of teams the user cannot see are not named."""
+    now = timezone.now()
+    visible = set(visibility.teams(user).values_list("pk", flat=True))
+    rows = []
+    for worker in Worker.objects.filter(heartbeat_at__gte=now - WORKER_GONE_SHOWN):
+        live = is_live(worker, now=now)
+        age = (now - worker.heartbeat_at).total_seconds()
+        gpus = [{"index": g.get("index"), "name": g.get("name"),
+                 "memory_human": format_bytes(int(g.get("memory_bytes") or 0))} for g in worker.gpus or []]
+        rows.append({
+            "name": worker.name, "host": worker.host, "pid": worker.pid, "live": live, "device": worker.device,
+            "gpus": gpus, "cpu_count": worker.cpu_count, "labels": list(worker.labels or []),
+            "memory_human": f"{format_bytes(worker.memory_free_bytes)} free of {format_bytes(worker.memory_total_bytes)}",
+            "running": [_running_label(e, visible) for e in (worker.running or [])] if live else [],
+            "heartbeat_age": age, "heartbeat_human": format_duration(age),
+            "uptime_human": format_duration((now - worker.started_at).total_seconds()),
+        })
+    rows.sort(key=lambda r: (not r["live"], r["name"]))
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------- device
@@ -350,11 +392,14 @@ def dashboard_data(user) -> dict[str, Any]:
     jobs_ = jobs_overview(user)
     clusters = queue_clusters()
     busy = busy_workers()
+    hosts = worker_hosts(user)
+    live = sum(1 for w in hosts if w["live"])
     return {
         **jobs_,
-        "workers": {"clusters": clusters, "busy": busy,
-                    "alive": len(clusters) or len(busy),
-                    "source": "queue stats + job heartbeats" if clusters else "job heartbeats"},
+        "workers": {"clusters": clusters, "busy": busy, "hosts": hosts,
+                    "alive": live or len(clusters) or len(busy),
+                    "source": "worker heartbeats" if live else
+                    ("queue stats + job heartbeats" if clusters else "job heartbeats")},
         "device": device_info(),
         "disk": disk_usage(),
         "teams": team_counts(user),

@@ -17,6 +17,7 @@ from django.views.decorators.http import require_POST
 
 from core.admin_ui import format_duration
 from jobs import services
+from jobs.scheduling import job_waiting_reason
 from jobs.schemas import error_fields, progress_fields
 
 CONTROL_VERBS = {"cancel": "Cancel requested for", "pause": "Pause requested for", "resume": "Resumed",
@@ -120,6 +121,7 @@ class JobControlAdminMixin:
                         for action, (label, statuses) in self.CONTROLS.items() if self._service(action) is not None]
             extra_context = {**(extra_context or {}), "job_controls": controls, "job_headline": self.headline(job),
                              "job_events_url": reverse(f"admin:{self._url_name('events')}", args=[job.pk]),
+                             "job_waiting_reason": job_waiting_reason(job),
                              "job_progress_url": reverse(f"admin:{self._url_name('progress')}", args=[job.pk])}
         return super().change_view(request, object_id, form_url, extra_context)
 
@@ -158,7 +160,8 @@ class JobControlAdminMixin:
         events = list(job.events.order_by("-id").values("id", "created_at", "level", "type", "message")[:20])
         error = error_fields(job)
         return {"status": job.status, **progress_fields(job), "metrics": job.metrics,
-                "error": error["message"] if error else "", "events": events}
+                "error": error["message"] if error else "", "waiting_reason": job_waiting_reason(job),
+                "events": events}
 
     def events_view(self, request, pk: int):
         """Every event of the job, newest first, 100 a page, filtered by level."""

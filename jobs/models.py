@@ -40,6 +40,8 @@ class Job(models.Model):
                                    related_name="+")
     status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED, db_index=True)
     priority = models.IntegerField(default=0, help_text="Higher runs first; FIFO within one priority.")
+    requirements = models.JSONField(default=dict, blank=True,
+                                    help_text="The hardware a worker needs to claim this job (jobs.requirements).")
 
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     queued_at = models.DateTimeField(null=True, blank=True)
@@ -126,3 +128,32 @@ class JobEvent(models.Model):
 
     def __str__(self) -> str:
         return f"[{self.level}] {self.message[:80]}"
+
+
+class Worker(models.Model):
+    """A queue worker process and its hardware, as it last reported them: written when the process starts and
+    with every heartbeat (idle or supervising), so the scheduler and the dashboard know what each worker can
+    run and what it runs now. A worker is live while its heartbeat is younger than JOB_STALE_SECONDS."""
+
+    name = models.CharField(max_length=200, unique=True, help_text="WORKER_NAME, or host:pid.")
+    host = models.CharField(max_length=200)
+    pid = models.IntegerField(null=True, blank=True)
+    device = models.CharField(max_length=8, default="cpu", help_text="What its jobs train on: cpu or cuda.")
+    gpus = models.JSONField(default=list, blank=True, help_text="CUDA GPUs: index, name, memory_bytes.")
+    cpu_count = models.PositiveIntegerField(default=1)
+    memory_total_bytes = models.BigIntegerField(default=0)
+    memory_free_bytes = models.BigIntegerField(default=0)
+    labels = models.JSONField(default=list, blank=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    heartbeat_at = models.DateTimeField(default=timezone.now, db_index=True)
+    running = models.JSONField(default=list, blank=True, help_text="The jobs it supervises: kind, id, name, team.")
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def gpu_memory_bytes(self) -> list[int]:
+        return [int(g.get("memory_bytes") or 0) for g in self.gpus or []]

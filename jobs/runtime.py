@@ -2,8 +2,13 @@
 requests (cancel / pause / resume / retry) and crash recovery.
 
 Every kind (``jobs.registry``) reuses all of it. The queue message (django-q2) carries nothing but a wake-up: the worker picks the
-next eligible row itself (priority, then FIFO, within each team's running limit), so a lost or
-re-delivered message can neither skip nor duplicate a job.
+next eligible row itself (priority, then FIFO, within each team's running limit, among the jobs whose
+requirements its hardware meets), so a lost or re-delivered message can neither skip nor duplicate a job.
+
+Several workers (queue processes, on one host or many) share the queue. A dispatch supervises one job at a
+time; before it does, it wakes one dispatch per other job that a free worker could take, and every idle worker
+checks for work it can run at each heartbeat, because the broker hands a wake-up to whichever cluster polls
+first, and a busy cluster keeps the messages it fetched until its job ends.
 """
 
 from __future__ import annotations
@@ -28,8 +33,19 @@ from django.utils import timezone
 from django_q.tasks import async_task
 
 from accounts.models import Team
-from jobs.models import TERMINAL, EventLevel, EventType, Job, JobStatus
+from jobs.models import TERMINAL, EventLevel, EventType, Job, JobStatus, Worker
 from jobs.registry import get_kind, kind_of, kinds
+from jobs.scheduling import (
+    can_run,
+    holder_is_dead,
+    live_workers,
+    running_entry,
+    supervisor_id,
+    team_running,
+    unrunnable_reason,
+    worker_beat,
+    worker_register,
+)
 from jobs.signals import job_finished
 
 log = logging.getLogger(__name__)
@@ -75,20 +91,17 @@ def add_event(job: Job, message: str, *, level: str = EventLevel.INFO, type: str
 # --------------------------------------------------------------------------------------------- queueing
 
 def enqueue(job: Job) -> None:
-    """Wake a worker once the surrounding transaction commits (never for an uncommitted row)."""
+    """Wake a worker once the surrounding transaction commits (never for an uncommitted row); a job with
+    requirements that no live worker meets says so in its log at once."""
+    if job.requirements:
+        reason = unrunnable_reason(job, live_workers())
+        if reason:
+            add_event(job, f"{reason} It stays queued until such a worker starts.", level=EventLevel.WARN)
     transaction.on_commit(wake_worker)
 
 
 def wake_worker() -> None:
     async_task("jobs.runtime.dispatch", q_options={"task_name": f"dispatch-{uuid.uuid4().hex[:8]}"})
-
-
-def _worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _team_running(team_id: int) -> int:
-    return sum(kind.model.objects.filter(team_id=team_id, status=JobStatus.RUNNING).count() for kind in kinds())
 
 
 def claim(job: Job, *, worker: str | None = None) -> str | None:
@@ -98,11 +111,11 @@ def claim(job: Job, *, worker: str | None = None) -> str | None:
     with transaction.atomic():
         # Lock the team row so two workers cannot both pass the team's running limit.
         Team.objects.select_for_update().filter(pk=job.team_id).first()
-        if _team_running(job.team_id) >= settings.TEAM_MAX_RUNNING:
+        if team_running(job.team_id) >= settings.TEAM_MAX_RUNNING:
             return None
         updated = type(job).objects.filter(pk=job.pk, status=JobStatus.QUEUED).update(
             status=JobStatus.RUNNING, run_token=token, started_at=job.started_at or now, heartbeat_at=now,
-            worker=worker or _worker_id(), attempts=F("attempts") + 1, pause_requested=False, paused_at=None,
+            worker=worker or supervisor_id(), attempts=F("attempts") + 1, pause_requested=False, paused_at=None,
             error_code="", error_message="", error_param="")
     return token if updated == 1 else None
 
@@ -117,8 +130,27 @@ def next_candidates() -> list[Job]:
     return rows
 
 
-def claim_next(*, worker: str | None = None) -> tuple[Job, str] | None:
+def claimable(hardware: Worker | None = None) -> list[Job]:
+    """Queued jobs that could start now, best first: their team is under TEAM_MAX_RUNNING (counting the jobs
+    picked before them) and, given ``hardware``, that worker meets their requirements."""
+    limit = settings.TEAM_MAX_RUNNING
+    running: dict[int, int] = {}
+    out = []
     for job in next_candidates():
+        if hardware is not None and not can_run(job, hardware):
+            continue
+        if job.team_id not in running:
+            running[job.team_id] = team_running(job.team_id)
+        if running[job.team_id] >= limit:
+            continue
+        running[job.team_id] += 1
+        out.append(job)
+    return out
+
+
+def claim_next(*, worker: str | None = None, hardware: Worker | None = None) -> tuple[Job, str] | None:
+    """Claim the best queued job this worker can run (``hardware``: its Worker row; None: any job)."""
+    for job in claimable(hardware):
         token = claim(job, worker=worker)
         if token:
             job.refresh_from_db()
@@ -126,15 +158,43 @@ def claim_next(*, worker: str | None = None) -> tuple[Job, str] | None:
     return None
 
 
+def wake_others(me: Worker | None) -> int:
+    """One wake-up per queued job that another free live worker could start now (at most one per such worker),
+    so that they run at the same time as the job this worker is about to supervise."""
+    free = [w for w in live_workers() if not w.running and (me is None or w.name != me.name)]
+    if not free:
+        return 0
+    wanted = sum(1 for job in claimable() if any(can_run(job, w) for w in free))
+    for _ in range(min(wanted, len(free))):
+        wake_worker()
+    return min(wanted, len(free))
+
+
+# The worker process's own record: set at its start (post_spawn) or first dispatch; what it runs, while it does.
+_me: dict[str, object] = {"worker": None, "running": None}
+
+
+def current_worker() -> Worker:
+    if _me["worker"] is None:
+        _me["worker"] = worker_register()
+    return _me["worker"]
+
+
 def dispatch(max_jobs: int | None = None) -> int:
-    """Queue task body: recover stale jobs, then run eligible jobs one after another until none is left."""
+    """Queue task body: record this worker, recover stale jobs, then run the jobs this worker can run, one after
+    another, waking other workers for the rest before each one."""
+    me = with_db_retry(current_worker, what="registering the worker")
     recover_stale()
     done = 0
     while max_jobs is None or done < max_jobs:
-        claimed = claim_next()
+        claimed = claim_next(hardware=me)
         if claimed is None:
             break
         job, token = claimed
+        try:
+            wake_others(me)
+        except Exception as exc:  # noqa: BLE001 - the others' own heartbeats find the work too
+            log.warning("could not wake other workers: %s", exc)
         supervise(job, token)
         done += 1
         close_old_connections()
@@ -185,8 +245,28 @@ def _kill(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
 
 def supervise(job: Job, token: str) -> str:
     """Run a claimed job in a child process and watch it until it ends; returns the final status."""
+    where = f"{settings.WORKER_NAME} on {socket.gethostname()}" if settings.WORKER_NAME else socket.gethostname()
+    add_event(job, f"Started on {where} (attempt {job.attempts}).")
+    running = [running_entry(job)]
+    _me["running"] = running
+    try:
+        _beat_quietly(running)
+        return _supervise(job, token)
+    finally:
+        _me["running"] = None
+        _beat_quietly([])
+
+
+def _beat_quietly(running: list[dict]) -> None:
+    """The worker's heartbeat where a failure must not stop the job: the next beat says it again."""
+    try:
+        worker_beat(running=running)
+    except Exception as exc:  # noqa: BLE001 - a database restart, say
+        log.warning("worker heartbeat failed: %s", exc)
+
+
+def _supervise(job: Job, token: str) -> str:
     model = type(job)
-    add_event(job, f"Started on {socket.gethostname()} (attempt {job.attempts}).")
     proc = spawn_child(job, token)
     cancel_seen_at: float | None = None
     last_beat = 0.0
@@ -203,6 +283,7 @@ def supervise(job: Job, token: str) -> str:
             try:
                 alive = model.objects.filter(pk=job.pk, run_token=token).update(heartbeat_at=timezone.now())
                 flags = model.objects.filter(pk=job.pk).values("cancel_requested", "status").first()
+                worker_beat(running=_me["running"] or [])
             except Exception as exc:  # database restarting: keep the child running and try again
                 log.warning("heartbeat for %s %s failed: %s", model.__name__, job.pk, exc)
                 close_old_connections()
@@ -266,33 +347,12 @@ def recover_or_fail(job: Job, token: str, reason: str) -> str:
             wake_worker()
             return JobStatus.QUEUED
         return type(job).objects.get(pk=job.pk).status
-    finish(job, token, JobStatus.FAILED, error_code="worker_crashed",
-           error_message=f"{reason[0].upper()}{reason[1:]}; gave up after {job.recoveries} automatic recoveries.")
-    add_event(job, f"Failed: {reason}.", level=EventLevel.ERROR)
-    return JobStatus.FAILED
-
-
-def holder_is_dead(worker: str) -> bool:
-    """True when ``worker`` ("host:pid ...") names a process of this host that no longer runs (or is a zombie).
-
-    Lets a restarted worker recover its predecessor's jobs at once instead of waiting for their heartbeat
-    to go stale; on another host, or when unsure, it says False and the heartbeat rule decides.
-    """
-    host, _, rest = (worker or "").partition(":")
-    pid = rest.split(" ", 1)[0]
-    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            return fh.read().rsplit(")", 1)[-1].split()[0] in ("Z", "X")
-    except OSError:
-        return False
+    # Several workers recover at once (each one's heartbeat does): only the one whose write wins logs it.
+    if finish(job, token, JobStatus.FAILED, error_code="worker_crashed",
+              error_message=f"{reason[0].upper()}{reason[1:]}; gave up after {job.recoveries} automatic recoveries."):
+        add_event(job, f"Failed: {reason}.", level=EventLevel.ERROR)
+        return JobStatus.FAILED
+    return type(job).objects.get(pk=job.pk).status
 
 
 def recover_stale(now=None) -> int:
@@ -316,12 +376,57 @@ def recover_stale(now=None) -> int:
 
 
 def on_worker_spawn(sender=None, **kwargs) -> None:
-    """django-q2's ``post_spawn``: a (re)started worker asks for a dispatch, which recovers the jobs of a
-    worker that died and picks up queued ones, instead of waiting for the periodic schedule."""
+    """django-q2's ``post_spawn``, in each queue worker process: record the worker and its hardware, start its
+    heartbeat, and ask for a dispatch, which recovers the jobs of a worker that died and picks up queued ones,
+    instead of waiting for the periodic schedule."""
     try:
+        _me["worker"] = worker_register()
+        start_heartbeat()
         wake_worker()
     except Exception as exc:  # noqa: BLE001 - never keep a worker from starting
-        log.warning("could not queue the start-up dispatch: %s", exc)
+        log.warning("could not register the worker or queue the start-up dispatch: %s", exc)
+
+
+def heartbeat_once() -> bool:
+    """One beat of the worker's heartbeat thread: recover what dead workers held (also while this one supervises,
+    so a dead worker's job is queued again at once); when idle, say it is alive, and when a queued job it can
+    run waits (its wake-up went to a busy worker), ask for a dispatch. True when it asked."""
+    recover_stale()
+    if _me["running"] is not None:
+        return False  # the supervisor beats while it runs a job
+    worker_beat(running=[])
+    me = current_worker()
+    if claimable(me):
+        wake_worker()
+        return True
+    return False
+
+
+def _heartbeat_loop() -> None:
+    while True:
+        time.sleep(HEARTBEAT_SECONDS)
+        try:
+            close_old_connections()
+            heartbeat_once()
+        except Exception as exc:  # noqa: BLE001 - a database restart: beat again next time
+            log.warning("worker heartbeat failed: %s", exc)
+            try:
+                connection.close()
+            except Exception:  # noqa: BLE001 - the connection is already broken
+                pass
+
+
+_heartbeat: dict[str, threading.Thread | None] = {"thread": None}
+
+
+def start_heartbeat() -> threading.Thread:
+    """A daemon thread of the queue worker process (it ends with it): the idle worker's heartbeat."""
+    thread = _heartbeat["thread"]
+    if thread is None or not thread.is_alive():
+        thread = threading.Thread(target=_heartbeat_loop, name="jobs-worker-heartbeat", daemon=True)
+        thread.start()
+        _heartbeat["thread"] = thread
+    return thread
 
 
 def finish(job: Job, token: str | None, status: str, **fields) -> bool:
@@ -433,7 +538,7 @@ def run_foreground(job: Job) -> str:
         raise ValueError(f"{kind.name} {job.pk} is {job.status}: resume or retry it first")
     if job.status != JobStatus.QUEUED:
         raise ValueError(f"{kind.name} {job.pk} is {job.status}, not queued")
-    token = claim(job, worker=f"{_worker_id()} (foreground)")
+    token = claim(job, worker=f"{socket.gethostname()}:{os.getpid()} (foreground)")
     if token is None:
         raise ValueError(f"{kind.name} {job.pk} could not be claimed (another worker took it, or the team is at "
                          "its running limit)")

@@ -7,6 +7,7 @@ from datetime import datetime
 from ninja import Schema
 
 from jobs.models import Job
+from jobs.scheduling import job_waiting_reason
 
 
 class ProgressOut(Schema):
@@ -49,6 +50,8 @@ class JobOut(Schema):
     created_by: str | None
     status: str
     priority: int
+    requirements: dict
+    waiting_reason: str | None = None
     progress: ProgressOut
     metrics: dict
     error: ErrorInfo | None
@@ -81,7 +84,10 @@ def job_fields(job: Job) -> dict:
     return {
         "id": job.pk, "name": job.name, "team": job.team.name,
         "created_by": job.created_by.username if job.created_by_id else None,
-        "status": job.status, "priority": job.priority, "progress": progress_fields(job), "metrics": job.metrics,
+        "status": job.status, "priority": job.priority, "requirements": job.requirements or {},
+        # Why a queued job is not running yet (no live worker can run it, its team is at its limit, ...).
+        "waiting_reason": job_waiting_reason(job) or None,
+        "progress": progress_fields(job), "metrics": job.metrics,
         "error": error_fields(job), "device": job.device, "seed": job.seed, "attempts": job.attempts,
         "recoveries": job.recoveries, "cancel_requested": job.cancel_requested,
         "pause_requested": job.pause_requested, "created_at": job.created_at, "queued_at": job.queued_at,

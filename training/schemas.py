@@ -18,6 +18,8 @@ class TrainingTaskIn(Schema):
     evaluate: bool = Field(False, description="Queue an evaluation run of the adapter when the task succeeds.")
     evaluation_metrics: list[str] | None = Field(
         None, description="Metrics of that evaluation (perplexity, samples, style, overlap); default all.")
+    requirements: dict = Field({}, description="The worker it needs: device (cpu, cuda), gpus, gpu_memory_gb, "
+                                               "labels; by default the device the task is planned for.")
 
 
 class CloneIn(Schema):

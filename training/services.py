@@ -19,6 +19,7 @@ from datasets_app.models import DatasetVersion
 from datasets_app.services import dataset_version_get
 from jobs import runtime
 from jobs.models import JobStatus
+from jobs.requirements import Requirements, requirements_parse
 from jobs.services import job_check_name, job_check_priority, job_check_quota, job_get, unique_name
 from training.checkpoints import checkpoint_problem
 from training.devices import available_memory_bytes, detect_device, gpu_memory_gb
@@ -81,6 +82,14 @@ def _resolve(params: dict | None, *, base_model: BaseModel, version, has_validat
     return resolved, estimate
 
 
+def _requirements(requested: Requirements, *, device: str) -> dict:
+    """The worker the task needs: what the caller asked for, and by default the device the recipe planned the
+    task for (planned for CUDA: a CUDA worker; planned for the CPU: any worker can run it)."""
+    if requested.device is None and device == "cuda":
+        requested = requirements_parse({**requested.to_dict(), "device": "cuda"})
+    return requested.to_dict()
+
+
 def _evaluation_request(evaluate, metrics) -> list[str]:
     """Validate the evaluation a task asks for on success; the names come from the evaluation app."""
     if not isinstance(evaluate, bool):
@@ -138,7 +147,8 @@ def training_task_create(*, user: Actor, name: str | None, base_model: BaseModel
                          validation_version=None, params: dict | None = None, team: Team | str | None = None,
                          priority: int = 0, suffix: str = "", metadata: dict | None = None,
                          fail_invalid_files: bool = False, cloned_from=None, evaluate: bool = False,
-                         evaluation_metrics: list[str] | str | None = None) -> TrainingTask:
+                         evaluation_metrics: list[str] | str | None = None,
+                         requirements: dict | None = None) -> TrainingTask:
     """Validate everything synchronously, then create a queued task and wake a worker on commit.
 
     ``fail_invalid_files`` (the OpenAI protocol): a file that failed validation still creates the job,
@@ -157,6 +167,7 @@ def training_task_create(*, user: Actor, name: str | None, base_model: BaseModel
     metadata = check_metadata(metadata)
     suffix = check_suffix(suffix)
     priority = job_check_priority(priority)
+    requested = requirements_parse(requirements)
     metrics_requested = _evaluation_request(evaluate, evaluation_metrics)
     name = job_check_name((name or "").strip() or _default_name(model, suffix))
     file_problem = None
@@ -194,6 +205,7 @@ def training_task_create(*, user: Actor, name: str | None, base_model: BaseModel
         task.estimated_memory_bytes = estimate.total_bytes
         task.seed = resolved.seed
         task.total_steps = resolved.total_steps
+        task.requirements = _requirements(requested, device=resolved.device)
         task.status = JobStatus.QUEUED
         task.queued_at = now
         task.save()
@@ -231,7 +243,8 @@ def training_task_clone(*, user: Actor, task: TrainingTask, name: str | None = N
         train_version=changes.get("train_version", task.train_version),
         validation_version=changes.get("validation_version", task.validation_version), params=merged,
         priority=task.priority, suffix=task.suffix, metadata=task.metadata, cloned_from=task,
-        evaluate=task.evaluate_on_success, evaluation_metrics=task.evaluation_metrics)
+        evaluate=task.evaluate_on_success, evaluation_metrics=task.evaluation_metrics,
+        requirements=changes.get("requirements", task.requirements))
 
 
 def training_task_reproduce(*, user: Actor, job: TrainingTask, name: str | None = None) -> TrainingTask:
