@@ -126,6 +126,7 @@ def _register_routers() -> None:
     from classifier.api import router as classifier_router
     from datasets_app.api import router as datasets_router
     from evaluation.api import router as evaluation_router
+    from notifications.api import router as notifications_router
     from openai_compat.files import router as files_v1_router
     from openai_compat.fine_tuning import router as openai_v1_router
     from training.api import router as training_router
@@ -136,6 +137,7 @@ def _register_routers() -> None:
     api.add_router("/", training_router)
     api.add_router("/", classifier_router)
     api.add_router("/", evaluation_router)
+    api.add_router("/", notifications_router)
     v1.add_router("/", files_v1_router)
     v1.add_router("/", openai_v1_router)
 

@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "classifier",
     "evaluation",
     "openai_compat",
+    "notifications",
     "console",
 ]
 
@@ -211,3 +212,11 @@ TEAM_MAX_ACTIVE_JOBS = env_int("TEAM_MAX_ACTIVE_JOBS", 20, minimum=1)
 # Dataset validation limits (a line longer, or JSON nested deeper, is a data error with its line number).
 DATASET_MAX_LINE_BYTES = env_int("DATASET_MAX_LINE_BYTES", 1024 * 1024, minimum=1024)
 DATASET_MAX_JSON_DEPTH = env_int("DATASET_MAX_JSON_DEPTH", 32, minimum=2)
+
+# Webhooks (notifications app): attempts per delivery, the first retry's delay (doubled each time, capped), the
+# request timeout, and whether loopback receivers are allowed (only the tests' local receivers need them).
+WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 6, minimum=1)
+WEBHOOK_BACKOFF_SECONDS = env_int("WEBHOOK_BACKOFF_SECONDS", 30, minimum=1)
+WEBHOOK_BACKOFF_MAX_SECONDS = env_int("WEBHOOK_BACKOFF_MAX_SECONDS", 3600, minimum=1)
+WEBHOOK_TIMEOUT_SECONDS = env_int("WEBHOOK_TIMEOUT_SECONDS", 10, minimum=1)
+WEBHOOK_ALLOW_LOOPBACK = env_bool("WEBHOOK_ALLOW_LOOPBACK", False)

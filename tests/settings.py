@@ -5,3 +5,6 @@ from config.settings import *  # noqa: F403
 from config.settings import INSTALLED_APPS
 
 INSTALLED_APPS = [*INSTALLED_APPS, "tests.jobkind"]
+
+# The webhook tests' receivers listen on 127.0.0.1.
+WEBHOOK_ALLOW_LOOPBACK = True
