@@ -10,14 +10,17 @@ from jobs.schemas import ErrorInfo, JobOut, job_fields
 class TrainingTaskIn(Schema):
     name: str | None = None
     team: str | None = None
-    base_model: str
-    train_version: str | int
+    # Required unless the recipe in ``config`` names them.
+    base_model: str | None = None
+    train_version: str | int | None = None
     validation_version: str | int | None = None
     params: dict = {}
     priority: int = 0
     evaluate: bool = Field(False, description="Queue an evaluation run of the adapter when the task succeeds.")
     evaluation_metrics: list[str] | None = Field(
         None, description="Metrics of that evaluation (perplexity, samples, style, overlap); default all.")
+    config: str | None = Field(None, description="A YAML recipe (our keys or LLaMA-Factory's); the other fields "
+                                                 "given here override it.")
 
 
 class CloneIn(Schema):
