@@ -174,6 +174,8 @@ def webhook_delivery_attempt(*, delivery_id: int) -> str:
     delivery = WebhookDelivery.objects.select_related("endpoint").filter(pk=delivery_id).first()
     if delivery is None or delivery.status != DeliveryStatus.PENDING:
         return delivery.status if delivery else "gone"
+    if delivery.next_attempt_at and delivery.next_attempt_at > timezone.now() + timedelta(seconds=1):
+        return delivery.status  # a late message for an attempt the sweep already made: the next one is not due
     number = delivery.attempts + 1
     # Claim this attempt: a re-delivered queue message for an attempt already made changes nothing.
     if not WebhookDelivery.objects.filter(pk=delivery.pk, status=DeliveryStatus.PENDING,
@@ -212,6 +214,18 @@ def webhook_delivery_attempt(*, delivery_id: int) -> str:
     if not ok:
         log.info("webhook %s to %s: attempt %s failed (%s)", delivery.message_id, endpoint.url, number, error)
     return fields.get("status", DeliveryStatus.PENDING)
+
+
+def webhook_delivery_sweep(*, now=None) -> int:
+    """Queue the pending deliveries whose attempt is overdue by WEBHOOK_SWEEP_SECONDS (their queue message or
+    schedule was lost, e.g. the queue was flushed); a periodic schedule runs it. Returns how many were queued."""
+    now = now or timezone.now()
+    overdue = WebhookDelivery.objects.filter(status=DeliveryStatus.PENDING,
+                                             next_attempt_at__lt=now - timedelta(seconds=settings.WEBHOOK_SWEEP_SECONDS))
+    ids = list(overdue.values_list("pk", flat=True)[:500])
+    for pk in ids:
+        async_task(DELIVER_TASK, pk, q_options={"task_name": f"webhook-{pk}-sweep"})
+    return len(ids)
 
 
 def webhook_delivery_redeliver(*, user: Actor, delivery: WebhookDelivery) -> WebhookDelivery:

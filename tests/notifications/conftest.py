@@ -77,12 +77,17 @@ def queued(monkeypatch):
 
 
 def run_queued(calls: list[tuple]) -> list[str]:
-    """Run (and forget) the captured queue messages, as a worker would."""
+    """Run (and forget) the captured queue messages, as a worker would; a scheduled retry as if its time had come."""
+    from django.utils import timezone
     from django.utils.module_loading import import_string
+
+    from notifications.models import WebhookDelivery
 
     results = []
     while calls:
-        func, args, _when = calls.pop(0)
+        func, args, when = calls.pop(0)
+        if when is not None:
+            WebhookDelivery.objects.filter(pk=args[0]).update(next_attempt_at=timezone.now())
         results.append(import_string(func)(*args))
     return results
 

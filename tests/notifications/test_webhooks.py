@@ -216,3 +216,38 @@ def test_api_refuses_a_forbidden_url_with_the_field_named(admin_of, token_for, b
     r = c.post("/api/webhooks/endpoints", {"url": "gopher://example.com/", "events": ["job.failed"]},
                content_type="application/json")
     assert r.status_code == 400 and r.json()["param"] == "url" and r.json()["code"] == "invalid_url"
+
+
+def test_a_retry_that_is_not_due_yet_is_not_made_early(admin_of, receiver, queued,
+                                                       django_capture_on_commit_callbacks):
+    team, ada = admin_of
+    receiver.statuses = [500, 200]
+    endpoint_for(ada, team, receiver.url)
+    with django_capture_on_commit_callbacks(execute=True):
+        (delivery,) = services.webhook_event_publish(team=team, event_type="job.succeeded", data={"id": 3})
+    run_queued(queued[:1])
+    assert services.webhook_delivery_attempt(delivery_id=delivery.pk) == "pending"  # a stray early message
+    assert len(receiver.requests) == 1 and WebhookDelivery.objects.get(pk=delivery.pk).attempts == 1
+
+
+def test_the_sweep_requeues_deliveries_whose_message_was_lost(admin_of, receiver, queued, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    team, ada = admin_of
+    endpoint_for(ada, team, receiver.url)
+    (delivery,) = services.webhook_event_publish(team=team, event_type="job.succeeded", data={"id": 3})
+    assert services.webhook_delivery_sweep() == 0  # not overdue yet
+    later = timezone.now() + timedelta(seconds=settings.WEBHOOK_SWEEP_SECONDS + 1)
+    assert services.webhook_delivery_sweep(now=later) == 1
+    assert run_queued(queued) == ["succeeded"]
+
+
+def test_the_periodic_sweep_is_scheduled():
+    from django_q.models import Schedule
+
+    from notifications.apps import ensure_schedule
+
+    ensure_schedule(sender=None)
+    assert Schedule.objects.get(name="webhook-sweep").func == "notifications.tasks.sweep"
