@@ -48,8 +48,8 @@ def endpoint_detail(request, endpoint_id: int):
 @router.patch("/webhooks/endpoints/{endpoint_id}", response={200: EndpointOut, **ERRORS})
 def endpoint_update(request, endpoint_id: int, payload: EndpointPatch):
     who = principal(request)
-    endpoint = services.webhook_endpoint_update(user=who, endpoint=services.webhook_endpoint_get(user=who, ref=endpoint_id),
-                                                **payload.dict(exclude_unset=True))
+    endpoint = services.webhook_endpoint_get(user=who, ref=endpoint_id)
+    endpoint = services.webhook_endpoint_update(user=who, endpoint=endpoint, **payload.dict(exclude_unset=True))
     return EndpointOut.from_endpoint(endpoint)
 
 

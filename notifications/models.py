@@ -49,7 +49,8 @@ class WebhookDelivery(models.Model):
     """One event for one endpoint: the exact body that is signed, and where its retries stand.
 
     ``message_id`` is the ``webhook-id`` header, the same on every attempt (and on a manual redelivery) so that
-    receivers can drop duplicates; ``body`` is kept byte for byte, so that every attempt signs what the first one signed.
+    receivers can drop duplicates; ``body`` is kept byte for byte, so that every attempt signs what the first one
+    signed.
     """
 
     Status = DeliveryStatus

@@ -209,7 +209,7 @@ def webhook_delivery_attempt(*, delivery_id: int) -> str:
         next_at = timezone.now() + timedelta(seconds=backoff_seconds(number))
         fields["next_attempt_at"] = next_at
         schedule(DELIVER_TASK, delivery.pk, name=f"webhook-{delivery.pk}-{number + 1}",
-                 schedule_type=Schedule.ONCE, repeats=1, next_run=next_at)
+                 schedule_type=Schedule.ONCE, next_run=next_at)  # deleted once it has run
     WebhookDelivery.objects.filter(pk=delivery.pk).update(**fields)
     if not ok:
         log.info("webhook %s to %s: attempt %s failed (%s)", delivery.message_id, endpoint.url, number, error)
@@ -220,8 +220,8 @@ def webhook_delivery_sweep(*, now=None) -> int:
     """Queue the pending deliveries whose attempt is overdue by WEBHOOK_SWEEP_SECONDS (their queue message or
     schedule was lost, e.g. the queue was flushed); a periodic schedule runs it. Returns how many were queued."""
     now = now or timezone.now()
-    overdue = WebhookDelivery.objects.filter(status=DeliveryStatus.PENDING,
-                                             next_attempt_at__lt=now - timedelta(seconds=settings.WEBHOOK_SWEEP_SECONDS))
+    cutoff = now - timedelta(seconds=settings.WEBHOOK_SWEEP_SECONDS)
+    overdue = WebhookDelivery.objects.filter(status=DeliveryStatus.PENDING, next_attempt_at__lt=cutoff)
     ids = list(overdue.values_list("pk", flat=True)[:500])
     for pk in ids:
         async_task(DELIVER_TASK, pk, q_options={"task_name": f"webhook-{pk}-sweep"})
@@ -235,5 +235,6 @@ def webhook_delivery_redeliver(*, user: Actor, delivery: WebhookDelivery) -> Web
     again = WebhookDelivery.objects.create(endpoint=delivery.endpoint, message_id=delivery.message_id,
                                            event_id=delivery.event_id, event_type=delivery.event_type,
                                            body=delivery.body, next_attempt_at=timezone.now())
-    transaction.on_commit(lambda: async_task(DELIVER_TASK, again.pk, q_options={"task_name": f"webhook-{again.pk}-1"}))
+    transaction.on_commit(lambda: async_task(DELIVER_TASK, again.pk,
+                                             q_options={"task_name": f"webhook-{again.pk}-1"}))
     return again

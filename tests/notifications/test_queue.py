@@ -4,6 +4,7 @@ worker, and its retry after a 500 comes from the django-q schedule the first att
 from __future__ import annotations
 
 import pytest
+from django_q.models import Schedule
 
 from jobs import runtime
 from jobs.models import JobStatus
@@ -34,3 +35,5 @@ def test_the_worker_delivers_and_retries_after_a_500(admin_of, receiver, worker,
     assert len(receiver.requests) == 2
     for got in receiver.requests:
         signing.verify(secret, got.headers, got.body)
+    # The retry's one-off schedule is gone once it ran (only the periodic sweep stays).
+    assert not Schedule.objects.filter(func="notifications.tasks.deliver").exists()
