@@ -35,6 +35,9 @@ def _perms_for(role: str) -> list[Permission]:
                      "view_apitoken", "add_apitoken", "change_apitoken"],
     }[Role(role)]
     wanted += list(qs.filter(content_type__app_label="accounts", codename__in=accounts_perms))
+    # Webhooks send a team's events to outside URLs: every role sees them, team admins manage them.
+    wanted += [perm for perm in qs.filter(content_type__app_label="notifications")
+               if perm.codename.startswith("view_") or role == Role.ADMIN]
     # django-q2's queue pages: everyone on a team may look at the queue.
     wanted += list(qs.filter(content_type__app_label="django_q", codename__startswith="view_"))
     return wanted

@@ -15,6 +15,7 @@ from classifier.api import router as classifier_router
 from core.errors import ApplicationError, RateLimited
 from datasets_app.api import router as datasets_router
 from evaluation.api import router as evaluation_router
+from notifications.api import router as notifications_router
 from openai_compat.chat import router as chat_v1_router
 from openai_compat.files import router as files_v1_router
 from openai_compat.fine_tuning import router as fine_tuning_v1_router
@@ -145,6 +146,7 @@ api.add_router("/", catalog_router)
 api.add_router("/", training_router)
 api.add_router("/", classifier_router)
 api.add_router("/", evaluation_router)
+api.add_router("/", notifications_router)
 v1.add_router("/", files_v1_router)
 v1.add_router("/", fine_tuning_v1_router)
 v1.add_router("/", models_v1_router)

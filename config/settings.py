@@ -48,6 +48,7 @@ INSTALLED_APPS = [
     "evaluation",
     "serving",
     "openai_compat",
+    "notifications",
     "console",
 ]
 
@@ -221,3 +222,13 @@ DATASET_MAX_LINE_BYTES = env_int("DATASET_MAX_LINE_BYTES", 1024 * 1024, minimum=
 DATASET_MAX_JSON_DEPTH = env_int("DATASET_MAX_JSON_DEPTH", 32, minimum=2)
 # A plain .txt / .md corpus is cut into training rows of at most this many tokens, on paragraph boundaries.
 DATASET_TEXT_CHUNK_TOKENS = env_int("DATASET_TEXT_CHUNK_TOKENS", 1024, minimum=16)
+
+# Webhooks (notifications app): attempts per delivery, the first retry's delay (doubled each time, capped), the
+# request timeout, and whether loopback receivers are allowed (only the tests' local receivers need them).
+WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 6, minimum=1)
+WEBHOOK_BACKOFF_SECONDS = env_int("WEBHOOK_BACKOFF_SECONDS", 30, minimum=1)
+WEBHOOK_BACKOFF_MAX_SECONDS = env_int("WEBHOOK_BACKOFF_MAX_SECONDS", 3600, minimum=1)
+WEBHOOK_TIMEOUT_SECONDS = env_int("WEBHOOK_TIMEOUT_SECONDS", 10, minimum=1)
+# A pending delivery this late (its queue message was lost) is queued again by the periodic sweep.
+WEBHOOK_SWEEP_SECONDS = env_int("WEBHOOK_SWEEP_SECONDS", 300, minimum=10)
+WEBHOOK_ALLOW_LOOPBACK = env_bool("WEBHOOK_ALLOW_LOOPBACK", False)

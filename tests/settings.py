@@ -13,3 +13,6 @@ INSTALLED_APPS = [*INSTALLED_APPS, "tests.jobkind"]
 # project's default, and Redis) are tested across real processes in tests/reliability/test_shared_cache.py.
 if "CACHE_URL" not in os.environ:  # a process a test starts with CACHE_URL set uses that one
     CACHES = {**CACHES, "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}  # noqa: F405
+
+# The webhook tests' receivers listen on 127.0.0.1.
+WEBHOOK_ALLOW_LOOPBACK = True

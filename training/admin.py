@@ -18,7 +18,7 @@ from core.commands import format_bytes, format_count
 from core.errors import ApplicationError
 from datasets_app.models import DatasetVersion
 from jobs.admin import JobControlAdminMixin, JobEventInline, parameter_table
-from training import lifecycle, services
+from training import lifecycle, recipes, services
 from training.charts import loss_chart_png
 from training.models import Adapter, Checkpoint, MergeEvent, MergeJob, TrainingEvent, TrainingTask
 
@@ -42,13 +42,18 @@ class CheckpointInline(admin.TabularInline):
 class StartTrainingForm(forms.Form):
     name = forms.CharField(max_length=180, required=False, help_text="Default: <base model>-<dataset>.")
     team = forms.ModelChoiceField(queryset=Team.objects.none())
-    base_model = forms.ModelChoiceField(queryset=BaseModel.objects.none())
-    train_version = forms.ModelChoiceField(queryset=None, label="Training data")
+    base_model = forms.ModelChoiceField(queryset=BaseModel.objects.none(), required=False,
+                                        help_text="Required unless the recipe names it.")
+    train_version = forms.ModelChoiceField(queryset=None, label="Training data", required=False,
+                                           help_text="Required unless the recipe names it.")
     validation_version = forms.ModelChoiceField(queryset=None, required=False, label="Validation data")
     params = forms.JSONField(required=False, initial=dict, widget=forms.Textarea(attrs={"rows": 6, "cols": 60}),
                              help_text='Hyperparameters as JSON, e.g. {"n_epochs": 3, "quantization": "nf4"}; '
                                        'anything left out is "auto".')
     priority = forms.IntegerField(initial=0, min_value=-100, max_value=100)
+    config = forms.FileField(required=False, label="Recipe (YAML)",
+                             help_text="Our keys or LLaMA-Factory's (model_name_or_path, dataset, lora_rank, ...); "
+                                       "the fields above, where filled in, override it.")
     evaluate = forms.BooleanField(required=False, label="Evaluate on success",
                                   help_text="Queue an evaluation run (perplexity, samples, style, overlap against "
                                             "the base model) when the adapter is ready.")
@@ -62,6 +67,14 @@ class StartTrainingForm(forms.Form):
                                          team_field="dataset__team").select_related("dataset")
         self.fields["train_version"].queryset = versions
         self.fields["validation_version"].queryset = versions
+
+    def clean(self):
+        data = super().clean()
+        if not data.get("config"):
+            for name in ("base_model", "train_version"):
+                if not data.get(name) and name not in self.errors:
+                    self.add_error(name, "Required unless a recipe is uploaded.")
+        return data
 
 
 @admin.register(TrainingTask)
@@ -158,21 +171,29 @@ class TrainingTaskAdmin(JobControlAdminMixin, TeamScopedAdmin):
             path("start/", wrap(self.start_view), name="training_trainingtask_start"),
             path("<int:pk>/chart.png", wrap(self.chart_view), name="training_trainingtask_chart"),
             path("<int:pk>/log.txt", wrap(self.log_view), name="training_trainingtask_log"),
+            path("<int:pk>/recipe.yaml", wrap(self.recipe_view), name="training_trainingtask_recipe"),
             *self.job_urls(),
         ] + super().get_urls()
 
     def start_view(self, request):
         if not self.has_view_permission(request) or not visibility.teams(request.user, write=True).exists():
             raise PermissionDenied
-        form = StartTrainingForm(request.POST or None, user=request.user,
+        form = StartTrainingForm(request.POST or None, request.FILES or None, user=request.user,
                                  initial={"params": {}} if request.method == "GET" else None)
         if request.method == "POST" and form.is_valid():
             data = form.cleaned_data
-            task = self.call_service(request, services.training_task_create, user=request.user, team=data["team"],
-                                     name=data["name"], base_model=data["base_model"],
-                                     train_version=data["train_version"],
-                                     validation_version=data["validation_version"], params=data["params"] or {},
-                                     priority=data["priority"], evaluate=data["evaluate"])
+            if data["config"]:
+                task = self.call_service(request, recipes.training_recipe_task_create, user=request.user,
+                                         config=data["config"].read(), team=data["team"], name=data["name"],
+                                         base_model=data["base_model"], train_version=data["train_version"],
+                                         validation_version=data["validation_version"], params=data["params"] or {},
+                                         priority=data["priority"] or None, evaluate=data["evaluate"] or None)
+            else:
+                task = self.call_service(request, services.training_task_create, user=request.user,
+                                         team=data["team"], name=data["name"], base_model=data["base_model"],
+                                         train_version=data["train_version"],
+                                         validation_version=data["validation_version"], params=data["params"] or {},
+                                         priority=data["priority"], evaluate=data["evaluate"])
             if task is not None:
                 auto = "; ".join(f"{k}: {v}" for k, v in (task.auto_explanation or {}).items())
                 self.message_user(request, f"Queued task {task.name}." + (f" Auto values — {auto}" if auto else ""),
@@ -186,6 +207,13 @@ class TrainingTaskAdmin(JobControlAdminMixin, TeamScopedAdmin):
         task = self._task(request, pk)
         rows = task.events.filter(type="metrics").order_by("id").values_list("data", flat=True)
         return HttpResponse(loss_chart_png(list(rows), title=task.name), content_type="image/png")
+
+    def recipe_view(self, request, pk: int):
+        task = self._task(request, pk)
+        response = HttpResponse(recipes.training_recipe_export(user=request.user, task=task),
+                                content_type="application/yaml; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="{task.name}.yaml"'
+        return response
 
     def log_view(self, request, pk: int):
         from pathlib import Path

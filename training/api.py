@@ -3,16 +3,17 @@
 # No `from __future__ import annotations` here: ninja resolves Query[...] and response types at import.
 from pathlib import Path
 
-from django.http import StreamingHttpResponse
+from django.http import HttpResponse, StreamingHttpResponse
 from ninja import Query, Router, Schema, Status
 from ninja.pagination import paginate
 from pydantic import Field
 
 from accounts.auth import principal
+from core.errors import ApplicationError
 from core.pagination import Mapped, Pagination
 from core.schemas import ERRORS
 from jobs.api import add_job_routes
-from training import lifecycle, services
+from training import lifecycle, recipes, services
 from training.checkpoints import checkpoint_problem
 from training.models import Adapter, TrainingTask
 from training.schemas import (
@@ -41,6 +42,17 @@ class TaskFilter(Schema):
 
 @router.post("/training/tasks", response={201: TrainingTaskOut, **ERRORS})
 def task_create(request, payload: TrainingTaskIn):
+    if payload.config is not None:
+        task = recipes.training_recipe_task_create(
+            user=principal(request), config=payload.config, team=payload.team, name=payload.name,
+            base_model=payload.base_model, train_version=payload.train_version,
+            validation_version=payload.validation_version, params=payload.params, priority=payload.priority or None,
+            evaluate=payload.evaluate or None, evaluation_metrics=payload.evaluation_metrics)
+        return Status(201, TrainingTaskOut.from_task(task))
+    for name in ("base_model", "train_version"):
+        if getattr(payload, name) is None:
+            raise ApplicationError(f"{name}: required (or give a recipe in config).", code="invalid_parameter",
+                                   param=name)
     task = services.training_task_create(user=principal(request), team=payload.team, name=payload.name,
                                          base_model=payload.base_model, train_version=payload.train_version,
                                          validation_version=payload.validation_version, params=payload.params,
@@ -64,6 +76,16 @@ def task_list(request, filters: Query[TaskFilter]):
 @router.get("/training/tasks/{ref}", response={200: TrainingTaskOut, **ERRORS})
 def task_detail(request, ref: str):
     return TrainingTaskOut.from_task(services.training_task_get(user=principal(request), ref=ref))
+
+
+@router.get("/training/tasks/{ref}/recipe", response={200: None, **ERRORS})
+def task_recipe(request, ref: str):
+    """The YAML recipe that reproduces the task (POST it back as ``config``, or ``start_training --config``)."""
+    who = principal(request)
+    task = services.training_task_get(user=who, ref=ref)
+    response = HttpResponse(recipes.training_recipe_export(user=who.user, task=task), content_type="application/yaml")
+    response["Content-Disposition"] = f'attachment; filename="{task.name}.yaml"'
+    return response
 
 
 add_job_routes(router, path="/training/tasks", name="training_task", out=TrainingTaskOut.from_task,

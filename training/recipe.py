@@ -77,6 +77,7 @@ from training.errors import (
 )
 from training.hooks import Hooks, NullHooks
 from training.params import InvalidParams, ResolvedParams, TrainingParams, parse_params, resolve_params  # noqa: F401
+from training.tracking import tracking_callbacks
 
 logger = logging.getLogger(__name__)
 
@@ -803,7 +804,8 @@ def _run(spec: RunSpec, hooks: Hooks) -> RunResult:
     trainer = RecipeTrainer(
         model=model, args=train_args, train_dataset=_ListDataset(train_items),
         eval_dataset=_ListDataset(valid_items) if has_valid else None, processing_class=tokenizer,
-        data_collator=Collator(tokenizer.pad_token_id, flat=flat), callbacks=[bridge], recipe=recipe,
+        data_collator=Collator(tokenizer.pad_token_id, flat=flat), recipe=recipe,
+        callbacks=[bridge, *tracking_callbacks(run_dir, params, spec.summary_extra)],
     )
     if resume is not None:
         _message(hooks, "info", f"Resuming from {resume.name}.")

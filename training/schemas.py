@@ -10,8 +10,9 @@ from jobs.schemas import ErrorInfo, JobOut, job_fields
 class TrainingTaskIn(Schema):
     name: str | None = None
     team: str | None = None
-    base_model: str
-    train_version: str | int
+    # Required unless the recipe in ``config`` names them.
+    base_model: str | None = None
+    train_version: str | int | None = None
     validation_version: str | int | None = None
     params: dict = {}
     priority: int = 0
@@ -20,6 +21,8 @@ class TrainingTaskIn(Schema):
         None, description="Metrics of that evaluation (perplexity, samples, style, overlap); default all.")
     requirements: dict = Field({}, description="The worker it needs: device (cpu, cuda), gpus, gpu_memory_gb, "
                                                "labels; by default the device the task is planned for.")
+    config: str | None = Field(None, description="A YAML recipe (our keys or LLaMA-Factory's); the other fields "
+                                                 "given here override it.")
 
 
 class CloneIn(Schema):

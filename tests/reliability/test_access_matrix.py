@@ -75,6 +75,7 @@ API = {
     "POST /api/training/tasks/{ref}/clone": ("write", {"name": "clone"}),
     "GET /api/training/tasks/{ref}/events": ("read", None),
     "GET /api/training/tasks/{ref}/checkpoints": ("read", None),
+    "GET /api/training/tasks/{ref}/recipe": ("read", None),
     "GET /api/adapters": ("authenticated", None),
     "GET /api/adapters/{ref}": ("read", None),
     "DELETE /api/adapters/{ref}": ("write", None),
@@ -114,6 +115,16 @@ API = {
     "POST /api/evaluation/reviews/{review_id}/close": ("write", None),
     "GET /api/evaluation/reviews/{review_id}/results": ("read", None),
     "GET /api/evaluation/reviews/{review_id}/votes.csv": ("read", None),
+    # Webhooks send a team's events to outside URLs: its admins manage them, every member reads them.
+    "GET /api/webhooks/event-types": ("authenticated", None),
+    "POST /api/webhooks/endpoints": ("manage", {"team": "alpha", "url": "http://127.0.0.1:9/hook",
+                                                "events": ["job.failed"]}),
+    "GET /api/webhooks/endpoints": ("authenticated", None),
+    "GET /api/webhooks/endpoints/{endpoint_id}": ("read", None),
+    "PATCH /api/webhooks/endpoints/{endpoint_id}": ("manage", {"description": "ops"}),
+    "DELETE /api/webhooks/endpoints/{endpoint_id}": ("manage", None),
+    "POST /api/webhooks/endpoints/{endpoint_id}/rotate-secret": ("manage", None),
+    "GET /api/webhooks/endpoints/{endpoint_id}/deliveries": ("read", None),
     "GET /v1/openapi.json": ("staff_docs", None),
     "GET /v1/docs": ("staff_docs", None),
     "POST /v1/files": ("any_writer", "v1file"),  # a /v1/ token names its team: the upload goes there
@@ -156,6 +167,8 @@ def cast(make_team, make_user, tiny_base_model, data_dir, fast_passwords, token_
          tiny_adapter_dir):
     from accounts.models import ApiToken
     from catalog.models import BaseModel
+    from notifications.models import WebhookDelivery, WebhookEndpoint
+    from notifications.signing import generate_secret
     from training.models import MergeJob
 
     alpha, beta = make_team("alpha"), make_team("beta")
@@ -175,6 +188,10 @@ def cast(make_team, make_user, tiny_base_model, data_dir, fast_passwords, token_
     # Team alpha's own base model, so "read" of base-models/{ref} is a team object, not a global one.
     world.first["base"] = BaseModel.objects.filter(team=alpha, kind="causal-lm").first()
     world.first["merge"] = MergeJob.objects.filter(team=alpha).first()
+    world.first["webhook"] = WebhookEndpoint.objects.create(team=alpha, url="http://127.0.0.1:9/hook",
+                                                            events=["job.failed"], secret=generate_secret())
+    world.first["delivery"] = WebhookDelivery.objects.create(endpoint=world.first["webhook"], message_id="msg_1",
+                                                             event_id="evt_1", event_type="job.failed", body="{}")
     return world, users, tokens
 
 
@@ -185,7 +202,8 @@ def _values(world: World) -> dict:
     return {"name": "alpha", "username": "extra", "token_id": f["token"].pk, "job_id": f["merge"].pk,
             "adapter_id": f["adapter"].pk, "run_id": f["run"].pk, "review_id": f["review"].pk,
             "pair_id": f["review"].pairs.first().pk, "file_id": f"file-{f['version'].pk}",
-            "fine_tuning_job_id": f"ftjob-{f['task'].pk}", "model_id": fine_tuned_name(f["task"])}
+            "fine_tuning_job_id": f"ftjob-{f['task'].pk}", "model_id": fine_tuned_name(f["task"]),
+            "endpoint_id": f["webhook"].pk}
 
 
 def _ref(route: str, world: World) -> str:
@@ -310,6 +328,7 @@ ADMIN = {
     "training.mergejob": "team_scoped",
     "classifier.classifiertask": "team_scoped", "evaluation.evaluationrun": "team_scoped",
     "evaluation.review": "team_scoped",
+    "notifications.webhookendpoint": "team_scoped", "notifications.webhookdelivery": "team_scoped",
 }
 
 
@@ -326,6 +345,7 @@ def _admin_object(model, world: World, users):
                 "training.adapter": f["adapter"], "classifier.classifiertask": f["classifier"],
                 "training.mergejob": f["merge"],
                 "evaluation.evaluationrun": f["run"], "evaluation.review": f["review"],
+                "notifications.webhookendpoint": f["webhook"], "notifications.webhookdelivery": f["delivery"],
                 "auth.user": users["viewer"]}
     if label in by_label:
         return by_label[label]

@@ -5,6 +5,7 @@ from core.commands import ServiceCommand
 from core.errors import ApplicationError
 from core.params import parse_param_options
 from jobs.cli import wait_with_progress
+from training.recipes import training_recipe_task_create
 from training.services import training_task_create
 
 
@@ -12,10 +13,13 @@ class Command(ServiceCommand):
     help = "Create a training task (and wait for it with --wait, showing progress)."
 
     def add_arguments(self, parser):
-        parser.add_argument("--name", required=True)
+        parser.add_argument("--name", default=None, help="Required unless the recipe (--config) names the task.")
         parser.add_argument("--team", required=True)
-        parser.add_argument("--base-model", required=True, help="Base model name or id.")
-        parser.add_argument("--dataset", required=True, help="Dataset version: id, NAME (latest) or NAME@N.")
+        parser.add_argument("--config", default=None, metavar="RECIPE.yaml",
+                            help="A YAML recipe (our keys or LLaMA-Factory's); the options given here override it.")
+        parser.add_argument("--base-model", default=None, help="Base model name or id (required without --config).")
+        parser.add_argument("--dataset", default=None, help="Dataset version: id, NAME (latest) or NAME@N "
+                                                            "(required without --config).")
         parser.add_argument("--validation-dataset", default=None)
         parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                             help="Hyperparameter, repeatable (values parsed as JSON when possible).")
@@ -29,10 +33,26 @@ class Command(ServiceCommand):
 
     def run(self, *args, **opts):
         user = command_actor(username=opts["user"], team=opts["team"])
-        task = training_task_create(user=user, team=opts["team"], name=opts["name"], base_model=opts["base_model"],
-                                    train_version=opts["dataset"], validation_version=opts["validation_dataset"],
-                                    params=parse_param_options(opts["param"]), priority=opts["priority"],
-                                    evaluate=opts["evaluate"], evaluation_metrics=opts["evaluation_metrics"])
+        if opts["config"]:
+            try:
+                with open(opts["config"], "rb") as fh:
+                    config = fh.read()
+            except OSError as exc:
+                raise ApplicationError(f"Cannot read the recipe: {exc}.", param="config") from None
+            task = training_recipe_task_create(
+                user=user, config=config, team=opts["team"], name=opts["name"], base_model=opts["base_model"],
+                train_version=opts["dataset"], validation_version=opts["validation_dataset"],
+                params=parse_param_options(opts["param"]), priority=opts["priority"] or None,
+                evaluate=opts["evaluate"] or None, evaluation_metrics=opts["evaluation_metrics"])
+        else:
+            if not (opts["name"] and opts["base_model"] and opts["dataset"]):
+                raise ApplicationError("Give --name, --base-model and --dataset, or a recipe with --config.",
+                                       param="config")
+            task = training_task_create(user=user, team=opts["team"], name=opts["name"],
+                                        base_model=opts["base_model"], train_version=opts["dataset"],
+                                        validation_version=opts["validation_dataset"],
+                                        params=parse_param_options(opts["param"]), priority=opts["priority"],
+                                        evaluate=opts["evaluate"], evaluation_metrics=opts["evaluation_metrics"])
         self.stdout.write(f"Created training task {task.pk} {task.name!r} ({task.status}).")
         for key, why in (task.auto_explanation or {}).items():
             self.stdout.write(f"  auto {key}: {why}")
