@@ -33,7 +33,7 @@ def task_create(request, payload: ClassifierTaskIn):
 @paginate(Pagination)
 def task_list(request, filters: Query[TaskFilter]):
     qs = services.classifier_task_list(user=principal(request), team=filters.team, status=filters.status)
-    return Mapped(qs, ClassifierTaskOut.from_task)  # the page is cut in SQL
+    return Mapped(qs, lambda task: ClassifierTaskOut.from_task(task, waiting=False))  # the page is cut in SQL
 
 
 @router.get("/classifier/tasks/{ref}", response={200: ClassifierTaskOut, **ERRORS})

@@ -29,9 +29,9 @@ class ClassifierTaskOut(JobOut):
     adapter_id: int | None
 
     @staticmethod
-    def from_task(task) -> dict:
+    def from_task(task, *, waiting: bool = True) -> dict:
         return {
-            **job_fields(task), "base_model": task.base_model.name,
+            **job_fields(task, waiting=waiting), "base_model": task.base_model.name,
             "train_version": task.train_version_id, "validation_version": task.validation_version_id,
             "params": task.params, "resolved_params": task.resolved_params, "label_map": task.label_map,
             "report": task.report, "trainable_parameters": task.trainable_parameters,

@@ -80,13 +80,15 @@ def error_fields(job: Job) -> dict | None:
         if job.error_code else None
 
 
-def job_fields(job: Job) -> dict:
+def job_fields(job: Job, *, waiting: bool = True) -> dict:
+    """The shared fields of a job; ``waiting=False`` for list pages, where the waiting reason (a look at the live
+    workers and the team's running jobs) would cost queries per row: each job's own page shows it."""
     return {
         "id": job.pk, "name": job.name, "team": job.team.name,
         "created_by": job.created_by.username if job.created_by_id else None,
         "status": job.status, "priority": job.priority, "requirements": job.requirements or {},
         # Why a queued job is not running yet (no live worker can run it, its team is at its limit, ...).
-        "waiting_reason": job_waiting_reason(job) or None,
+        "waiting_reason": (job_waiting_reason(job) or None) if waiting else None,
         "progress": progress_fields(job), "metrics": job.metrics,
         "error": error_fields(job), "device": job.device, "seed": job.seed, "attempts": job.attempts,
         "recoveries": job.recoveries, "cancel_requested": job.cancel_requested,

@@ -70,7 +70,7 @@ def task_list(request, filters: Query[TaskFilter]):
     # number of prefetch queries, since joining the small team and base-model tables first made the database
     # sort every task of the team for each page.
     qs = qs.select_related(None).prefetch_related("adapters", "team", "base_model", "created_by")
-    return Mapped(qs, TrainingTaskOut.from_task)
+    return Mapped(qs, lambda task: TrainingTaskOut.from_task(task, waiting=False))
 
 
 @router.get("/training/tasks/{ref}", response={200: TrainingTaskOut, **ERRORS})

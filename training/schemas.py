@@ -47,11 +47,11 @@ class TrainingTaskOut(JobOut):
     evaluation_metrics: list[str]
 
     @staticmethod
-    def from_task(task) -> dict:
+    def from_task(task, *, waiting: bool = True) -> dict:
         # max() over .all() uses a prefetch_related("adapters") when the caller made one (lists do).
         adapter = max(task.adapters.all(), key=lambda a: a.pk, default=None) if task.pk else None
         return {
-            **job_fields(task), "base_model": task.base_model.name,
+            **job_fields(task, waiting=waiting), "base_model": task.base_model.name,
             "train_version": task.train_version_id, "validation_version": task.validation_version_id,
             "params": task.params, "resolved_params": task.resolved_params,
             "auto_explanation": task.auto_explanation, "estimated_memory_bytes": task.estimated_memory_bytes,
