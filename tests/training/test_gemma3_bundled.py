@@ -36,7 +36,7 @@ def gemma_dir(tmp_path_factory) -> Path:
 
 def long_records(n: int) -> list[dict]:
     return [{"messages": [{"role": "user", "content": f"Question {i}: describe how the platform keeps data."},
-                          {"role": "assistant", "content": PARAGRAPH * (5 + i % 2)}]} for i in range(n)]
+                          {"role": "assistant", "content": PARAGRAPH * (11 + i % 2)}]} for i in range(n)]
 
 
 def test_gemma3_is_a_windowed_causal_lm_without_a_chat_template(gemma_dir):
@@ -78,4 +78,5 @@ def test_gemma3_trains_a_few_steps_on_examples_longer_than_its_window(gemma_dir,
     assert attention["flat"] and attention["path"] == "flat varlen SDPA" and "512-token sliding window" in \
         attention["reason"]
     assert math.isfinite(result.metrics["train_loss"]) and result.data_report["train"]["truncated"] == 0
+    assert result.data_report["train"]["mean_tokens"] > 600  # every example reaches beyond the window
     assert (result.adapter_dir / "adapter_model.safetensors").is_file()
