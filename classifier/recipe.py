@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -24,7 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from classifier.params import ClassifierParams, validate_params
+# OpenMP threads that sleep while they wait, as in training.recipe (set before torch is first imported): while
+# another process keeps a core busy, spinning threads made the 112-question MiniLM run 10x slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from classifier.params import DEFAULT_TARGET_MODULES, ClassifierParams, resolve_params, validate_params
 from training.checkpoints import (
     ADAPTER_CONFIG,
     TRAINER_STATE,
@@ -34,7 +39,7 @@ from training.checkpoints import (
     rotate_checkpoints,
     temp_sibling,
 )
-from training.errors import DATASET_ERROR, INVALID_PARAMS, MODEL_MISSING, TrainingError
+from training.errors import DATASET_ERROR, INVALID_PARAMS, MODEL_MISSING, UNSUPPORTED_MODEL, TrainingError
 from training.hooks import Hooks, NullHooks
 
 REPORT_FILE = "classification_report.json"
@@ -106,6 +111,19 @@ def class_weights(counts: dict[int, int], n_labels: int, mode: str) -> list[floa
         return None
     total = sum(present)
     return [total / (n_labels * c) if c else 0.0 for c in present]
+
+
+def epoch_order(labels: list[int], *, seed: int, balanced: bool) -> list[int]:
+    """One epoch's example order: a shuffle, or (``balanced``) as many draws, each class equally likely, with
+    replacement inside a class, so a minority class is seen as often as the majority one. Replayable by seed."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    if not balanced:
+        return torch.randperm(len(labels), generator=generator).tolist()
+    counts = Counter(labels)
+    weights = torch.tensor([1.0 / counts[y] for y in labels], dtype=torch.float64)
+    return torch.multinomial(weights, len(labels), replacement=True, generator=generator).tolist()
 
 
 # ------------------------------------------------------------------------------------------------- metrics
@@ -226,24 +244,73 @@ def prepare_data(spec: ClassifierSpec, params: ClassifierParams) -> tuple[list[d
     return train, val, id2label
 
 
+# What the BERT-style default names (``DEFAULT_TARGET_MODULES``) are called in encoders that name them otherwise.
+TARGET_ALIASES = {
+    "distilbert": {"query": "q_lin", "key": "k_lin", "value": "v_lin", "dense": ("out_lin", "lin1", "lin2")},
+    "deberta-v2": {"query": "query_proj", "key": "key_proj", "value": "value_proj", "dense": "dense"},
+}
+
+
+def head_modules(model) -> list[str]:
+    """The classification head: the model's top-level modules with weights outside the pretrained encoder
+    (BERT, RoBERTa: ``classifier``; DistilBERT: ``pre_classifier`` and ``classifier``; DeBERTa-v2: ``pooler`` and
+    ``classifier``). They are new (or, for BERT's pooler, part of the encoder), so they train in full."""
+    prefix = getattr(model, "base_model_prefix", "")
+    return [name for name, child in model.named_children()
+            if name != prefix and any(True for _ in child.parameters())]
+
+
+def lora_targets(model, requested: list[str]) -> list[str]:
+    """The full names of the encoder's linear layers LoRA adapts: ``requested`` module names, translated for the
+    architecture when they are the BERT defaults, and never inside the head (RoBERTa's head has a ``dense`` too,
+    which ``modules_to_save`` trains in full)."""
+    import torch
+
+    model_type = getattr(model.config, "model_type", "")
+    names = set(requested)
+    if list(requested) == DEFAULT_TARGET_MODULES and model_type in TARGET_ALIASES:
+        names = set()
+        for alias in TARGET_ALIASES[model_type].values():
+            names.update((alias,) if isinstance(alias, str) else alias)
+    head = tuple(f"{h}." for h in head_modules(model))
+    return sorted(name for name, module in model.named_modules()
+                  if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in names
+                  and not name.startswith(head))
+
+
 def load_model(base: str | Path, id2label: dict[int, str], *, params: ClassifierParams, resume_from=None):
     import torch
     from peft import LoraConfig, PeftModel, TaskType, get_peft_model
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
 
     base = Path(base)
     if not (base / "config.json").is_file():
         raise TrainingError(MODEL_MISSING, f"The base model folder {base} has no config.json.")
+    try:
+        model_config = AutoConfig.from_pretrained(str(base))
+    except (KeyError, ValueError) as exc:
+        raise TrainingError(UNSUPPORTED_MODEL, f"{base.name}: transformers does not know this architecture "
+                            f"({exc}).") from None
+    if type(model_config) not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING:
+        raise TrainingError(UNSUPPORTED_MODEL, f"{base.name}: {model_config.model_type!r} models have no "
+                            "sequence-classification head in transformers.")
     tokenizer = AutoTokenizer.from_pretrained(str(base))
     torch.manual_seed(params.seed)  # the new head's initialisation
     model = AutoModelForSequenceClassification.from_pretrained(
         str(base), num_labels=len(id2label), id2label=dict(id2label),
         label2id={v: k for k, v in id2label.items()}, dtype=torch.float32)
+    if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
     if resume_from:
         return PeftModel.from_pretrained(model, str(resume_from), is_trainable=True), tokenizer
+    targets = lora_targets(model, list(params.target_modules))
+    if not targets:
+        raise TrainingError(INVALID_PARAMS, f"target_modules {params.target_modules}: no linear layer of this "
+                            f"{model.config.model_type} encoder has that name.")
     config = LoraConfig(task_type=TaskType.SEQ_CLS, r=params.lora_r, lora_alpha=params.lora_alpha,
-                        lora_dropout=params.lora_dropout, target_modules=list(params.target_modules),
-                        modules_to_save=["classifier"])
+                        lora_dropout=params.lora_dropout, target_modules=targets,
+                        modules_to_save=head_modules(model))
     try:
         return get_peft_model(model, config), tokenizer
     except ValueError as exc:
@@ -366,6 +433,7 @@ def train_classifier(spec: ClassifierSpec, hooks: Hooks | None = None) -> Classi
     remove_stale_temp(run_dir / "checkpoints") if (run_dir / "checkpoints").is_dir() else None
 
     train, val, id2label = prepare_data(spec, params)
+    params, auto = resolve_params(params, class_counts=Counter(r["label"] for r in train))
     resume = Path(spec.resume_from) if spec.resume_from else None
     state: dict[str, Any] = {}
     if resume is not None:
@@ -419,6 +487,10 @@ def train_classifier(spec: ClassifierSpec, hooks: Hooks | None = None) -> Classi
              + (f"; class weights {[round(w, 3) for w in weights]}" if weights else "") + ".",
              {"trainable_parameters": trainable, "total_parameters": total, "labels": labels,
               "n_train": len(train), "n_validation": len(val), "class_weights": weights})
+    if auto:
+        _message(hooks, "info", f"Auto parameters: {params.n_epochs} epochs of {steps_per_epoch} steps (batch "
+                 f"{params.batch_size}), learning rate {params.learning_rate:g}, LoRA r={params.lora_r}; "
+                 + "; ".join(f"{k}: {v}" for k, v in auto.items()) + ".", {"auto": auto})
     hooks.on_start(total_steps)
 
     def snapshot(epoch: int, batch_in_epoch: int) -> dict:
@@ -436,11 +508,13 @@ def train_classifier(spec: ClassifierSpec, hooks: Hooks | None = None) -> Classi
                                 metrics={k: v for k, v in last.items() if isinstance(v, (int, float))}, **extra)
 
     started = time.monotonic()
+    stopped_early = None
     session_steps = 0
     session_tokens = 0
     last_loss = None
     for epoch in range(start_epoch, params.n_epochs):
-        order = torch.randperm(len(enc_train), generator=torch.Generator().manual_seed(params.seed + epoch)).tolist()
+        order = epoch_order([x["label"] for x in enc_train], seed=params.seed + epoch,
+                            balanced=params.sampling == "balanced")
         batches = [order[i:i + params.batch_size] for i in range(0, len(order), params.batch_size)]
         first = skip_batches if epoch == start_epoch else 0
         running, seen = 0.0, 0
@@ -496,6 +570,13 @@ def train_classifier(spec: ClassifierSpec, hooks: Hooks | None = None) -> Classi
         ckpt = _save_checkpoint(run_dir, model=model, optimizer=optimizer, scheduler=scheduler,
                                 state=snapshot(epoch + 1, 0), best_state=best_state)
         hooks.on_checkpoint(global_step, ckpt, row)
+        patience = params.early_stopping_patience
+        if patience and best_epoch is not None and epoch + 1 - best_epoch >= patience and epoch + 1 < params.n_epochs:
+            stopped_early = epoch + 1
+            _message(hooks, "info", f"Stopped early after epoch {epoch + 1}: no better validation macro-F1 for "
+                     f"{patience} epochs; the adapter holds epoch {best_epoch}.")
+            total_steps = global_step  # the run is complete: a finished task shows all its steps done
+            break
 
     if best_state is not None:
         model.load_state_dict({k: v.to(device) for k, v in best_state.items()}, strict=False)
@@ -504,10 +585,11 @@ def train_classifier(spec: ClassifierSpec, hooks: Hooks | None = None) -> Classi
               "epochs": [{k: v for k, v in h.items() if k != "report"} for h in history],
               "trainable_parameters": trainable, "total_parameters": total,
               "n_train": len(train), "n_validation": len(val), "label_map": label_map_to_json(id2label),
-              "class_weights": weights}
+              "class_weights": weights, "auto": auto, "stopped_early_after_epoch": stopped_early}
     summary = {"params": params.to_dict(), "base_model": str(Path(spec.base_model_path).resolve()),
                "trainable_parameters": trainable, "total_parameters": total, "best_epoch": best_epoch,
-               "global_step": global_step, "device": device, "versions": library_versions(), **spec.summary_extra}
+               "global_step": global_step, "device": device, "versions": library_versions(), "auto": auto,
+               "stopped_early_after_epoch": stopped_early, **spec.summary_extra}
     out = _save_adapter(model.cpu() if device != "cpu" else model, tokenizer, Path(spec.adapter_dir),
                         base=Path(spec.base_model_path), id2label=id2label, report=report, summary=summary)
     res = result("succeeded", adapter_dir=out, report=report)

@@ -12,14 +12,16 @@ OUT_OF_MEMORY = "out_of_memory"
 NAN_LOSS = "nan_loss"
 DATASET_ERROR = "dataset_error"
 MODEL_MISSING = "model_missing"
+# The files are there but the recipe cannot train them (an architecture or attention it does not support).
+UNSUPPORTED_MODEL = "unsupported_model"
 DISK_FULL = "disk_full"
 CHECKPOINT_INVALID = "checkpoint_invalid"
 DEVICE_UNAVAILABLE = "device_unavailable"
 INVALID_PARAMS = "invalid_params"
 INTERNAL = "internal"
 
-CODES = (OUT_OF_MEMORY, NAN_LOSS, DATASET_ERROR, MODEL_MISSING, DISK_FULL, CHECKPOINT_INVALID, DEVICE_UNAVAILABLE,
-         INVALID_PARAMS, INTERNAL)
+CODES = (OUT_OF_MEMORY, NAN_LOSS, DATASET_ERROR, MODEL_MISSING, UNSUPPORTED_MODEL, DISK_FULL, CHECKPOINT_INVALID,
+         DEVICE_UNAVAILABLE, INVALID_PARAMS, INTERNAL)
 
 OOM_ADVICE = "Lower the batch size or the max sequence length, or use quantization=nf4 (4-bit QLoRA)."
 

@@ -425,9 +425,14 @@ def lora_parameter_count(config: dict, *, lora_r: int, target_modules: str | lis
     shapes = {
         "q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
         "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h),
+        # Phi-3 fuses the attention input and the gated MLP input into one linear layer each
+        "qkv_proj": (h, q + 2 * kv), "gate_up_proj": (h, 2 * i),
     }
+    fused = (config.get("text_config") or config).get("model_type") == "phi3"
     if target_modules == "all-linear":
-        chosen = list(shapes.values())
+        names = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj") if fused else (
+            "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+        chosen = [shapes[name] for name in names]
     else:
         # unknown names (other architectures) are estimated as hidden x hidden
         chosen = [shapes.get(name.rsplit(".", 1)[-1], (h, h)) for name in target_modules]

@@ -23,6 +23,13 @@ are concatenated into one row and attention runs per example (``varlen_sdpa``), 
 only, as one large matrix, and SDPA takes its causal kernel without a mask instead of materialising a
 batch x heads x length x length mask and attention matrix; batches are then simply shuffled. Elsewhere (CUDA)
 batches are length-grouped and padded to their own longest example. Measured in benchmarks/RESULTS.md.
+
+Attention is exact for every architecture the fast path admits (``attention_plan``): each layer's own sliding
+window (Mistral, Phi-3, Qwen2 with ``use_sliding_window``, Gemma 2/3's alternating local and global layers) is
+applied per example, with a band mask only on examples longer than the window, and Gemma 2's soft-capped scores
+run per example through eager attention (the model is loaded with eager: SDPA cannot soft-cap); the final-logit
+soft-cap is applied by the direct head. Models the fast path does not know train on padded batches through their
+own masks. The chosen path and why is in the run's summary (``device.attention``).
 """
 
 from __future__ import annotations
@@ -72,6 +79,7 @@ from training.errors import (
     INVALID_PARAMS,
     MODEL_MISSING,
     NAN_LOSS,
+    UNSUPPORTED_MODEL,
     TrainingError,
     classify,
 )
@@ -81,18 +89,29 @@ from training.tracking import tracking_callbacks
 
 logger = logging.getLogger(__name__)
 
-# Causal LMs whose logits are exactly ``lm_head(decoder(x))`` (no soft-capping or scaling), so the head can be
-# applied to the target positions' hidden states only. Others go through the model's forward with
-# ``logits_to_keep``, which is exact for every model but less selective on padded batches.
+# Causal LMs whose logits are ``lm_head(decoder(x))``, optionally soft-capped (Gemma 2's ``final_logit_softcapping``,
+# applied by ``head_logits`` exactly as the model's forward does), so the head can be applied to the target
+# positions' hidden states only. Others go through the model's forward with ``logits_to_keep``, which is exact for
+# every model but less selective on padded batches.
 DIRECT_HEAD_MODEL_TYPES = {
     "llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "olmo", "olmo2", "starcoder2", "gemma", "qwen2_moe",
-    "qwen3_moe", "mixtral",
+    "qwen3_moe", "mixtral", "gemma2", "gemma3_text",
 }
 
 # Models whose attention layers call the attention interface with the decoder's keyword arguments and take RoPE
 # positions from ``position_ids``: they can run flat (padding-free) batches through ``varlen_sdpa``.
 FLAT_BATCH_MODEL_TYPES = DIRECT_HEAD_MODEL_TYPES
-VARLEN_ATTENTION = "lora_studio_varlen_sdpa"
+# No "sdpa" in the name: transformers treats any implementation whose name contains it as SDPA and refuses it for
+# models without SDPA support (Gemma 2), although this one also runs eager attention where scores are soft-capped.
+VARLEN_ATTENTION = "lora_studio_varlen"
+
+# Of those, the ones whose attention layers pass their own sliding window (``sliding_window=``, None on a global
+# layer) and soft-capping (``softcap=``) to the attention function, so ``varlen_sdpa`` can apply exactly what the
+# model's masks would. Qwen2-MoE, for one, builds a windowed mask but does not pass the window: windowed configs of
+# such a type train on padded batches through the model's own masks.
+WINDOW_AWARE_MODEL_TYPES = {
+    "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "phi3", "starcoder2", "smollm3", "gemma2", "gemma3_text",
+}
 
 # Parameters that must not change between a checkpoint and its resumption (the schedule and data order).
 RESUME_INVARIANTS = ("batch_size", "gradient_accumulation_steps", "n_epochs", "learning_rate", "lr_scheduler",
@@ -226,6 +245,52 @@ def load_tokenizer(path: str | Path):
     return tokenizer
 
 
+def _model_config(path: Path):
+    """The model's transformers config, or ``unsupported_model`` when no causal-LM class exists for it."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise TrainingError(MODEL_MISSING, f"Cannot read {path / 'config.json'}: {exc}") from exc
+    model_type = raw.get("model_type")
+    try:
+        config = AutoConfig.from_pretrained(str(path.resolve()), local_files_only=True)
+    except (KeyError, ValueError) as exc:
+        raise TrainingError(UNSUPPORTED_MODEL, f"{path.name}: the architecture {model_type!r} is not one that "
+                            f"transformers {_transformers_version()} knows ({exc}).") from exc
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise TrainingError(UNSUPPORTED_MODEL, f"{path.name}: {model_type!r} models have no causal language-model "
+                            "head in transformers, so this recipe cannot fine-tune them as chat or text models.")
+    return config
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+def attention_implementation(path_or_config) -> tuple[str, str]:
+    """The attention implementation a model is loaded with, and why.
+
+    SDPA wherever transformers supports it for the architecture and the model needs nothing SDPA lacks; eager
+    where attention scores are soft-capped (Gemma 2's ``attn_logit_softcapping``: SDPA cannot apply it and
+    transformers refuses SDPA for such models) or the architecture has no SDPA support at all.
+    """
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    config = _model_config(Path(path_or_config)) if isinstance(path_or_config, (str, Path)) else path_or_config
+    softcap = getattr(config, "attn_logit_softcapping", None)
+    if softcap:
+        return "eager", f"attention scores are soft-capped at {softcap}, which SDPA cannot compute"
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
+    if model_class is not None and not getattr(model_class, "_supports_sdpa", False):
+        return "eager", f"{model_class.__name__} has no SDPA attention in transformers"
+    return "sdpa", "SDPA supports this architecture"
+
+
 def load_base_model(path: str | Path, *, quantization: str, device: str, dtype: torch.dtype | None = None,
                     gradient_checkpointing: bool | None = None):
     """Load a causal LM for LoRA training, prepared for the device.
@@ -246,7 +311,8 @@ def load_base_model(path: str | Path, *, quantization: str, device: str, dtype: 
     if gradient_checkpointing is None:
         gradient_checkpointing = device == "cuda"
 
-    kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True, "attn_implementation": "sdpa"}
+    implementation, _ = attention_implementation(path)
+    kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True, "attn_implementation": implementation}
     if quantization == "nf4":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
@@ -266,6 +332,9 @@ def load_base_model(path: str | Path, *, quantization: str, device: str, dtype: 
     except (OSError, ValueError) as exc:
         if isinstance(exc, OSError) and getattr(exc, "errno", None) is not None:
             raise  # disk errors are classified by the caller
+        if isinstance(exc, ValueError) and "support" in str(exc).lower():
+            # transformers refuses an attention, quantisation or layer it cannot run for this architecture
+            raise TrainingError(UNSUPPORTED_MODEL, f"{path.name} cannot be trained by this recipe: {exc}") from exc
         raise TrainingError(MODEL_MISSING, f"Cannot load the base model from {path}: {exc}") from exc
 
     if quantization in ("nf4", "int8"):
@@ -310,45 +379,112 @@ def uses_direct_head(model) -> bool:
     config = getattr(lm, "config", None)
     if config is None or getattr(config, "model_type", None) not in DIRECT_HEAD_MODEL_TYPES:
         return False
-    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+    if getattr(config, "logit_scale", None):
         return False
     return lm.get_output_embeddings() is not None
+
+
+def head_logits(lm, hidden: torch.Tensor) -> torch.Tensor:
+    """The LM head on some positions' hidden states, soft-capped as the model's own forward does."""
+    logits = lm.get_output_embeddings()(hidden)
+    cap = getattr(lm.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Padding-free batches on CPU: attention per example inside one concatenated row
 
 
+def _window_mask(length: int, window: int | None, device) -> torch.Tensor:
+    """(1, 1, L, L) boolean: causal, and within ``window`` tokens when given (the model's own rule in
+    ``masking_utils.sliding_window_overlay``: key index > query index - window)."""
+    idx = torch.arange(length, device=device)
+    diff = idx[:, None] - idx[None, :]
+    allowed = diff >= 0
+    if window is not None:
+        allowed &= diff < window
+    return allowed.view(1, 1, length, length)
+
+
+def _eager_softcapped(module, query, key, value, mask: torch.Tensor, *, dropout: float, scaling: float | None,
+                      softcap: float) -> torch.Tensor:
+    """Gemma 2's eager attention (scores soft-capped before the mask, softmax in fp32), for rows without
+    padding; ``mask`` is a boolean (1, 1, L, L). Returns (batch, L, heads, head_dim)."""
+    from transformers.integrations.sdpa_attention import repeat_kv
+
+    groups = getattr(module, "num_key_value_groups", 1)
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    scaling = module.head_dim**-0.5 if scaling is None else scaling
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    weights = torch.nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = torch.nn.functional.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous()
+
+
+def _attend(module, query, key, value, *, dropout: float, scaling: float | None, window: int | None,
+            softcap: float | None, kwargs: dict) -> torch.Tensor:
+    """Causal attention over rows that each start at position 0 and hold no padding after their real tokens
+    (an example of a flat row, or a right-padded batch): (batch, L, heads, head_dim)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    length = query.shape[2]
+    if window is not None and window >= length:
+        window = None  # the window covers the whole example: plain causal attention is the same function
+    if softcap:
+        mask = _window_mask(length, window, query.device)
+        return _eager_softcapped(module, query, key, value, mask, dropout=dropout, scaling=scaling, softcap=softcap)
+    if window is None:
+        # no mask: PyTorch's fused causal CPU kernel, which neither builds nor stores a length x length matrix
+        return sdpa_attention_forward(module, query, key, value, None, dropout=dropout, scaling=scaling,
+                                      is_causal=True, **kwargs)[0]
+    mask = _window_mask(length, window, query.device)
+    return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling,
+                                  is_causal=False, **kwargs)[0]
+
+
 def varlen_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
                 is_causal: bool | None = None, **kwargs):
-    """transformers' SDPA attention, run separately on each example of a flat row.
+    """transformers' attention, run separately on each example of a flat row.
 
     A flat batch (``Collator(flat=True)``) is one row holding several examples; ``cu_seq_lens_q`` holds their
     boundaries. Flash-attention's varlen kernels do this on CUDA; CPU has none, so each example's slice of the
-    queries, keys and values goes through the ordinary causal SDPA (no mask: PyTorch's fused CPU kernel, which
-    neither builds nor stores a length x length matrix). Without ``cu_seq_lens_q`` it is plain SDPA.
+    queries, keys and values goes through the ordinary causal SDPA. The layer's own ``sliding_window`` (None on
+    a global layer) and ``softcap`` are honoured per example: an example longer than the window gets the
+    model's band mask, and soft-capped scores (Gemma 2) are computed as transformers' eager attention does.
+    Without ``cu_seq_lens_q`` each row is one example (a right-padded batch: transformers builds no mask for
+    this implementation, and padding only ever follows the real tokens, which never attend to it).
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     bounds = kwargs.pop("cu_seq_lens_q", None)
     for name in ("cu_seq_lens_k", "max_length_q", "max_length_k"):
         kwargs.pop(name, None)
-    if bounds is None or query.shape[0] != 1:
+    window = kwargs.pop("sliding_window", None)
+    softcap = kwargs.pop("softcap", None)
+    if attention_mask is not None:
+        # a mask built by someone else (a 4D custom mask) already says what may attend to what
+        if softcap:
+            allowed = attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0  # additive
+            return _eager_softcapped(module, query, key, value, allowed, dropout=dropout, scaling=scaling,
+                                     softcap=softcap), None
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
+    options = {"dropout": dropout, "scaling": scaling, "window": window, "softcap": softcap, "kwargs": kwargs}
+    if bounds is None or query.shape[0] != 1:
+        return _attend(module, query, key, value, **options), None
     cuts = bounds.tolist()
     if len(cuts) == 2:
-        return sdpa_attention_forward(module, query, key, value, None, dropout=dropout, scaling=scaling,
-                                      is_causal=True, **kwargs)
+        return _attend(module, query, key, value, **options), None
     # torch.split, not slicing: the backward of a split is one concatenation, while each slice's backward
     # would write its gradient into a zero tensor of the whole row (measured: a third of the step's time).
     lengths = [b - a for a, b in zip(cuts[:-1], cuts[1:], strict=False)]
-    outs = []
-    for q, k, v in zip(query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2),
-                       strict=True):
-        out, _ = sdpa_attention_forward(module, q, k, v, None, dropout=dropout, scaling=scaling, is_causal=True,
-                                        **kwargs)
-        outs.append(out)  # (1, length, heads, head_dim)
+    outs = [_attend(module, q, k, v, **options)  # (1, length, heads, head_dim)
+            for q, k, v in zip(query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2),
+                               strict=True)]
     return torch.cat(outs, dim=1), None
 
 
@@ -359,17 +495,76 @@ def _register_varlen_attention() -> None:
     AttentionInterface.register(VARLEN_ATTENTION, varlen_sdpa)
 
 
-def uses_flat_batches(model, device: str) -> bool:
-    """Whether this run trains on flat batches: CPU, a model type known to route attention through the interface,
-    loaded with SDPA (NF4/int8 included: quantisation changes the linear layers, not attention)."""
+def _windows(config) -> tuple[int | None, int, int]:
+    """(window, windowed layers, layers) as the model's attention layers will apply them."""
+    n_layers = int(getattr(config, "num_hidden_layers", 0) or 0)
+    window = getattr(config, "sliding_window", None) or None
+    if window is None:
+        return None, 0, n_layers
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types:
+        return window, sum(t == "sliding_attention" for t in layer_types), n_layers
+    return window, n_layers, n_layers  # Mistral, Phi-3: one window on every layer
+
+
+def attention_plan(model, device: str) -> dict[str, Any]:
+    """Which attention path this run takes, and why: flat batches through ``varlen_sdpa`` where that is
+    exact for the model, else padded batches through the model's own masks and attention.
+
+    The answer is stored in the run's summary (``device.attention``) and logged as an event.
+    """
     lm = _causal_lm(model)
-    config = getattr(lm, "config", None)
-    return (device == "cpu" and config is not None and getattr(config, "model_type", None) in FLAT_BATCH_MODEL_TYPES
-            and getattr(config, "_attn_implementation", None) in ("sdpa", VARLEN_ATTENTION))
+    config = lm.config
+    model_type = getattr(config, "model_type", None)
+    implementation = getattr(config, "_attn_implementation", None)
+    window, windowed, n_layers = _windows(config)
+    softcap = getattr(config, "attn_logit_softcapping", None) or None
+    plan: dict[str, Any] = {"model_type": model_type, "implementation": implementation, "sliding_window": window,
+                            "windowed_layers": windowed, "layers": n_layers, "attn_logit_softcapping": softcap,
+                            "final_logit_softcapping": getattr(config, "final_logit_softcapping", None) or None}
+    details = []
+    if windowed:
+        details.append(f"a {window}-token sliding window on {windowed} of {n_layers} layers, applied per example "
+                       "(a band mask only for examples longer than the window)")
+    if softcap:
+        details.append(f"attention scores soft-capped at {softcap} (eager attention per example)")
+    if plan["final_logit_softcapping"]:
+        details.append(f"output logits soft-capped at {plan['final_logit_softcapping']}")
+    if device != "cpu":
+        plan.update(flat=False, path=f"padded {implementation}",
+                    reason=f"{device}: length-grouped padded batches through the model's own {implementation} "
+                           "attention and masks (sliding windows and soft-capping included)")
+        return plan
+    refusal = None
+    if model_type not in FLAT_BATCH_MODEL_TYPES:
+        refusal = f"{model_type!r} is not among the architectures verified for flat batches"
+    elif implementation not in ("sdpa", "eager", VARLEN_ATTENTION):
+        refusal = f"the model runs {implementation!r} attention"
+    elif windowed and model_type not in WINDOW_AWARE_MODEL_TYPES:
+        refusal = (f"{model_type!r} layers do not pass their sliding window to the attention function, so only "
+                   "the model's own masks apply it")
+    elif getattr(config, "use_bidirectional_attention", False):
+        refusal = "the model attends bidirectionally"
+    if refusal:
+        plan.update(flat=False, path=f"padded {implementation}",
+                    reason=f"{refusal}: padded batches through the model's own attention and masks")
+        return plan
+    kernel = "eager" if softcap else "SDPA"
+    plan.update(flat=True, path=f"flat varlen {kernel}",
+                reason="CPU: padding-free rows, causal attention per example"
+                       + (f"; {'; '.join(details)}" if details else "; no sliding window or soft-capping"))
+    return plan
+
+
+def uses_flat_batches(model, device: str) -> bool:
+    """Whether this run trains on flat batches (see ``attention_plan``); NF4/int8 included: quantisation changes
+    the linear layers, not attention."""
+    return bool(attention_plan(model, device)["flat"])
 
 
 def enable_flat_batches(model) -> None:
-    """Switch the model's attention to ``varlen_sdpa`` (identical to SDPA on batches without boundaries)."""
+    """Switch the model's attention to ``varlen_sdpa`` (identical to the model's SDPA or eager attention on
+    batches without boundaries)."""
     _register_varlen_attention()
     _causal_lm(model).set_attn_implementation(VARLEN_ATTENTION)
 
@@ -402,7 +597,7 @@ def token_loss_sums(model, batch: dict, *, direct: bool, packed: bool):
     if direct:
         lm = _causal_lm(model)
         hidden = lm.get_decoder()(input_ids=input_ids, **kwargs)[0]
-        logits = lm.get_output_embeddings()(hidden[target])
+        logits = head_logits(lm, hidden[target])
     else:
         keep = target.any(dim=0).nonzero().squeeze(-1)
         out = model(input_ids=input_ids, logits_to_keep=keep, **kwargs)
@@ -749,9 +944,11 @@ def _run(spec: RunSpec, hooks: Hooks) -> RunResult:
     model = load_base_model(base, quantization=params.quantization, device=device, dtype=cdtype)
     set_seed(params.seed)  # LoRA initialisation depends on it
     model = add_lora(model, params)
-    flat = uses_flat_batches(model, device)
+    plan = attention_plan(model, device)
+    flat = bool(plan["flat"])
     if flat:
         enable_flat_batches(model)
+    _message(hooks, "info", f"Attention: {plan['path']} ({plan['reason']}).", {"attention": plan})
     trainable, total_params = model.get_nb_trainable_parameters()
     _message(hooks, "info", f"Loaded {base.name} on {device} ({params.quantization}, {str(cdtype).split('.')[-1]}); "
              f"{trainable:,} trainable LoRA parameters of {total_params:,}.",
@@ -835,7 +1032,7 @@ def _run(spec: RunSpec, hooks: Hooks) -> RunResult:
 
     versions = library_versions()
     info = device_info(device) | {"quantization": params.quantization, "compute_dtype": str(cdtype).split(".")[-1],
-                                  "direct_head": trainer.direct_head, "flat_batches": flat}
+                                  "direct_head": trainer.direct_head, "flat_batches": flat, "attention": plan}
     adapter_dir = None
     if status == "succeeded":
         summary = {
@@ -863,7 +1060,7 @@ def result_to_dict(result: RunResult) -> dict:
 
 __all__ = [
     "RunSpec", "RunResult", "run_training", "load_base_model", "load_tokenizer", "add_lora", "token_loss_sums",
-    "enable_flat_batches", "uses_flat_batches", "varlen_sdpa",
+    "enable_flat_batches", "uses_flat_batches", "varlen_sdpa", "attention_plan", "attention_implementation",
     "latest_good_checkpoint", "save_adapter", "TrainingError", "EncodeReport", "available_cpus",
 ]
 

@@ -45,11 +45,17 @@ def test_scan_converts_the_bundled_gguf_once_and_registers_both_models(data_dir)
     assert "scanning SmolLM2-135M-Instruct" in err  # the progress bar on the terminal
     assert "converted" in out and "added" in out and "model" in out.splitlines()[0]
 
+    # Gemma 3 270M: a GGUF split over chunk packages, assembled (SHA-256 checked), then converted like SmolLM2
+    gemma = BaseModel.objects.get(name="gemma-3-270m")
+    assert gemma.kind == "causal-lm" and gemma.format == "gguf" and gemma.available and gemma.bundled
+    assert gemma.architecture == "Gemma3ForCausalLM" and not gemma.has_chat_template
+    assert 250_000_000 < gemma.parameter_count < 300_000_000
+
     # Idempotent: a second scan converts nothing and changes nothing.
     mtime = (data_dir / "models" / "SmolLM2-135M-Instruct" / "model.safetensors").stat().st_mtime
     out2, _ = scan()
-    assert "unchanged 2" in out2
-    assert BaseModel.objects.count() == 2
+    assert "unchanged 3" in out2
+    assert BaseModel.objects.count() == 3
     assert (data_dir / "models" / "SmolLM2-135M-Instruct" / "model.safetensors").stat().st_mtime == mtime
 
     # The converted folder loads with plain transformers, offline, and the tokenizer has the chat template.
@@ -92,10 +98,13 @@ def test_scan_reports_missing_paths_and_broken_folders_without_stopping(tmp_path
     assert BaseModel.objects.filter(name="good-encoder", available=True).exists()
 
 
-def test_model_dirs_setting_is_scanned(settings, tmp_path, minilm_dir, root):
+def test_model_dirs_setting_is_scanned(settings, tmp_path, minilm_dir, root, monkeypatch):
+    from catalog import model_scan
+    from catalog.services import base_models_scan
+
     shutil.copytree(minilm_dir, tmp_path / "shared-models" / "team-bert")
     settings.MODEL_DIRS = [tmp_path / "shared-models"]
-    from catalog.services import base_models_scan
+    monkeypatch.setattr(model_scan, "ASSEMBLED", {})  # converting Gemma 3 takes a minute: the slow test does it
 
     report = base_models_scan(user=root, include_defaults=True, paths=[])
     names = {r.name for r in report.rows}
