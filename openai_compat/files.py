@@ -160,10 +160,14 @@ def result_file_csv(who, file_id: str) -> str:
         if data and "step" in data:
             rows.setdefault(int(data["step"]), {}).update(data)
     header = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+    keys = ["train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+    if task.method != TrainingTask.Method.SFT:  # preference runs: their rewards, as TRL logs them
+        extra = [f"{split}_{name}" for split in ("train", "valid")
+                 for name in ("rewards_chosen", "rewards_rejected", "reward_accuracy", "reward_margin")]
+        header, keys = header + extra, keys + extra
     # Metrics come from event data: to_csv keeps numbers as they are and escapes formula-like text.
-    return to_csv(header, ([step, rows[step].get("train_loss", ""), rows[step].get("train_mean_token_accuracy", ""),
-                            rows[step].get("valid_loss", ""), rows[step].get("valid_mean_token_accuracy", "")]
-                           for step in sorted(rows)), lineterminator="\n")
+    return to_csv(header, ([step, *(rows[step].get(k, "") for k in keys)] for step in sorted(rows)),
+                  lineterminator="\n")
 
 
 def result_file_out(who, file_id: str) -> dict:

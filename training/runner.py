@@ -28,10 +28,14 @@ PROGRESS_INTERVAL = 1.0
 
 def metrics_message(step: int, total: int, metrics: dict) -> str:
     parts = []
-    if metrics.get("train_loss") is not None:
-        parts.append(f"training loss={metrics['train_loss']:.4f}")
-    if metrics.get("valid_loss") is not None:
-        parts.append(f"validation loss={metrics['valid_loss']:.4f}")
+    for prefix, label in (("train", "training"), ("valid", "validation")):
+        if metrics.get(f"{prefix}_loss") is not None:
+            parts.append(f"{label} loss={metrics[f'{prefix}_loss']:.4f}")
+        # preference runs: DPO's implicit rewards (TRL's rewards/accuracies and rewards/margins)
+        if metrics.get(f"{prefix}_reward_accuracy") is not None:
+            parts.append(f"{label} reward accuracy={metrics[f'{prefix}_reward_accuracy']:.3f}")
+        if metrics.get(f"{prefix}_reward_margin") is not None:
+            parts.append(f"{label} margin={metrics[f'{prefix}_reward_margin']:.4f}")
     if metrics.get("learning_rate") is not None:
         parts.append(f"lr={metrics['learning_rate']:.2e}")
     return f"Step {step}/{total}: " + ", ".join(parts)
@@ -124,11 +128,8 @@ class TrainingRunner(RecipeRunner):
     job: TrainingTask
 
     def run(self) -> Outcome:
-        # The recipe imports torch: only this child process loads it, never the web or queue process.
-        from training.recipe import RunSpec, run_training
-
         task = self.job
-        spec = RunSpec(
+        spec_fields = dict(
             base_model_path=task.base_model.path,
             train=data_path(task.train_version),
             validation=data_path(task.validation_version) if task.validation_version_id else None,
@@ -142,7 +143,17 @@ class TrainingRunner(RecipeRunner):
                                        "train_sha256": task.train_version.sha256,
                                        "validation_version": task.validation_version_id}},
         )
-        result = run_training(spec, DbHooks(self.ctx))
+        # The recipes import torch: only this child process loads them, never the web or queue process.
+        if task.method == TrainingTask.Method.SFT:
+            from training.recipe import RunSpec, run_training
+
+            result = run_training(RunSpec(**spec_fields), DbHooks(self.ctx))
+        else:
+            from training.preference import PreferenceSpec, run_preference
+
+            start = task.start_adapter
+            result = run_preference(PreferenceSpec(**spec_fields, method=task.method,
+                                                   start_adapter=start.path if start else None), DbHooks(self.ctx))
         self.result = result
         fields = {"step": result.global_step, "total_steps": result.total_steps or task.total_steps,
                   "metrics": {**(task.metrics or {}), **{k: v for k, v in result.metrics.items()
