@@ -45,7 +45,8 @@ def task_create(request, payload: TrainingTaskIn):
                                          base_model=payload.base_model, train_version=payload.train_version,
                                          validation_version=payload.validation_version, params=payload.params,
                                          priority=payload.priority, evaluate=payload.evaluate,
-                                         evaluation_metrics=payload.evaluation_metrics)
+                                         evaluation_metrics=payload.evaluation_metrics, method=payload.method,
+                                         start_adapter=payload.start_adapter)
     return Status(201, TrainingTaskOut.from_task(task))
 
 
