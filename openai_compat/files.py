@@ -94,9 +94,21 @@ def file_create(request, file: File[UploadedFile], purpose: Form[str]):
         raise ApplicationError("Only purpose='fine-tune' is supported.", code="invalid_purpose", param="purpose")
     filename = Path(file.name or "upload.jsonl").name
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(filename).stem)[:80].strip("-.") or "upload"
+    fmt = _upload_format(file.file)
+    if fmt == "preference":  # its own dataset: a dataset holds one kind of data (chat files are named by stem)
+        name = f"{name[:69]}-preference"
     version = services.dataset_upload(user=who, team=None, name=name, fileobj=file.file, filename=filename,
-                                      format="openai", description="Uploaded through /v1/files")
+                                      format=fmt, description="Uploaded through /v1/files")
     return file_out(version)
+
+
+def _upload_format(fileobj) -> str:
+    """OpenAI's two fine-tuning file formats: chat (``messages``) for supervised jobs, and preference pairs
+    (``input`` / ``preferred_output`` / ``non_preferred_output``) for DPO jobs, told apart by the first row."""
+    head = fileobj.read(64 * 1024)
+    fileobj.seek(0)
+    first = next((line for line in head.splitlines() if line.strip()), b"")
+    return "preference" if b'"preferred_output"' in first or b'"non_preferred_output"' in first else "openai"
 
 
 @router.get("/files", response=FileList)

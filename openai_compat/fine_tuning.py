@@ -54,9 +54,46 @@ class SupervisedMethod(Schema):
     hyperparameters: Hyperparameters | None = None
 
 
+# --- method "dpo" (preference fine-tuning): everything of it lives in this block and in the *_method helpers ---
+
+class DpoHyperparameters(Hyperparameters):
+    beta: float | Literal["auto"] | None = None
+
+
+class DpoMethod(Schema):
+    hyperparameters: DpoHyperparameters | None = None
+
+
+# OpenAI's method types -> our training methods
+METHODS = {"supervised": "sft", "dpo": "dpo"}
+
+
+def _method_of(payload: "JobCreateIn") -> str:
+    return METHODS[payload.method.type] if payload.method else "sft"
+
+
+def _method_hyperparameters(payload: "JobCreateIn"):
+    """The hyperparameters given inside ``method`` (supervised or dpo), or None."""
+    method = payload.method
+    if method is None:
+        return None
+    section = method.dpo if method.type == "dpo" else method.supervised
+    return section.hyperparameters if section else None
+
+
+def _method_out(task: TrainingTask, hyper: dict) -> dict:
+    if task.method == TrainingTask.Method.DPO:
+        beta = (task.resolved_params or {}).get("beta", (task.params or {}).get("beta", "auto"))
+        return {"type": "dpo", "dpo": {"hyperparameters": {**hyper, "beta": beta}}}
+    return {"type": "supervised", "supervised": {"hyperparameters": hyper}}
+
+# --- end of method "dpo" ---
+
+
 class MethodIn(Schema):
-    type: Literal["supervised"]
+    type: Literal["supervised", "dpo"]
     supervised: SupervisedMethod | None = None
+    dpo: DpoMethod | None = None
 
 
 class JobCreateIn(Schema):
@@ -217,7 +254,7 @@ def job_out(task: TrainingTask) -> dict:
         "error": {"code": task.error_code, "message": task.error_message, "param": task.error_param or None}
         if task.error_code else None,
         "hyperparameters": hyper,
-        "method": {"type": "supervised", "supervised": {"hyperparameters": hyper}},
+        "method": _method_out(task, hyper),
         "integrations": [], "metadata": task.metadata or None, "user_provided_suffix": task.suffix or None,
         "adapter_id": adapter.pk if adapter else None,
         "progress": {"step": task.step, "total_steps": task.total_steps, "percent": task.progress_percent,
@@ -243,9 +280,7 @@ def get_job(who, value: str) -> TrainingTask:
 
 def _params_from(payload: JobCreateIn) -> dict:
     params: dict = {}
-    for source in (payload.hyperparameters,
-                   payload.method.supervised.hyperparameters if payload.method and payload.method.supervised
-                   else None):
+    for source in (payload.hyperparameters, _method_hyperparameters(payload)):
         if source is None:
             continue
         for key, value in source.model_dump(exclude_none=True).items():
@@ -295,7 +330,7 @@ def job_create(request, payload: JobCreateIn):
         task = services.training_task_create(user=who, team=team, name=name, base_model=base,
                                              train_version=training, validation_version=validation,
                                              params=_params_from(payload), suffix=suffix, metadata=metadata,
-                                             fail_invalid_files=True)
+                                             fail_invalid_files=True, method=_method_of(payload))
     except ApplicationError as exc:
         if exc.code == "invalid_parameter" and exc.param and "." not in exc.param and exc.param != "hyperparameters":
             exc.param = f"hyperparameters.{exc.param}"
