@@ -14,12 +14,13 @@ linear layers), ``max_length``, batch size, epochs, learning rate, schedule, bet
 - ``trl-precompute``: the same with ``precompute_ref_log_probs=True`` (the reference pass once per pair, before
   training, instead of once per pair per epoch).
 - ``ours``: ``training.preference.run_preference`` exactly as the worker calls it (our tokenisation through the SFT
-  template code, atomic checkpoints, hooks). It uses TRL's ``DPOTrainer`` loss and reference as is, so what this
-  measures is the cost of everything around the loss.
+  template code, atomic checkpoints, hooks, reference log-probs precomputed). It uses TRL's ``DPOTrainer`` loss and
+  reference as is, so what this measures is the cost of everything around the loss.
 
 Held-out reward accuracy: one more child loads the base and each adapter with plain PEFT and scores held-out
 pairs (prompts never trained on) by DPO's implicit reward ``beta * (log pi - log pi_ref)``, the reference being the
-base with the adapter disabled. Pairs/s = pairs trained / seconds of the training loop (``trainer.train``).
+base with the adapter disabled. Pairs/s = pairs trained / seconds of the trainer's set-up (tokenisation and, when
+precomputed, the reference pass) plus its training loop (``trainer.train``); model loading is not counted.
 """
 
 from __future__ import annotations
@@ -134,7 +135,11 @@ def child_ours(cfg: dict, work: Path, name: str) -> dict:
 
     class Clock(NullHooks):
         def __init__(self):
-            self.t0 = self.t1 = None
+            self.t0 = self.t1 = self.loaded = None
+
+        def on_message(self, level, message, data=None):
+            if message.startswith("Loaded"):  # the model is loaded; trainer set-up (and precompute) follows
+                self.loaded = time.monotonic()
 
         def on_start(self, total_steps):
             self.t0 = time.monotonic()
@@ -153,7 +158,8 @@ def child_ours(cfg: dict, work: Path, name: str) -> dict:
                                            params=params, run_dir=work / f"{name}-run",
                                            adapter_dir=work / f"{name}-adapter", device="cpu", method="dpo"), clock)
     losses = [h["train_loss"] for h in result.history if "train_loss" in h]
-    return {"train_s": clock.t1 - clock.t0, "steps": result.global_step, "final_loss": losses[-1] if losses else None,
+    return {"train_s": clock.t1 - clock.t0, "setup_s": round(clock.t0 - clock.loaded, 2), "steps": result.global_step,
+            "final_loss": losses[-1] if losses else None,
             "adapter": str(result.adapter_dir), "data_report": result.data_report["train"]}
 
 
@@ -235,7 +241,7 @@ def table(result: dict) -> str:
              f"LoRA r={cfg['lora_r']} alpha={cfg['lora_alpha']} all-linear, max_length {cfg['max_length']}, "
              f"lr {cfg['lr']:g}, beta {cfg['beta']:g}, {cfg['threads']} threads, {result['cpu']}; "
              f"held-out: {cfg['held_out_pairs']} pairs with new prompts.", "",
-             "| contender | pairs/s | train loop (s) | setup (s) | peak RSS | held-out reward accuracy | "
+             "| contender | pairs/s (set-up + loop) | train loop (s) | trainer set-up (s) | peak RSS | held-out reward accuracy | "
              "held-out margin | final loss |", "|---|---|---|---|---|---|---|---|"]
     for name, r in result["contenders"].items():
         if "error" in r:
@@ -302,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"running {name} ...", flush=True)
         r = spawn(name, config_path, work, args.timeout)
         if "error" not in r:
-            r["pairs_per_s"] = n * args.epochs / r["train_s"]
+            # the trainer's set-up counts: it holds the reference pass when the log-probs are precomputed
+            r["pairs_per_s"] = n * args.epochs / (r["train_s"] + r["setup_s"])
             print(f"  {r['pairs_per_s']:.2f} pairs/s, peak RSS {r['peak_rss_bytes'] / 1024**2:,.0f} MiB", flush=True)
         else:
             print(f"  failed: {r['error'][-400:]}", flush=True)
