@@ -220,3 +220,12 @@ def test_preference_scores_follow_dpo_implicit_rewards():
     scores = preference_scores([(-1.0, -3.0), (-2.0, -1.0)], [(-2.0, -2.0), (-2.0, -2.0)], beta=0.1)
     assert scores["reward_accuracy"] == 0.5 and scores["pairs"] == 2
     assert scores["reward_margin"] == pytest.approx(((0.1 + 0.1) + (0.0 - 0.1)) / 2)
+
+
+def test_the_loss_chart_draws_reward_accuracy_of_preference_runs():
+    from training.charts import loss_chart_png
+
+    rows = [{"step": s, "train_loss": 0.7 - s / 20, "train_reward_accuracy": min(1.0, s / 4)} for s in range(1, 6)]
+    rows.append({"step": 5, "valid_loss": 0.5, "valid_reward_accuracy": 1.0})
+    png = loss_chart_png(rows, title="dpo")
+    assert png.startswith(b"\x89PNG") and len(png) > 1000
