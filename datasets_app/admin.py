@@ -238,7 +238,7 @@ class DatasetVersionAdmin(TeamScopedAdmin):
     list_select_related = ["dataset", "dataset__team", "created_by", "parent"]
     readonly_fields = ["dataset", "number", "status_badge", "format", "format_reason", "mapping_display", "row_count",
                        "skipped", "sha256", "path", "source_filename", "created_by", "created_at", "parent",
-                       "split_role", "split_seed", "split_ratio", "issues", "stats_table", "used_by"]
+                       "split_role", "split_seed", "split_ratio", "issues", "stats_table", "lineage", "used_by"]
     fields = readonly_fields
     actions = ["split_action"]
     change_form_template = "admin/datasets_app/datasetversion/change_form.html"
@@ -298,6 +298,25 @@ class DatasetVersionAdmin(TeamScopedAdmin):
         if stats.get("labels"):
             parts.append("labels " + ", ".join(f"{k}: {v}" for k, v in stats["labels"].items()))
         return " · ".join(parts)
+
+    @admin.display(description="Where the rows came from")
+    def lineage(self, obj: DatasetVersion) -> str:
+        """Versions built from a blind A/B review: the review, the two models, and every pair's vote."""
+        lineage = (obj.report or {}).get("lineage") or {}
+        if lineage.get("source") != "review":
+            return "—"
+        models = lineage.get("models") or {}
+        head = format_html(
+            "Review {} of evaluation run {} ({}): adapter <b>{}</b> vs baseline <b>{}</b>; counts {}.",
+            lineage.get("review"), lineage.get("run"), lineage.get("run_name", ""),
+            (models.get("adapter") or {}).get("name", "?"), (models.get("baseline") or {}).get("name", "?"),
+            ", ".join(f"{k} {v}" for k, v in (lineage.get("counts") or {}).items()) or "—")
+        rows = format_html_join(
+            "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            ((r.get("row"), r.get("pair_order"), r.get("vote"), r.get("reviewer"), r.get("chosen"),
+              (r.get("prompt") or "")[:120]) for r in lineage.get("pairs") or []))
+        return format_html('{}<table><thead><tr><th>row</th><th>pair</th><th>vote</th><th>reviewer</th>'
+                           '<th>chosen (winner)</th><th>prompt</th></tr></thead><tbody>{}</tbody></table>', head, rows)
 
     @admin.display(description="Used by")
     def used_by(self, obj: DatasetVersion) -> str:

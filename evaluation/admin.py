@@ -181,7 +181,7 @@ class ReviewAdmin(TeamScopedAdmin):
     list_select_related = ["run", "run__team"]
     readonly_fields = ["run", "created_by", "status", "seed", "created_at", "closed_at"]
     fields = readonly_fields
-    actions = ["close_reviews"]
+    actions = ["close_reviews", "build_preferences", "build_preferences_and_train"]
 
     def has_add_permission(self, request):
         return False
@@ -189,6 +189,25 @@ class ReviewAdmin(TeamScopedAdmin):
     @admin.display(description="Team", ordering="run__team__name")
     def team(self, obj: Review) -> str:
         return obj.run.team.name
+
+    def _preferences(self, request, queryset, train: str | None) -> None:
+        for review in queryset:
+            result = self.call_service(request, services.review_to_preferences, user=request.user, review=review,
+                                       train=train)
+            if result is None:
+                continue
+            version, task = result
+            self.message_user(request, f"Review {review.pk}: preference dataset {version.ref} ({version.row_count} "
+                                       "pairs)" + (f"; DPO task {task.name!r} queued." if task else "."),
+                              level=messages.SUCCESS)
+
+    @admin.action(description="Build a preference dataset from the votes (closed reviews)")
+    def build_preferences(self, request, queryset):
+        self._preferences(request, queryset, None)
+
+    @admin.action(description="Build a preference dataset and queue DPO on the adapter")
+    def build_preferences_and_train(self, request, queryset):
+        self._preferences(request, queryset, "adapter")
 
     @admin.display(description="Status", ordering="status")
     def status_col(self, obj: Review) -> str:

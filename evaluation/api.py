@@ -16,6 +16,8 @@ from evaluation.schemas import (
     PairOut,
     ReviewIn,
     ReviewOut,
+    ReviewPreferencesIn,
+    ReviewPreferencesOut,
     SampleOut,
     VoteIn,
     VoteOut,
@@ -112,3 +114,16 @@ def review_votes_csv(request, review_id: int):
     response = HttpResponse(services.votes_csv(review=review), content_type="text/csv")
     response["Content-Disposition"] = f'attachment; filename="review-{review.pk}-votes.csv"'
     return response
+
+
+@router.post("/evaluation/reviews/{review_id}/preferences", response={201: ReviewPreferencesOut, **ERRORS})
+def review_preferences(request, review_id: int, payload: ReviewPreferencesIn):
+    """The feedback loop: the closed review's votes become a preference dataset version (winner chosen, loser
+    rejected, ties left out) with its lineage; with ``train``, a DPO task on that side is queued from it."""
+    who = principal(request)
+    review = services.review_get(user=who, ref=review_id)
+    version, task = services.review_to_preferences(user=who, review=review, name=payload.name, train=payload.train,
+                                                   params=payload.params)
+    return Status(201, {"dataset_version_id": version.pk, "dataset_version": version.ref,
+                        "pairs": version.row_count, "lineage": version.report.get("lineage", {}),
+                        "task_id": task.pk if task else None, "task_name": task.name if task else None})

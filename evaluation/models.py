@@ -9,7 +9,9 @@ from django.utils import timezone
 from jobs.models import Job, JobEvent
 from training.models import Adapter
 
-METRIC_CHOICES = ("perplexity", "samples", "style", "overlap", "classifier")
+METRIC_CHOICES = ("perplexity", "samples", "style", "overlap", "classifier", "preference")
+# "preference" scores preference pairs (a preference dataset); the others need chat data.
+PAIR_METRICS = ("preference",)
 
 
 class EvaluationRun(Job):

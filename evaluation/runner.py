@@ -23,6 +23,7 @@ from jobs.models import JobStatus
 from jobs.runner import Cancelled, Outcome
 from serving.inference import GenerationRequest, generate
 from training.models import Adapter
+from training.params import DEFAULT_BETA
 from training.runner import RecipeRunner
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,52 @@ def generate_samples(run: EvaluationRun, records: list[dict], gen: dict, progres
     return rows
 
 
+def compute_preference(run: EvaluationRun, records: list[dict], gen: dict, progress: Progress) -> dict:
+    """DPO's implicit reward of the adapter against its reference on held-out preference pairs: reward accuracy
+    (share of pairs whose chosen answer gets the higher reward) and mean margin. The reference is the other
+    adapter when the run has one, else the adapter's own start adapter when it was trained from one, else the base
+    model (the adapter disabled). Also each model's own log-probability accuracy (chosen more likely than
+    rejected)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from training.preference import encode_preference_rows, pair_logps, preference_scores, truncate_rows
+
+    device = _device()
+    tok = _tokenizer(run.adapter)
+    rows, report = truncate_rows(encode_preference_rows(tok, records, "dpo"), int(gen["max_seq_length"]), "dpo")
+    task = run.adapter.task
+    beta = float(((task.resolved_params or {}).get("beta") if task else None) or DEFAULT_BETA)
+    reference = run.other_adapter if run.other_adapter_id else (task.start_adapter if task else None)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    base = AutoModelForCausalLM.from_pretrained(run.adapter.base_model.path, dtype=dtype).to(device)
+    model = PeftModel.from_pretrained(base, run.adapter.path, adapter_name="adapter")
+    kwargs = {"pad_token_id": tok.pad_token_id, "batch_size": int(gen["batch_size"]), "device": device}
+    if reference is not None:
+        model.load_adapter(reference.path, adapter_name="reference")
+        model.set_adapter("reference")
+        ref = pair_logps(model, rows, **kwargs)
+    else:
+        with model.disable_adapter():
+            ref = pair_logps(model, rows, **kwargs)
+    progress.advance()
+    model.set_adapter("adapter")
+    policy = pair_logps(model, rows, **kwargs)
+    progress.advance()
+    del model, base
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+    def logp_accuracy(scores: list[tuple[float, float]]) -> float:
+        return sum(1 for c, r in scores if c > r) / max(len(scores), 1)
+
+    return {**preference_scores(policy, ref, beta=beta),
+            "reference": reference.name if reference is not None else run.adapter.base_model.name,
+            "adapter_logp_accuracy": logp_accuracy(policy), "reference_logp_accuracy": logp_accuracy(ref),
+            "truncated": report.truncated, "dropped": report.dropped_no_target}
+
+
 def classifier_metrics(run: EvaluationRun, records: list[dict]) -> dict:
     """Accuracy, macro-F1, per-class table and confusion matrix (the classifier app's own functions)."""
     device = _device()
@@ -169,7 +216,14 @@ class EvaluationRunner(RecipeRunner):
         else:
             needs_samples = bool({"samples", "style", "overlap"} & set(chosen))
             n_prompts = min(int(gen["n_samples"]), sum(1 for r in records if split_prompt(r))) if needs_samples else 0
-            progress = Progress(ctx, (2 if "perplexity" in chosen else 0) + n_prompts)
+            progress = Progress(ctx, (2 if "perplexity" in chosen else 0) + (2 if "preference" in chosen else 0)
+                                + n_prompts)
+            if "preference" in chosen:
+                ctx.event(f"Scoring {len(records)} preference pairs against the reference.")
+                results["preference"] = compute_preference(run, records, gen, progress)
+                pref = results["preference"]
+                ctx.event(f"Reward accuracy {pref['reward_accuracy']:.3f}, mean margin {pref['reward_margin']:.4f} "
+                          f"(reference {pref['reference']}, beta {pref['beta']:g}).", data=pref)
             if "perplexity" in chosen:
                 ctx.event(f"Computing loss on {len(records)} records (max {gen['max_seq_length']} tokens).")
                 results["perplexity"] = compute_perplexity(run, records, gen, progress)
@@ -198,6 +252,9 @@ class EvaluationRunner(RecipeRunner):
         headline = {}
         if "perplexity" in results:
             headline = {"ppl_base": results["perplexity"]["base"], "ppl_adapter": results["perplexity"]["adapter"]}
+        if "preference" in results:
+            headline.update({"reward_accuracy": results["preference"]["reward_accuracy"],
+                             "reward_margin": results["preference"]["reward_margin"]})
         if "classifier" in results:
             headline = {"accuracy": results["classifier"]["accuracy"], "macro_f1": results["classifier"]["macro_f1"]}
         _write_artefacts(run, results)

@@ -2,7 +2,7 @@
 
 from datetime import datetime
 
-from ninja import Schema
+from ninja import Field, Schema
 
 
 class EvaluationRunIn(Schema):
@@ -85,3 +85,18 @@ class VoteOut(Schema):
     choice: str
     comment: str
     created_at: datetime
+
+
+class ReviewPreferencesIn(Schema):
+    name: str | None = Field(None, description="Dataset name (default review-<id>-preferences).")
+    train: str | None = Field(None, description="Also queue a DPO task on the run's 'adapter' or its 'baseline'.")
+    params: dict = Field(default_factory=dict, description="Hyperparameters of that task (beta, n_epochs, ...).")
+
+
+class ReviewPreferencesOut(Schema):
+    dataset_version_id: int
+    dataset_version: str = Field(..., description="name@number")
+    pairs: int
+    lineage: dict = Field(..., description="The review, the run, the two models and each row's pair and vote.")
+    task_id: int | None
+    task_name: str | None

@@ -11,6 +11,8 @@ owner who also reviews stays blind.
 
 from __future__ import annotations
 
+import io
+import json
 import random
 from collections import Counter, defaultdict
 
@@ -21,27 +23,30 @@ from accounts.models import Membership
 from accounts.visibility import acting_user, as_principal, get_visible, require_write, resolve_team, visible_to
 from core.csv_export import to_csv
 from core.errors import ApplicationError, Conflict, NotFound
-from datasets_app.services import dataset_version_get
+from datasets_app.models import DatasetVersion
+from datasets_app.services import dataset_upload, dataset_version_get, iter_records, validation_limits
 from evaluation import metrics as m
-from evaluation.models import METRIC_CHOICES, EvaluationRun, EvaluationSample, Review, ReviewPair, Vote
+from evaluation.models import METRIC_CHOICES, PAIR_METRICS, EvaluationRun, EvaluationSample, Review, ReviewPair, Vote
+from evaluation.runner import split_prompt
 from jobs import runtime
 from jobs import services as job_services
 from jobs.models import JobStatus
 from jobs.services import job_check_priority, job_check_quota
 from training.lifecycle import origin_task
-from training.models import Adapter
-from training.services import adapter_get
+from training.models import Adapter, TrainingTask
+from training.services import adapter_get, training_task_create
 
 DEFAULT_METRICS = ("perplexity", "samples", "style", "overlap")
 GENERATION_KEYS = {"max_new_tokens": int, "temperature": float, "top_p": float, "seed": int, "n_samples": int,
                    "max_seq_length": int, "batch_size": int}
 
 
-def _clean_metrics(metrics, adapter: Adapter) -> list[str]:
+def _clean_metrics(metrics, adapter: Adapter, version: DatasetVersion | None = None) -> list[str]:
     if adapter.kind == Adapter.Kind.CLASSIFIER:
         return ["classifier"]
+    pairs = version is not None and version.kind == "preference"
     if metrics in (None, "", []):
-        return list(DEFAULT_METRICS)
+        return list(PAIR_METRICS) if pairs else list(DEFAULT_METRICS)
     if isinstance(metrics, str):
         metrics = [x.strip() for x in metrics.split(",") if x.strip()]
     aliases = {"ppl": "perplexity", "sample": "samples"}
@@ -49,8 +54,14 @@ def _clean_metrics(metrics, adapter: Adapter) -> list[str]:
     for name in metrics:
         name = aliases.get(str(name), str(name))
         if name not in METRIC_CHOICES or name == "classifier":
-            raise ApplicationError(f"Unknown metric {name!r}; choose from perplexity, samples, style, overlap.",
-                                   code="invalid_parameter", param="metrics")
+            raise ApplicationError(f"Unknown metric {name!r}; choose from perplexity, samples, style, overlap, "
+                                   "preference.", code="invalid_parameter", param="metrics")
+        if version is not None and (name in PAIR_METRICS) != pairs:
+            raise ApplicationError(
+                f"Metric {name!r} needs " + ("a preference dataset (prompt, chosen, rejected)" if name in PAIR_METRICS
+                                             else "chat data") + f"; dataset format {version.format!r} holds "
+                + ("preference pairs (metric preference)." if pairs else "other data."),
+                code="invalid_parameter", param="metrics")
         if name not in out:
             out.append(name)
     return out
@@ -119,7 +130,7 @@ def evaluation_run_create(*, user, adapter: Adapter | str | int, dataset=None, o
         version = dataset_version_get(user=user, ref=dataset, require_ready=True)
     if version.dataset.team_id != team.pk:
         raise NotFound("Dataset version not found.", code="dataset_version_not_found", param="dataset")
-    chosen = _clean_metrics(metrics, adapter)
+    chosen = _clean_metrics(metrics, adapter, version)
     gen = _clean_generation(generation)
     priority = job_check_priority(priority)
     name = (name or "").strip() or f"eval-{adapter.name}-{version.ref}"
@@ -307,3 +318,121 @@ def votes_csv(*, review: Review) -> str:
     # Comments and usernames are user input: to_csv escapes cells a spreadsheet would read as formulas.
     return to_csv(header, ([v.pair.order, v.reviewer.get_username(), v.choice, v.comment, v.created_at.isoformat()]
                            + ([v.pair.adapter_side] if reveal else []) for v in votes))
+
+
+# ================================================================================================ feedback loop
+
+PREFERENCE_TRAIN_TARGETS = ("adapter", "baseline")
+
+
+def _review_prompts(run: EvaluationRun) -> list[list[dict]]:
+    """The prompt messages of the run's samples, by sample index (as ``runner.generate_samples`` chose them)."""
+    return [p[0] for p in (split_prompt(r) for r in iter_records(run.dataset_version)) if p is not None]
+
+
+def _model_info(run: EvaluationRun, side: str) -> dict:
+    if side == "adapter":
+        return {"role": "adapter", "adapter": run.adapter.pk, "name": run.adapter.name,
+                "base_model": run.adapter.base_model.name}
+    if run.other_adapter_id:
+        return {"role": "baseline", "adapter": run.other_adapter.pk, "name": run.other_adapter.name,
+                "base_model": run.other_adapter.base_model.name}
+    return {"role": "baseline", "adapter": None, "name": run.adapter.base_model.name,
+            "base_model": run.adapter.base_model.name}
+
+
+def review_preference_rows(*, review: Review) -> tuple[list[dict], list[dict], dict]:
+    """(rows, their lineage, counts): each vote of the closed review a pair, the winner chosen and the loser rejected;
+    ties, and pairs whose two answers are the same text, are left out."""
+    run = review.run
+    prompts = _review_prompts(run)
+    votes = Vote.objects.filter(pair__review=review).select_related("pair", "pair__sample", "reviewer") \
+        .order_by("pair__order", "id")
+    rows: list[dict] = []
+    lineage: list[dict] = []
+    counts = Counter()
+    for vote in votes:
+        pair = vote.pair
+        if vote.choice == Vote.Choice.TIE:
+            counts["ties_left_out"] += 1
+            continue
+        if pair.answer_a.strip() == pair.answer_b.strip():
+            counts["identical_left_out"] += 1
+            continue
+        winner, loser = (pair.answer_a, pair.answer_b) if vote.choice == Vote.Choice.A else (pair.answer_b,
+                                                                                               pair.answer_a)
+        chosen_side = "adapter" if vote.choice == pair.adapter_side else "baseline"
+        sample_index = pair.sample.index if pair.sample_id else None
+        prompt = prompts[sample_index] if sample_index is not None and sample_index < len(prompts) else \
+            [{"role": "user", "content": pair.prompt}]
+        rows.append({"prompt": prompt, "chosen": [{"role": "assistant", "content": winner}],
+                     "rejected": [{"role": "assistant", "content": loser}]})
+        lineage.append({"row": len(rows), "pair": pair.pk, "pair_order": pair.order, "vote": vote.pk,
+                        "reviewer": vote.reviewer.get_username(), "prompt": pair.prompt, "sample": sample_index,
+                        "chosen": chosen_side, "rejected": "baseline" if chosen_side == "adapter" else "adapter"})
+        counts[f"{chosen_side}_won"] += 1
+    return rows, lineage, dict(counts)
+
+
+def review_preference_version_create(*, user, review: Review, name: str | None = None) -> DatasetVersion:
+    """A preference dataset version built from a closed blind A/B review, with its lineage on the version
+    (``report["lineage"]``: the review, the run, the two models and where every row came from)."""
+    require_write(user, review.run)
+    if review.status != Review.Status.CLOSED:
+        raise Conflict("Close the review first: its votes become training data only once voting has ended.",
+                       code="invalid_state", param="review")
+    rows, lineage, counts = review_preference_rows(review=review)
+    needed = validation_limits().min_examples
+    if len(rows) < needed:
+        raise Conflict(f"The review has {len(rows)} decided votes (ties and identical answers are left out); a "
+                       f"preference dataset needs at least {needed} pairs.", code="too_few_pairs", param="review")
+    run = review.run
+    body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+    version = dataset_upload(user=user, team=run.team, name=name or f"review-{review.pk}-preferences",
+                             fileobj=io.BytesIO(body), filename=f"review-{review.pk}.jsonl", format="preference",
+                             description=f"Preference pairs from the votes of review {review.pk} of evaluation run "
+                                         f"{run.name!r}.")
+    if not version.is_ready:  # cannot happen with rows we wrote, but never hand back a failed version silently
+        errors = "; ".join(e.get("message", "") for e in (version.report.get("errors") or [])[:5])
+        raise ApplicationError(f"The pairs did not validate: {errors}", code="invalid_dataset", param="review")
+    report = {**(version.report or {}), "lineage": {
+        "source": "review", "review": review.pk, "run": run.pk, "run_name": run.name,
+        "dataset_version": run.dataset_version_id, "closed_at": review.closed_at.isoformat() if review.closed_at
+        else None, "models": {"adapter": _model_info(run, "adapter"), "baseline": _model_info(run, "baseline")},
+        "counts": counts, "pairs": lineage}}
+    DatasetVersion.objects.filter(pk=version.pk).update(report=report)
+    version.report = report
+    return version
+
+
+def review_preference_task_create(*, user, version: DatasetVersion, train: str = "adapter", name: str | None = None,
+                                  params: dict | None = None, method: str = "dpo") -> TrainingTask:
+    """Queue a preference task (DPO by default) on a version built from a review: on the run's adapter
+    (``train="adapter"``) or on its baseline (the other adapter, or a fresh adapter on the base model)."""
+    lineage = (version.report or {}).get("lineage") or {}
+    if lineage.get("source") != "review":
+        raise ApplicationError(f"Dataset version {version.ref} was not built from a review.",
+                               code="invalid_parameter", param="dataset")
+    if train not in PREFERENCE_TRAIN_TARGETS:
+        raise ApplicationError("train must be 'adapter' or 'baseline'.", code="invalid_parameter", param="train")
+    run = EvaluationRun.objects.select_related("adapter__base_model", "other_adapter", "team").get(
+        pk=lineage["run"])
+    start = run.adapter if train == "adapter" else run.other_adapter
+    base = run.adapter.base_model
+    label = start.name if start else base.name
+    return training_task_create(user=user, team=run.team, name=name or f"{label}-{method}-review-{lineage['review']}",
+                                base_model=base, train_version=version, params=params or {}, method=method,
+                                start_adapter=start,
+                                metadata={"review": lineage["review"], "evaluation_run": run.pk, "trained": train})
+
+
+def review_to_preferences(*, user, review: Review, name: str | None = None, train: str | None = None,
+                          params: dict | None = None) -> tuple[DatasetVersion, TrainingTask | None]:
+    """The feedback loop in one action: the closed review's votes -> a preference version (-> a DPO task)."""
+    if train is not None and train not in PREFERENCE_TRAIN_TARGETS:
+        raise ApplicationError("train must be 'adapter' or 'baseline'.", code="invalid_parameter", param="train")
+    with transaction.atomic():
+        version = review_preference_version_create(user=user, review=review, name=name)
+        task = review_preference_task_create(user=user, version=version, train=train, params=params) if train \
+            else None
+    return version, task

@@ -94,9 +94,21 @@ def file_create(request, file: File[UploadedFile], purpose: Form[str]):
         raise ApplicationError("Only purpose='fine-tune' is supported.", code="invalid_purpose", param="purpose")
     filename = Path(file.name or "upload.jsonl").name
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(filename).stem)[:80].strip("-.") or "upload"
+    fmt = _upload_format(file.file)
+    if fmt == "preference":  # its own dataset: a dataset holds one kind of data (chat files are named by stem)
+        name = f"{name[:69]}-preference"
     version = services.dataset_upload(user=who, team=None, name=name, fileobj=file.file, filename=filename,
-                                      format="openai", description="Uploaded through /v1/files")
+                                      format=fmt, description="Uploaded through /v1/files")
     return file_out(version)
+
+
+def _upload_format(fileobj) -> str:
+    """OpenAI's two fine-tuning file formats: chat (``messages``) for supervised jobs, and preference pairs
+    (``input`` / ``preferred_output`` / ``non_preferred_output``) for DPO jobs, told apart by the first row."""
+    head = fileobj.read(64 * 1024)
+    fileobj.seek(0)
+    first = next((line for line in head.splitlines() if line.strip()), b"")
+    return "preference" if b'"preferred_output"' in first or b'"non_preferred_output"' in first else "openai"
 
 
 @router.get("/files", response=FileList)
@@ -160,10 +172,14 @@ def result_file_csv(who, file_id: str) -> str:
         if data and "step" in data:
             rows.setdefault(int(data["step"]), {}).update(data)
     header = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+    keys = ["train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+    if task.method != TrainingTask.Method.SFT:  # preference runs: their rewards, as TRL logs them
+        extra = [f"{split}_{name}" for split in ("train", "valid")
+                 for name in ("rewards_chosen", "rewards_rejected", "reward_accuracy", "reward_margin")]
+        header, keys = header + extra, keys + extra
     # Metrics come from event data: to_csv keeps numbers as they are and escapes formula-like text.
-    return to_csv(header, ([step, rows[step].get("train_loss", ""), rows[step].get("train_mean_token_accuracy", ""),
-                            rows[step].get("valid_loss", ""), rows[step].get("valid_mean_token_accuracy", "")]
-                           for step in sorted(rows)), lineterminator="\n")
+    return to_csv(header, ([step, *(rows[step].get(k, "") for k in keys)] for step in sorted(rows)),
+                  lineterminator="\n")
 
 
 def result_file_out(who, file_id: str) -> dict:

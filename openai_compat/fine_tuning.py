@@ -48,6 +48,30 @@ def _hyper_out(task: TrainingTask) -> dict:
     return out
 
 
+# OpenAI's method types -> our training methods (preference fine-tuning is "dpo" in both).
+METHODS = {"supervised": "sft", "dpo": "dpo"}
+
+
+def _method_of(payload: JobCreateIn) -> str:
+    return METHODS[payload.method.type] if payload.method else "sft"
+
+
+def _method_hyperparameters(payload: JobCreateIn):
+    """The hyperparameters given inside ``method`` (supervised or dpo), or None."""
+    method = payload.method
+    if method is None:
+        return None
+    section = method.dpo if method.type == "dpo" else method.supervised
+    return section.hyperparameters if section else None
+
+
+def _method_out(task: TrainingTask, hyper: dict) -> dict:
+    if task.method == TrainingTask.Method.DPO:
+        beta = (task.resolved_params or {}).get("beta", (task.params or {}).get("beta", "auto"))
+        return {"type": "dpo", "dpo": {"hyperparameters": {**hyper, "beta": beta}}}
+    return {"type": "supervised", "supervised": {"hyperparameters": hyper}}
+
+
 def job_out(task: TrainingTask) -> dict:
     adapter = next(iter(task.adapters.all()), None)
     succeeded = task.status == TrainingTask.Status.SUCCEEDED
@@ -68,7 +92,7 @@ def job_out(task: TrainingTask) -> dict:
         "error": {"code": task.error_code, "message": task.error_message, "param": task.error_param or None}
         if task.error_code else None,
         "hyperparameters": hyper,
-        "method": {"type": "supervised", "supervised": {"hyperparameters": hyper}},
+        "method": _method_out(task, hyper),
         "integrations": [], "metadata": task.metadata or None, "user_provided_suffix": task.suffix or None,
         "adapter_id": adapter.pk if adapter else None,
         "progress": {"step": task.step, "total_steps": task.total_steps, "percent": task.progress_percent,
@@ -98,9 +122,7 @@ def _file_pk(value: str, *, param: str) -> int:
 
 def _params_from(payload: JobCreateIn) -> dict:
     params: dict = {}
-    for source in (payload.hyperparameters,
-                   payload.method.supervised.hyperparameters if payload.method and payload.method.supervised
-                   else None):
+    for source in (payload.hyperparameters, _method_hyperparameters(payload)):
         if source is not None:
             params.update(source.model_dump(exclude_none=True))
     if payload.seed is not None:
@@ -130,7 +152,7 @@ def job_create(request, payload: JobCreateIn):
             user=principal(request), team=None, name=None, base_model=payload.model, train_version=training,
             validation_version=validation,
             params=_params_from(payload), suffix=payload.suffix or "", metadata=payload.metadata,
-            fail_invalid_files=True)
+            fail_invalid_files=True, method=_method_of(payload))
     except ApplicationError as exc:
         raise _in_protocol_terms(exc) from None
     return job_out(task)

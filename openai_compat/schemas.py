@@ -24,9 +24,18 @@ class SupervisedMethod(Schema):
     hyperparameters: Hyperparameters | None = None
 
 
+class DpoHyperparameters(Hyperparameters):
+    beta: float | Literal["auto"] | None = None
+
+
+class DpoMethod(Schema):
+    hyperparameters: DpoHyperparameters | None = None
+
+
 class MethodIn(Schema):
-    type: Literal["supervised"]
+    type: Literal["supervised", "dpo"]
     supervised: SupervisedMethod | None = None
+    dpo: DpoMethod | None = None
 
 
 class JobCreateIn(Schema):

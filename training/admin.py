@@ -50,6 +50,12 @@ class StartTrainingForm(forms.Form):
     params = forms.JSONField(required=False, initial=dict, widget=forms.Textarea(attrs={"rows": 6, "cols": 60}),
                              help_text='Hyperparameters as JSON, e.g. {"n_epochs": 3, "quantization": "nf4"}; '
                                        'anything left out is "auto".')
+    method = forms.ChoiceField(choices=TrainingTask.Method.choices, initial=TrainingTask.Method.SFT,
+                               help_text="sft trains on chat/text data; dpo and orpo on preference pairs; kto on "
+                                         "labelled answers.")
+    start_adapter = forms.ModelChoiceField(queryset=Adapter.objects.none(), required=False,
+                                           help_text="Train this adapter further (e.g. DPO on an SFT adapter of "
+                                                     "the same base model).")
     priority = forms.IntegerField(initial=0, min_value=-100, max_value=100)
     config = forms.FileField(required=False, label="Recipe (YAML)",
                              help_text="Our keys or LLaMA-Factory's (model_name_or_path, dataset, lora_rank, ...); "
@@ -67,6 +73,9 @@ class StartTrainingForm(forms.Form):
                                          team_field="dataset__team").select_related("dataset")
         self.fields["train_version"].queryset = versions
         self.fields["validation_version"].queryset = versions
+        self.fields["start_adapter"].queryset = visibility.visible_to(
+            user, Adapter.objects.filter(kind=Adapter.Kind.CAUSAL_LM, status=Adapter.Status.READY,
+                                         files_deleted_at__isnull=True)).select_related("base_model")
 
     def clean(self):
         data = super().clean()
@@ -81,7 +90,7 @@ class StartTrainingForm(forms.Form):
 class TrainingTaskAdmin(JobControlAdminMixin, TeamScopedAdmin):
     list_display = ["name", "team", "status_col", "progress_col", "loss_col", "base_model", "device",
                     "duration_col", "created_at"]
-    list_filter = ["status", VisibleTeamFilter, ("base_model", admin_ui.VisibleRelatedFilter), "device"]
+    list_filter = ["status", "method", VisibleTeamFilter, ("base_model", admin_ui.VisibleRelatedFilter), "device"]
     search_fields = ["name", "base_model__name", "team__name", "train_version__dataset__name"]
     list_select_related = ["team", "base_model"]
     ordering = ["-created_at"]
@@ -91,8 +100,8 @@ class TrainingTaskAdmin(JobControlAdminMixin, TeamScopedAdmin):
     change_form_template = "admin/training/trainingtask/change_form.html"
     change_list_template = "admin/training/trainingtask/change_list.html"
     fieldsets = [
-        (None, {"fields": ["name", "priority", "team", "base_model", "train_version", "validation_version",
-                           "adapter_link", "evaluate_on_success", "evaluation_metrics"]}),
+        (None, {"fields": ["name", "priority", "team", "method", "base_model", "start_adapter", "train_version",
+                           "validation_version", "adapter_link", "evaluate_on_success", "evaluation_metrics"]}),
         ("Parameters", {"fields": ["parameters", "estimated_memory", "seed"]}),
         ("Run details", {"classes": ["collapse"],
                          "fields": ["status", "step", "total_steps", "epoch", "tokens_seen", "tokens_per_second",
@@ -193,7 +202,8 @@ class TrainingTaskAdmin(JobControlAdminMixin, TeamScopedAdmin):
                                          team=data["team"], name=data["name"], base_model=data["base_model"],
                                          train_version=data["train_version"],
                                          validation_version=data["validation_version"], params=data["params"] or {},
-                                         priority=data["priority"], evaluate=data["evaluate"])
+                                         priority=data["priority"], evaluate=data["evaluate"],
+                                         method=data["method"], start_adapter=data["start_adapter"])
             if task is not None:
                 auto = "; ".join(f"{k}: {v}" for k, v in (task.auto_explanation or {}).items())
                 self.message_user(request, f"Queued task {task.name}." + (f" Auto values — {auto}" if auto else ""),

@@ -58,7 +58,8 @@ def task_create(request, payload: TrainingTaskIn):
                                          validation_version=payload.validation_version, params=payload.params,
                                          priority=payload.priority, evaluate=payload.evaluate,
                                          evaluation_metrics=payload.evaluation_metrics,
-                                         requirements=payload.requirements)
+                                         requirements=payload.requirements, method=payload.method,
+                                         start_adapter=payload.start_adapter)
     return Status(201, TrainingTaskOut.from_task(task))
 
 

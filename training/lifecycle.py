@@ -391,7 +391,17 @@ def _task_info(task) -> dict | None:
             "library_versions": task.library_versions, "seed": task.seed, "device": task.device,
             "duration_seconds": task.duration_seconds, "started_at": task.started_at,
             "finished_at": task.finished_at, "metrics": task.metrics,
-            "cloned_from": getattr(task, "cloned_from_id", None)}
+            "cloned_from": getattr(task, "cloned_from_id", None),
+            "method": getattr(task, "method", None),
+            "start_adapter": _start_info(getattr(task, "start_adapter", None))}
+
+
+def _start_info(adapter: Adapter | None) -> dict | None:
+    """The adapter a task trained further (SFT -> DPO), with the task that produced it."""
+    if adapter is None:
+        return None
+    return {"id": adapter.pk, "name": adapter.name, "task": adapter.task_id,
+            "method": adapter.task.method if adapter.task_id else None}
 
 
 def _summary(adapter: Adapter) -> dict:

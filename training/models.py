@@ -12,8 +12,20 @@ from jobs.models import Job, JobEvent
 
 
 class TrainingTask(Job):
-    """Fine-tuning a causal LM with LoRA/QLoRA on a dataset version."""
+    """Fine-tuning a causal LM with LoRA/QLoRA on a dataset version: supervised (``sft``) or on preferences
+    (``dpo``, ``orpo`` on preference pairs; ``kto`` on labelled answers), optionally from an existing adapter."""
 
+    class Method(models.TextChoices):
+        SFT = "sft", "Supervised (SFT)"
+        DPO = "dpo", "DPO (preference pairs)"
+        ORPO = "orpo", "ORPO (preference pairs, no reference)"
+        KTO = "kto", "KTO (labelled answers)"
+
+    method = models.CharField(max_length=8, choices=Method.choices, default=Method.SFT)
+    start_adapter = models.ForeignKey(
+        "Adapter", null=True, blank=True, on_delete=models.PROTECT, related_name="continued_by",
+        help_text="Train this adapter further (of the same base model) instead of a fresh one; the preference "
+                  "methods then use it as their reference policy.")
     base_model = models.ForeignKey(BaseModel, on_delete=models.PROTECT, related_name="training_tasks")
     train_version = models.ForeignKey("datasets_app.DatasetVersion", on_delete=models.PROTECT,
                                       related_name="training_tasks")

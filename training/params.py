@@ -30,6 +30,28 @@ TEMPLATES = ("chat_template", "chatml", "alpaca", "alpaca_zh")
 
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 
+# Training methods: supervised fine-tuning, and the preference methods TRL trains (the task's ``method``).
+METHODS = ("sft", "dpo", "orpo", "kto")
+PREFERENCE_METHODS = ("dpo", "orpo", "kto")
+# TRL 1.16's loss definitions, by their TRL names: DPOConfig.loss_type and KTOConfig.loss_type (ORPO has none).
+DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+                  "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+KTO_LOSS_TYPES = ("kto", "apo_zero_unpaired")
+LOSS_TYPES = {"dpo": DPO_LOSS_TYPES, "kto": KTO_LOSS_TYPES}
+DEFAULT_LOSS_TYPE = {"dpo": "sigmoid", "kto": "kto"}
+# Parameters only some methods read; any other method refuses them (naming the parameter) rather than ignore them.
+METHOD_ONLY = {
+    "beta": PREFERENCE_METHODS,
+    "loss_type": ("dpo", "kto"),
+    "label_smoothing": ("dpo",),
+    "desirable_weight": ("kto",),
+    "undesirable_weight": ("kto",),
+}
+DEFAULT_BETA = 0.1  # TRL's default for DPO, KTO and ORPO (ORPO's lambda, which TRL also calls beta)
+# Preference tuning moves a model that already answers well: a smaller step than SFT's (LoRA DPO recipes use
+# 5e-6..5e-5 on large sets; small review sets need more per step to move at all).
+PREFERENCE_LR_FACTOR = 0.2
+
 
 class TrainingParams(BaseModel):
     """Every knob of a fine-tuning run, with validated ranges; ``"auto"`` where a good value depends on the data."""
@@ -56,6 +78,12 @@ class TrainingParams(BaseModel):
     save_steps: Annotated[int, Field(ge=1)] | Auto = AUTO
     max_steps: Annotated[int, Field(ge=1)] | None = None
     template: Literal["chat_template", "chatml", "alpaca", "alpaca_zh"] | Auto = AUTO
+    # preference methods (dpo, orpo, kto); TRL's names and meanings
+    beta: Annotated[float, Field(gt=0, le=100)] | Auto = AUTO
+    loss_type: Literal[DPO_LOSS_TYPES + KTO_LOSS_TYPES] | Auto = AUTO  # type: ignore[valid-type]
+    label_smoothing: Annotated[float, Field(ge=0, lt=0.5)] = 0.0
+    desirable_weight: Annotated[float, Field(gt=0, le=100)] | Auto = AUTO
+    undesirable_weight: Annotated[float, Field(gt=0, le=100)] | Auto = AUTO
 
     @field_validator("target_modules")
     @classmethod
@@ -105,6 +133,34 @@ def parse_params(data: dict | TrainingParams | None) -> TrainingParams:
         raise InvalidParams("; ".join(dict.fromkeys(messages)), name, errors) from exc
 
 
+def check_method(method: str) -> str:
+    if method not in METHODS:
+        raise InvalidParams(f"method: must be one of {', '.join(METHODS)}, not {method!r}", "method")
+    return method
+
+
+def check_method_params(params: TrainingParams, method: str) -> None:
+    """Refuse parameters the method does not read, naming them (a KTO weight on a DPO task is a mistake)."""
+    check_method(method)
+    given = params.model_fields_set
+    for name, methods in METHOD_ONLY.items():
+        if name in given and method not in methods and getattr(params, name) not in (AUTO, 0.0):
+            raise InvalidParams(f"{name}: only for method {' or '.join(methods)}, not {method}", name)
+    if params.loss_type != AUTO:
+        allowed = LOSS_TYPES.get(method, ())
+        if params.loss_type not in allowed:
+            raise InvalidParams(f"loss_type: {params.loss_type!r} is not a {method.upper()} loss; choose from "
+                                f"{', '.join(allowed)}", "loss_type")
+    if method in PREFERENCE_METHODS:
+        if params.packing is True:
+            raise InvalidParams(f"packing: not available for method {method} (pairs are compared whole)", "packing")
+        if params.loss_on != "assistant":
+            raise InvalidParams(f"loss_on: method {method} trains on the answers only", "loss_on")
+    if method == "dpo" and params.loss_type == "exo_pair" and params.label_smoothing == 0:
+        raise InvalidParams("label_smoothing: the exo_pair loss needs label_smoothing > 0 (the EXO paper: 1e-3)",
+                            "label_smoothing")
+
+
 @dataclass
 class ResolvedParams:
     """Concrete values for one run, and why each "auto" value was chosen."""
@@ -134,6 +190,13 @@ class ResolvedParams:
     total_steps: int = 0
     learning_rate_multiplier: float = 1.0
     auto: dict[str, str] = field(default_factory=dict)
+    # preference methods (sft: the defaults, unused)
+    method: str = "sft"
+    beta: float = DEFAULT_BETA
+    loss_type: str = ""
+    label_smoothing: float = 0.0
+    desirable_weight: float = 1.0
+    undesirable_weight: float = 1.0
 
     @property
     def effective_batch_size(self) -> int:
@@ -185,13 +248,17 @@ def resolve_params(
     has_chat_template: bool = True,
     model_max_length: int | None = None,
     has_validation: bool = False,
+    method: str = "sft",
+    label_counts: tuple[int, int] | None = None,
 ) -> ResolvedParams:
     """Replace every ``"auto"`` by a concrete value for this dataset and device.
 
-    ``n_examples``: training examples; ``n_tokens_mean``/``n_tokens_max``: their token lengths when known
-    (tokenised with the base model's tokenizer); ``gpu_memory_gb``: total memory of the CUDA device.
+    ``n_examples``: training examples (preference pairs for dpo/orpo, labelled rows for kto);
+    ``n_tokens_mean``/``n_tokens_max``: their token lengths when known (tokenised with the base model's tokenizer);
+    ``gpu_memory_gb``: total memory of the CUDA device; ``label_counts``: KTO's (desirable, undesirable) rows.
     """
     p = parse_params(params)
+    check_method_params(p, method)
     if device not in ("cpu", "cuda"):
         raise InvalidParams(f"device must be 'cpu' or 'cuda', not {device!r}", "device")
     n = max(1, int(n_examples))
@@ -296,6 +363,10 @@ def resolve_params(
         why["learning_rate"] = f"{learning_rate:g} for {n} examples (higher for small sets, 2e-4 from {LARGE_SET})"
     else:
         learning_rate = float(p.learning_rate)
+    if method in PREFERENCE_METHODS and p.learning_rate == AUTO:
+        learning_rate = float(f"{learning_rate * PREFERENCE_LR_FACTOR:.3g}")
+        why["learning_rate"] = (f"{learning_rate:g}: {PREFERENCE_LR_FACTOR:g} × the SFT value for {n} examples "
+                                f"({method} moves a model that already answers)")
     if multiplier != 1.0:
         learning_rate = learning_rate * multiplier
         why["learning_rate_multiplier"] = f"learning rate multiplied by {multiplier:g}"
@@ -357,13 +428,44 @@ def resolve_params(
             raise InvalidParams("template: the base model has no chat template; choose chatml, alpaca or alpaca_zh",
                                 "template")
 
+    beta = DEFAULT_BETA
+    loss_type = ""
+    desirable_weight = undesirable_weight = 1.0
+    if method in PREFERENCE_METHODS:
+        if p.beta == AUTO:
+            why["beta"] = f"{DEFAULT_BETA:g}, TRL's default" + (" (ORPO's lambda)" if method == "orpo" else "")
+        else:
+            beta = float(p.beta)
+        if method in LOSS_TYPES:
+            loss_type = DEFAULT_LOSS_TYPE[method] if p.loss_type == AUTO else p.loss_type
+            if p.loss_type == AUTO:
+                why["loss_type"] = f"{loss_type}: the {method.upper()} paper's loss"
+    if method == "kto":
+        desirable_weight = 1.0 if p.desirable_weight == AUTO else float(p.desirable_weight)
+        undesirable_weight = 1.0 if p.undesirable_weight == AUTO else float(p.undesirable_weight)
+        good, bad = label_counts or (0, 0)
+        if good and bad and good != bad:
+            # KTO paper, Eq. (8): weight the rarer side so that desirable_weight * n_desirable and
+            # undesirable_weight * n_undesirable are about equal (within [1, 4/3]).
+            if p.desirable_weight == AUTO and good < bad:
+                desirable_weight = round(bad * undesirable_weight / good, 3)
+                why["desirable_weight"] = f"{good} desirable vs {bad} undesirable rows: the rarer side weighs more"
+            elif p.undesirable_weight == AUTO and bad < good:
+                undesirable_weight = round(good * desirable_weight / bad, 3)
+                why["undesirable_weight"] = f"{good} desirable vs {bad} undesirable rows: the rarer side weighs more"
+        for name in ("desirable_weight", "undesirable_weight"):
+            if getattr(p, name) == AUTO and name not in why:
+                why[name] = "1.0: the labels are balanced (or their counts unknown)"
+
     return ResolvedParams(
         n_epochs=n_epochs, batch_size=batch_size, gradient_accumulation_steps=grad_accum, learning_rate=learning_rate,
         lr_scheduler=lr_scheduler, warmup_ratio=warmup_ratio, max_seq_length=max_seq_length, lora_r=lora_r,
         lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=p.target_modules, quantization=quantization,
         loss_on=p.loss_on, packing=packing, seed=p.seed, eval_steps=eval_steps, save_steps=save_steps,
         max_steps=p.max_steps, template=template, device=device, steps_per_epoch=steps_per_epoch,
-        total_steps=total_steps, learning_rate_multiplier=multiplier, auto=why,
+        total_steps=total_steps, learning_rate_multiplier=multiplier, auto=why, method=method, beta=beta,
+        loss_type=loss_type, label_smoothing=float(p.label_smoothing), desirable_weight=desirable_weight,
+        undesirable_weight=undesirable_weight,
     )
 
 

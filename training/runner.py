@@ -29,10 +29,14 @@ PROGRESS_INTERVAL = 1.0
 
 def metrics_message(step: int, total: int, metrics: dict) -> str:
     parts = []
-    if metrics.get("train_loss") is not None:
-        parts.append(f"training loss={metrics['train_loss']:.4f}")
-    if metrics.get("valid_loss") is not None:
-        parts.append(f"validation loss={metrics['valid_loss']:.4f}")
+    for prefix, label in (("train", "training"), ("valid", "validation")):
+        if metrics.get(f"{prefix}_loss") is not None:
+            parts.append(f"{label} loss={metrics[f'{prefix}_loss']:.4f}")
+        # preference runs: DPO's implicit rewards (TRL's rewards/accuracies and rewards/margins)
+        if metrics.get(f"{prefix}_reward_accuracy") is not None:
+            parts.append(f"{label} reward accuracy={metrics[f'{prefix}_reward_accuracy']:.3f}")
+        if metrics.get(f"{prefix}_reward_margin") is not None:
+            parts.append(f"{label} margin={metrics[f'{prefix}_reward_margin']:.4f}")
     if metrics.get("learning_rate") is not None:
         parts.append(f"lr={metrics['learning_rate']:.2e}")
     return f"Step {step}/{total}: " + ", ".join(parts)
@@ -139,12 +143,18 @@ class TrainingRunner(RecipeRunner):
     job: TrainingTask
 
     def run(self) -> Outcome:
-        # The recipe imports torch: only this child process loads it, never the web or queue process.
-        from training.recipe import RunSpec, run_training
-
         task = self.job
-        spec = RunSpec(**recipe_inputs(task))
-        result = run_training(spec, DbHooks(self.ctx))
+        # The recipes import torch: only this child process loads them, never the web or queue process.
+        if task.method == TrainingTask.Method.SFT:
+            from training.recipe import RunSpec, run_training
+
+            result = run_training(RunSpec(**recipe_inputs(task)), DbHooks(self.ctx))
+        else:
+            from training.preference import PreferenceSpec, run_preference
+
+            start = task.start_adapter
+            result = run_preference(PreferenceSpec(**recipe_inputs(task), method=task.method,
+                                                   start_adapter=start.path if start else None), DbHooks(self.ctx))
         self.result = result
         fields = {"step": result.global_step, "total_steps": result.total_steps or task.total_steps,
                   "metrics": {**(task.metrics or {}), **{k: v for k, v in result.metrics.items()

@@ -18,11 +18,16 @@ class TrainingTaskIn(Schema):
     priority: int = 0
     evaluate: bool = Field(False, description="Queue an evaluation run of the adapter when the task succeeds.")
     evaluation_metrics: list[str] | None = Field(
-        None, description="Metrics of that evaluation (perplexity, samples, style, overlap); default all.")
+        None, description="Metrics of that evaluation (perplexity, samples, style, overlap; preference for "
+                          "preference data); default all.")
     requirements: dict = Field({}, description="The worker it needs: device (cpu, cuda), gpus, gpu_memory_gb, "
                                                "labels; by default the device the task is planned for.")
     config: str | None = Field(None, description="A YAML recipe (our keys or LLaMA-Factory's); the other fields "
                                                  "given here override it.")
+    method: str = Field("sft", description="sft (chat/text data), dpo or orpo (preference pairs), kto (labelled "
+                                           "answers).")
+    start_adapter: str | int | None = Field(None, description="Train this adapter (same base model) further, e.g. "
+                                                              "DPO on an SFT adapter.")
 
 
 class CloneIn(Schema):
@@ -45,6 +50,8 @@ class TrainingTaskOut(JobOut):
     adapter_id: int | None
     evaluate_on_success: bool
     evaluation_metrics: list[str]
+    method: str
+    start_adapter_id: int | None
 
     @staticmethod
     def from_task(task, *, waiting: bool = True) -> dict:
@@ -59,6 +66,7 @@ class TrainingTaskOut(JobOut):
             "worker": task.worker, "heartbeat_at": task.heartbeat_at,
             "adapter_id": adapter.pk if adapter else None,
             "evaluate_on_success": task.evaluate_on_success, "evaluation_metrics": task.evaluation_metrics or [],
+            "method": task.method, "start_adapter_id": task.start_adapter_id,
         }
 
 class CheckpointOut(Schema):

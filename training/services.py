@@ -24,7 +24,7 @@ from jobs.services import job_check_name, job_check_priority, job_check_quota, j
 from training.checkpoints import checkpoint_problem
 from training.devices import available_memory_bytes, detect_device, gpu_memory_gb
 from training.models import Adapter, TrainingTask
-from training.params import InvalidParams, estimate_memory, resolve_params
+from training.params import PREFERENCE_METHODS, InvalidParams, check_method, estimate_memory, resolve_params
 from training.signals import evaluation_metric_names
 
 TRAINABLE_KINDS = {"chat", "text"}  # dataset kinds a causal LM trains on
@@ -32,6 +32,10 @@ METADATA_KEY_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 METADATA_MAX_KEYS = 16
 METADATA_MAX_VALUE = 512
 SUFFIX_RE = re.compile(r"^[A-Za-z0-9_-]{0,64}$")
+# The dataset kinds each training method trains on (datasets_app.formats.kind_of)
+METHOD_KINDS = {"sft": TRAINABLE_KINDS, "dpo": {"preference"}, "orpo": {"preference"}, "kto": {"kto"}}
+KIND_WORDS = {"chat": "chat data", "text": "plain text", "preference": "preference pairs", "kto": "labelled answers",
+              "classification": "classification data"}
 
 
 def _version_ref(user: Actor, ref: object, *, param: str) -> DatasetVersion:
@@ -41,8 +45,29 @@ def _version_ref(user: Actor, ref: object, *, param: str) -> DatasetVersion:
         raise NotFound(f"Dataset {ref!r} not found.", code="dataset_not_found", param=param) from None
 
 
-def _check_version(version, *, team: Team, param: str) -> str | None:
-    """Why the version cannot be trained on (None when it can)."""
+def _format_refusal(version, method: str) -> str | None:
+    """Why ``method`` cannot train on this version's format, naming both (None when it can)."""
+    kind = version.kind
+    if kind in METHOD_KINDS[method]:
+        return None
+    held = f"Dataset format {version.format!r} holds {KIND_WORDS.get(kind or '', kind or 'unknown data')}"
+    if method == "sft":
+        if kind in ("preference", "kto"):
+            other = "dpo or orpo" if kind == "preference" else "kto"
+            return (f"{held}, which supervised fine-tuning (method sft) cannot train on; train it with method "
+                    f"{other}, or upload chat, Alpaca, ShareGPT or text data for SFT.")
+        return (f"Dataset format {version.format!r} cannot train a causal LM; use a chat, Alpaca, ShareGPT "
+                "or text dataset (classification data trains a classifier).")
+    if method == "kto":
+        return (f"{held}; method kto trains on labelled answers (format kto: prompt, completion and a boolean "
+                "label)" + ("; preference pairs train with method dpo or orpo." if kind == "preference" else "."))
+    return (f"{held}; method {method} trains on preference pairs (format preference: prompt, chosen and rejected, "
+            "or OpenAI's input, preferred_output and non_preferred_output)"
+            + ("; chat data trains with method sft." if kind in TRAINABLE_KINDS else "."))
+
+
+def _check_version(version, *, team: Team, param: str, method: str = "sft") -> str | None:
+    """Why the version cannot be trained on by ``method`` (None when it can)."""
     if version.dataset.team_id != team.pk:
         return f"Dataset version {version.pk} belongs to another team."
     if version.status != "ready":
@@ -51,29 +76,31 @@ def _check_version(version, *, team: Team, param: str) -> str | None:
         more = f" (and {len(errors) - 20} more)" if len(errors) > 20 else ""
         return f"The file has errors and cannot be used for training: {lines}{more}" if lines else \
             "The dataset version failed validation."
-    if version.kind not in TRAINABLE_KINDS:
-        return (f"Dataset format {version.format!r} cannot train a causal LM; use a chat, Alpaca, ShareGPT "
-                "or text dataset (classification data trains a classifier).")
-    return None
+    return _format_refusal(version, method)
 
 
-def _resolve(params: dict | None, *, base_model: BaseModel, version, has_validation: bool):
+def _resolve(params: dict | None, *, base_model: BaseModel, version, has_validation: bool, method: str = "sft"):
     device = detect_device()
     stats = version.stats or {}
     # Token statistics are kept per tokenizer (base model name) once computed at upload or inspection.
     tokens = (stats.get("tokens") or {}).get(base_model.name) or {}
+    labels = stats.get("labels") or {}
+    label_counts = (int(labels.get("desirable", 0)), int(labels.get("undesirable", 0))) if labels else None
     try:
         resolved = resolve_params(params, n_examples=version.row_count, n_tokens_mean=tokens.get("mean"),
                                   n_tokens_max=tokens.get("max"), device=device, gpu_memory_gb=gpu_memory_gb(),
                                   has_chat_template=base_model.has_chat_template,
                                   model_max_length=base_model.max_position_embeddings,
-                                  has_validation=has_validation)
+                                  has_validation=has_validation, method=method, label_counts=label_counts)
     except InvalidParams as exc:
         raise ApplicationError(exc.message, code="invalid_parameter", param=exc.field or "hyperparameters",
                                details=exc.errors and [{"param": str(e.get("loc", ("",))[0]), "message": e.get("msg")}
                                                        for e in exc.errors]) from None
+    # A preference batch holds two sequences per example (chosen and rejected; KTO: the answer and its KL
+    # counterpart); the reference pass runs without gradients and keeps no activations.
+    sequences = resolved.batch_size * (2 if method in PREFERENCE_METHODS else 1)
     estimate = estimate_memory(config=base_model.config, parameter_count=base_model.parameter_count or None,
-                               quantization=resolved.quantization, batch_size=resolved.batch_size,
+                               quantization=resolved.quantization, batch_size=sequences,
                                max_seq_length=resolved.max_seq_length, device=device, lora_r=resolved.lora_r,
                                target_modules=resolved.target_modules)
     refusal = estimate.refusal(available_memory_bytes(device))
@@ -148,17 +175,25 @@ def training_task_create(*, user: Actor, name: str | None, base_model: BaseModel
                          priority: int = 0, suffix: str = "", metadata: dict | None = None,
                          fail_invalid_files: bool = False, cloned_from=None, evaluate: bool = False,
                          evaluation_metrics: list[str] | str | None = None,
-                         requirements: dict | None = None) -> TrainingTask:
+                         requirements: dict | None = None, method: str = "sft",
+                         start_adapter: Adapter | str | int | None = None) -> TrainingTask:
     """Validate everything synchronously, then create a queued task and wake a worker on commit.
 
     ``fail_invalid_files`` (the OpenAI protocol): a file that failed validation still creates the job,
     which fails at once in validating_files with the row-level report, instead of a 400. Without a ``name`` the
     task gets ``ft-<suffix or base model>-<8 hex digits>``. The team's queue quota (``job_check_quota``) is
-    checked in the transaction that creates the task.
+    checked in the transaction that creates the task. ``method`` decides the dataset formats accepted (sft:
+    chat/text; dpo, orpo: preference; kto: kto); ``start_adapter`` trains an existing causal-LM adapter of the
+    same base model further (the lineage records it).
     """
     team = resolve_team(user, team)
+    try:
+        method = check_method(method or "sft")
+    except InvalidParams as exc:
+        raise ApplicationError(exc.message, code="invalid_parameter", param="method") from None
     model = base_model_get(user=user, ref=base_model.pk if isinstance(base_model, BaseModel) else base_model,
                            kind=BaseModel.Kind.CAUSAL_LM)
+    start = _start_adapter(user, start_adapter, base_model=model) if start_adapter not in (None, "") else None
     train = _version_ref(user, train_version, param="training_file" if fail_invalid_files else "train_version")
     validation = None
     if validation_version not in (None, ""):
@@ -175,7 +210,7 @@ def training_task_create(*, user: Actor, name: str | None, base_model: BaseModel
                            (validation, "validation_file" if fail_invalid_files else "validation_version")):
         if version is None:
             continue
-        problem = _check_version(version, team=team, param=param)
+        problem = _check_version(version, team=team, param=param, method=method)
         if problem and not (fail_invalid_files and version.status != "ready"):
             raise ApplicationError(problem, code="invalid_dataset", param=param)
         if problem and file_problem is None:
@@ -189,7 +224,7 @@ def training_task_create(*, user: Actor, name: str | None, base_model: BaseModel
                             base_model=model, train_version=train, validation_version=validation,
                             params=params or {}, priority=priority, suffix=suffix, metadata=metadata,
                             cloned_from=cloned_from, evaluate_on_success=bool(evaluate),
-                            evaluation_metrics=metrics_requested)
+                            evaluation_metrics=metrics_requested, method=method, start_adapter=start)
         if file_problem:
             task.status = JobStatus.FAILED
             task.finished_at = now
@@ -199,7 +234,8 @@ def training_task_create(*, user: Actor, name: str | None, base_model: BaseModel
             task.save()
             runtime.add_event(task, f"Validation failed: {file_problem[0]}", level="error")
             return task
-        resolved, estimate = _resolve(params, base_model=model, version=train, has_validation=validation is not None)
+        resolved, estimate = _resolve(params, base_model=model, version=train, has_validation=validation is not None,
+                                      method=method)
         task.resolved_params = resolved.to_dict()
         task.auto_explanation = resolved.auto
         task.estimated_memory_bytes = estimate.total_bytes
@@ -209,12 +245,36 @@ def training_task_create(*, user: Actor, name: str | None, base_model: BaseModel
         task.status = JobStatus.QUEUED
         task.queued_at = now
         task.save()
-        runtime.add_event(task, f"Created: {train.row_count} training examples, {resolved.n_epochs} epochs, "
+        what = {"sft": "training examples", "kto": "labelled answers"}.get(method, "preference pairs")
+        how = "" if method == "sft" else f"{method.upper()} (beta {resolved.beta:g}" + (
+            f", loss {resolved.loss_type}" if resolved.loss_type else "") + ")" + (
+            f" from adapter {start.name}" if start else "") + ", "
+        runtime.add_event(task, f"Created: {how}{train.row_count} {what}, {resolved.n_epochs} epochs, "
                              f"lr {resolved.learning_rate:g}, LoRA r={resolved.lora_r}, "
                              f"quantization {resolved.quantization}, device {resolved.device}; "
                              f"estimated peak memory {estimate.total_bytes / 1024**3:.1f} GiB.")
         runtime.enqueue(task)
     return task
+
+
+def _start_adapter(user: Actor, ref, *, base_model: BaseModel) -> Adapter:
+    adapter = ref if isinstance(ref, Adapter) else None
+    if adapter is None:
+        try:
+            adapter = adapter_get(user=user, ref=ref)
+        except NotFound:
+            raise NotFound(f"Adapter {ref!r} not found.", code="adapter_not_found", param="start_adapter") from None
+    if adapter.kind != Adapter.Kind.CAUSAL_LM:
+        raise ApplicationError(f"Adapter {adapter.name!r} is a {adapter.kind} adapter; start from a causal-LM "
+                               "adapter.", code="invalid_parameter", param="start_adapter")
+    if adapter.base_model_id != base_model.pk:
+        raise ApplicationError(f"Adapter {adapter.name!r} was trained on {adapter.base_model.name}, not "
+                               f"{base_model.name}: start from an adapter of the same base model.",
+                               code="invalid_parameter", param="start_adapter")
+    if not adapter.files_present or adapter.status != Adapter.Status.READY:
+        raise ApplicationError(f"Adapter {adapter.name!r} is archived or its files were deleted.",
+                               code="invalid_parameter", param="start_adapter")
+    return adapter
 
 
 def training_task_list(*, user: Actor, team: str | None = None, status: str | None = None) -> QuerySet[TrainingTask]:
@@ -244,7 +304,8 @@ def training_task_clone(*, user: Actor, task: TrainingTask, name: str | None = N
         validation_version=changes.get("validation_version", task.validation_version), params=merged,
         priority=task.priority, suffix=task.suffix, metadata=task.metadata, cloned_from=task,
         evaluate=task.evaluate_on_success, evaluation_metrics=task.evaluation_metrics,
-        requirements=changes.get("requirements", task.requirements))
+        requirements=changes.get("requirements", task.requirements),
+        method=changes.get("method", task.method), start_adapter=changes.get("start_adapter", task.start_adapter))
 
 
 def training_task_reproduce(*, user: Actor, job: TrainingTask, name: str | None = None) -> TrainingTask:

@@ -23,6 +23,10 @@ class Command(ServiceCommand):
         parser.add_argument("--validation-dataset", default=None)
         parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                             help="Hyperparameter, repeatable (values parsed as JSON when possible).")
+        parser.add_argument("--method", default="sft", choices=["sft", "dpo", "orpo", "kto"],
+                            help="sft (chat/text data), dpo or orpo (preference pairs), kto (labelled answers).")
+        parser.add_argument("--start-adapter", default=None,
+                            help="Train this adapter (same base model) further, e.g. DPO on an SFT adapter.")
         parser.add_argument("--priority", type=int, default=0)
         add_user_argument(parser)
         parser.add_argument("--wait", action="store_true", help="Show progress until the task ends.")
@@ -52,7 +56,8 @@ class Command(ServiceCommand):
                                         base_model=opts["base_model"], train_version=opts["dataset"],
                                         validation_version=opts["validation_dataset"],
                                         params=parse_param_options(opts["param"]), priority=opts["priority"],
-                                        evaluate=opts["evaluate"], evaluation_metrics=opts["evaluation_metrics"])
+                                        evaluate=opts["evaluate"], evaluation_metrics=opts["evaluation_metrics"],
+                                        method=opts["method"], start_adapter=opts["start_adapter"])
         self.stdout.write(f"Created training task {task.pk} {task.name!r} ({task.status}).")
         for key, why in (task.auto_explanation or {}).items():
             self.stdout.write(f"  auto {key}: {why}")
