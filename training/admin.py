@@ -50,7 +50,7 @@ class StartTrainingForm(forms.Form):
     params = forms.JSONField(required=False, initial=dict, widget=forms.Textarea(attrs={"rows": 6, "cols": 60}),
                              help_text='Hyperparameters as JSON, e.g. {"n_epochs": 3, "quantization": "nf4"}; '
                                        'anything left out is "auto".')
-    method = forms.ChoiceField(choices=TrainingTask.Method.choices, initial=TrainingTask.Method.SFT,
+    method = forms.ChoiceField(choices=TrainingTask.Method.choices, initial=TrainingTask.Method.SFT, required=False,
                                help_text="sft trains on chat/text data; dpo and orpo on preference pairs; kto on "
                                          "labelled answers.")
     start_adapter = forms.ModelChoiceField(queryset=Adapter.objects.none(), required=False,
@@ -203,7 +203,8 @@ class TrainingTaskAdmin(JobControlAdminMixin, TeamScopedAdmin):
                                          train_version=data["train_version"],
                                          validation_version=data["validation_version"], params=data["params"] or {},
                                          priority=data["priority"], evaluate=data["evaluate"],
-                                         method=data["method"], start_adapter=data["start_adapter"])
+                                         method=data["method"] or TrainingTask.Method.SFT,
+                                         start_adapter=data["start_adapter"])
             if task is not None:
                 auto = "; ".join(f"{k}: {v}" for k, v in (task.auto_explanation or {}).items())
                 self.message_user(request, f"Queued task {task.name}." + (f" Auto values — {auto}" if auto else ""),
