@@ -4,7 +4,10 @@ Every door that serves a model (``/v1/``, the admin, commands) calls these, so t
 
 - **Names.** A base model by name; ``ft:<base>:<team>:<suffix>:<task id>`` (the adapter of a succeeded
   fine-tuning job); ``<ft name>:ckpt-step-N`` (one of its checkpoints); ``<team>/<model name>:production``
-  (the adapter in production under that name now). Another team's model reads as missing.
+  (the adapter in production under that name now); ``adapter:<team>/<adapter name>`` (any ready adapter, trained
+  or scanned). Another team's model reads as missing.
+- **Where it runs.** The model server (``serving.client``; ``manage.py serve_models``) decodes every request,
+  batched with the others; the web process holds no model.
 - **Bounds of one request.** ``max_tokens`` up to ``INFERENCE_MAX_NEW_TOKENS``; the prompt (rendered with the
   base model's chat template) up to ``INFERENCE_MAX_PROMPT_TOKENS`` and, with ``max_tokens``, within the
   model's context; at most four stop sequences. Broken bounds are 400s and are never counted.
@@ -30,12 +33,13 @@ from catalog.models import BaseModel
 from catalog.services import base_model_get, base_model_list
 from core.errors import ApplicationError, NotFound, RateLimited
 from core.ratelimit import consume
-from serving import inference
+from serving.client import engine_count_prompt_tokens, engine_generate, engine_generate_stream
 from serving.inference import GenerationRequest, GenerationResult
 from training.models import Adapter, Checkpoint, TrainingTask
 from training.services import training_task_list
 
 PRODUCTION_REF_RE = re.compile(r"^(?P<team>[^/:\s]+)/(?P<name>[^/:\s]+):production$")
+ADAPTER_REF_RE = re.compile(r"^adapter:(?P<team>[^/:\s]+)/(?P<name>.+)$")
 CHECKPOINT_PART_RE = re.compile(r"^ckpt-step-(?P<step>\d+)$")
 ROLES = ("system", "user", "assistant", "tool")
 MAX_STOP_SEQUENCES = 4
@@ -51,6 +55,12 @@ def fine_tuned_model_name(task: TrainingTask) -> str:
 
 def checkpoint_model_name(task: TrainingTask, step: int) -> str:
     return f"{fine_tuned_model_name(task)}:ckpt-step-{step}"
+
+
+def adapter_model_name(adapter: Adapter) -> str:
+    """Any ready adapter of a team, trained here or found by ``scan_models``: ``adapter:<team>/<adapter name>``
+    (adapter names are unique per team, so the id is stable for the adapter's life)."""
+    return f"adapter:{adapter.team.name}/{adapter.name}"
 
 
 @dataclass(frozen=True)
@@ -93,9 +103,21 @@ def _production_adapters(user: Actor) -> QuerySet[Adapter]:
         kind=Adapter.Kind.CAUSAL_LM)
 
 
+def _ready_adapters(user: Actor) -> QuerySet[Adapter]:
+    return visible_to(user, Adapter.objects.select_related("team", "base_model")).filter(
+        status=Adapter.Status.READY, files_deleted_at__isnull=True, kind=Adapter.Kind.CAUSAL_LM)
+
+
 def chat_model_resolve(*, user: Actor, name: str) -> ResolvedModel:
     """The model ``name`` means for ``user`` (see the module docstring), or NotFound (``param="model"``)."""
     name = name or ""
+    by_adapter = ADAPTER_REF_RE.match(name)
+    if by_adapter:
+        adapter = _ready_adapters(user).filter(team__name=by_adapter["team"], name=by_adapter["name"]).first()
+        if adapter is None:
+            raise _not_found(name)
+        return ResolvedModel(name, adapter.base_model, adapter.path, f"adapter-{adapter.pk}", adapter.team,
+                             adapter.created_at)
     production = PRODUCTION_REF_RE.match(name)
     if production:
         adapter = _production_adapters(user).filter(team__name=production["team"],
@@ -144,6 +166,8 @@ def chat_model_list(*, user: Actor) -> list[ServedModel]:
                     for c in task.checkpoints.all())
     rows.extend(ServedModel(a.serving_name, a.stage_changed_at or a.created_at, a.team.name)
                 for a in _production_adapters(user).order_by("team__name", "model_name"))
+    rows.extend(ServedModel(adapter_model_name(a), a.created_at, a.team.name)
+                for a in _ready_adapters(user).order_by("team__name", "name"))
     return rows
 
 
@@ -200,7 +224,8 @@ def _request(messages: list[dict], *, max_tokens: int | None, temperature: float
 
 def _check_prompt(resolved: ResolvedModel, req: GenerationRequest) -> int:
     limit = settings.INFERENCE_MAX_PROMPT_TOKENS
-    n = inference.count_prompt_tokens(resolved.base.path, req.messages)
+    n = engine_count_prompt_tokens(base_path=resolved.base.path, adapter_path=resolved.adapter_path,
+                                   messages=req.messages)
     context = resolved.base.max_position_embeddings or limit
     if n > limit or n + req.max_new_tokens > context:
         raise ApplicationError(f"The prompt has {n} tokens; with max_tokens={req.max_new_tokens} it exceeds the "
@@ -244,7 +269,8 @@ def chat_completion_create(*, user: Actor, model: str, messages: list[dict], max
     """One completion of ``messages`` (``[{"role": ..., "content": "text"}]``) by the model named ``model``."""
     resolved, req = _admit(user, model, messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                            seed=seed, stop=stop)
-    return inference.generate(resolved.base.path, resolved.key, resolved.adapter_path, req)
+    return engine_generate(base_path=resolved.base.path, adapter_key=resolved.key, adapter_path=resolved.adapter_path,
+                           request=req)
 
 
 def chat_completion_stream(*, user: Actor, model: str, messages: list[dict], max_tokens: int | None = None,
@@ -252,9 +278,11 @@ def chat_completion_stream(*, user: Actor, model: str, messages: list[dict], max
                            stop: str | list[str] | None = None) -> Iterator[str | GenerationResult]:
     """Like ``chat_completion_create``, streamed: text pieces, then one ``GenerationResult`` (usage, finish).
 
-    Resolution, bounds and rate limits are checked when this is called (so they can still be an HTTP error);
-    the generation runs while the iterator is consumed.
+    Resolution, bounds, rate limits and the model server's queue are checked when this is called (so they can
+    still be an HTTP error); the tokens come while the iterator is consumed, and closing it early stops the
+    decoding.
     """
     resolved, req = _admit(user, model, messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                            seed=seed, stop=stop)
-    return inference.generate_stream(resolved.base.path, resolved.key, resolved.adapter_path, req)
+    return engine_generate_stream(base_path=resolved.base.path, adapter_key=resolved.key,
+                                  adapter_path=resolved.adapter_path, request=req)
