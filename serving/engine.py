@@ -140,14 +140,19 @@ class _Base:
                 log.info("evicted adapter %s from %s", old, self.path)
 
     def render(self, messages: list[dict], template: str | None) -> list[int]:
-        kwargs = {"chat_template": template} if template else {}
-        if not template and not getattr(self.tokenizer, "chat_template", None):
-            from training.data import install_template  # the alpaca fallback of training; imports torch
+        return render(self.tokenizer, messages, template)
 
-            install_template(self.tokenizer, "alpaca")
-        out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                 return_dict=True, **kwargs)
-        return list(out["input_ids"])
+
+def render(tokenizer, messages: list[dict], template: str | None) -> list[int]:
+    """The prompt's token ids: the adapter's chat template, else the base's, else training's alpaca fallback."""
+    kwargs = {"chat_template": template} if template else {}
+    if not template and not getattr(tokenizer, "chat_template", None):
+        from training.data import install_template  # the alpaca fallback of training; imports torch
+
+        install_template(tokenizer, "alpaca")
+    out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                        **kwargs)
+    return list(out["input_ids"])
 
 
 def _pad_left(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -179,6 +184,8 @@ class Engine:
         self._bases: OrderedDict[str, _Base] = OrderedDict()
         self._lock = threading.Lock()  # guards the counters and the base table
         self._wake = threading.Event()
+        self._tokenizers: dict = {}
+        self._tokenizer_lock = threading.Lock()
         self._in_flight = 0  # submitted and not yet finished: what the queue bound counts
         self._stopped = threading.Event()
         self.stats = {"submitted": 0, "rejected": 0, "completed": 0, "cancelled": 0, "tokens": 0, "steps": 0,
@@ -202,9 +209,14 @@ class Engine:
         return job
 
     def count_prompt_tokens(self, base_path: str, adapter_path: str | None, messages: list[dict]) -> int:
-        base = self._base(base_path)
+        """Tokenizer only, in the caller's thread: models load in the engine's thread alone (transformers' loading
+        patches process-wide state, so two loads at once break each other)."""
+        with self._tokenizer_lock:
+            tokenizer = self._tokenizers.get(base_path)
+            if tokenizer is None:
+                tokenizer = self._tokenizers[base_path] = AutoTokenizer.from_pretrained(base_path)
         template = _adapter_template(adapter_path) if adapter_path else None
-        return len(base.render(messages, template))
+        return len(render(tokenizer, messages, template))
 
     def snapshot(self) -> dict:
         with self._lock:
@@ -225,7 +237,7 @@ class Engine:
             if base is not None:
                 self._bases.move_to_end(path)
                 return base
-        loaded = _Base(path)  # outside the lock: loading takes seconds
+        loaded = _Base(path)  # in the engine's thread only; outside the lock, which snapshot() takes
         with self._lock:
             base = self._bases.setdefault(path, loaded)
             limit = settings.INFERENCE_MAX_BASES

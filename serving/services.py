@@ -28,13 +28,14 @@ from django.conf import settings
 from django.db.models import QuerySet
 
 from accounts.models import Team
-from accounts.visibility import Actor, as_principal, resolve_team, visible_to
+from accounts.visibility import Actor, acting_user, as_principal, resolve_team, visible_to
 from catalog.models import BaseModel
 from catalog.services import base_model_get, base_model_list
 from core.errors import ApplicationError, NotFound, RateLimited
 from core.ratelimit import consume
 from serving.client import engine_count_prompt_tokens, engine_generate, engine_generate_stream
 from serving.inference import GenerationRequest, GenerationResult
+from serving.models import PreferencePair
 from training.models import Adapter, Checkpoint, TrainingTask
 from training.services import training_task_list
 
@@ -286,3 +287,32 @@ def chat_completion_stream(*, user: Actor, model: str, messages: list[dict], max
                            seed=seed, stop=stop)
     return engine_generate_stream(base_path=resolved.base.path, adapter_key=resolved.key,
                                   adapter_path=resolved.adapter_path, request=req)
+
+
+# ---------------------------------------------------------------------------------------------- preferences
+
+def preference_pair_create(*, user: Actor, messages: list[dict], chosen_model: str, chosen: str,
+                           rejected_model: str, rejected: str, params: dict | None = None) -> PreferencePair:
+    """Store "``chosen`` is better than ``rejected``" for ``messages``; both models must be the user's to chat with.
+
+    The pair belongs to the team of the adapter judged (the first team-owned model of the two), else to the
+    user's only writable team.
+    """
+    cleaned = _messages(messages)
+    if not any(m["role"] == "user" for m in cleaned):
+        raise ApplicationError("The conversation needs a user turn.", code="invalid_messages", param="messages")
+    if chosen_model == rejected_model and chosen == rejected:
+        raise ApplicationError("The two answers are the same.", code="invalid_pair", param="chosen")
+    owners = [chat_model_resolve(user=user, name=n).team for n in (chosen_model, rejected_model)]
+    team = resolve_team(user, next((t for t in owners if t is not None), None), write=True)
+    return PreferencePair.objects.create(team=team, created_by=acting_user(user), messages=cleaned,
+                                         chosen_model=chosen_model, chosen=chosen, rejected_model=rejected_model,
+                                         rejected=rejected, params=params or {})
+
+
+def preference_pair_list(*, user: Actor, team: Team | str | int | None = None) -> QuerySet[PreferencePair]:
+    """The preference pairs ``user`` can read, newest first (one team's when ``team`` is given)."""
+    pairs = visible_to(user, PreferencePair.objects.select_related("team", "created_by"))
+    if team is not None:
+        pairs = pairs.filter(team=resolve_team(user, team, write=False))
+    return pairs

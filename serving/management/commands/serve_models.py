@@ -24,13 +24,16 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         # torch, transformers and peft load here, in this process only
+        from serving.engine import Job
+        from serving.inference import GenerationRequest
         from serving.server import ModelServer
 
         host = options["host"] or settings.SERVING_HOST
         port = options["port"] or settings.SERVING_PORT
         server = ModelServer(host, port)
-        for path in options["preload"]:
-            server.engine.count_prompt_tokens(path, None, [{"role": "user", "content": "hi"}])
+        for path in options["preload"]:  # one token through the engine loads the base
+            list(server.engine.submit(Job(path, None, None, GenerationRequest(
+                messages=[{"role": "user", "content": "hi"}], max_new_tokens=1))))
 
         def stop(*_):
             threading.Thread(target=server.shutdown, daemon=True).start()
