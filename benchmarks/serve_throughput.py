@@ -148,12 +148,16 @@ def main() -> None:
     parser.add_argument("--requests-per-client", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--cache", type=Path, default=ROOT / "var" / "bench" / "serve")
+    parser.add_argument("--torch-threads", type=int, default=0,
+                        help="SERVING_TORCH_THREADS of the server (0: torch's default)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
     base, adapters = prepare(args.cache)
+    load = os.getloadavg()[0]
     port = free_port()
     env = {**os.environ, "SERVING_MAX_BATCH": str(max(args.clients)), "SERVING_MAX_QUEUE": "64",
+           "SERVING_TORCH_THREADS": str(args.torch_threads),
            "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     log = open(args.cache / "serve_models.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "manage.py", "serve_models", "--port", str(port), "--preload", str(base)],
@@ -200,7 +204,8 @@ def main() -> None:
     mb = 1024 * 1024
     lines = [START, "## Model server throughput (`benchmarks/serve_throughput.py`)", "",
              f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
-             f"{torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}. "
+             f"{torch.__version__} (server threads: {args.torch_threads or 'default'}), load average before the run "
+             f"{load:.1f} (the cores are shared with other work), Python {platform.python_version()}. "
              f"SmolLM2-135M-Instruct (float32) + 3 LoRA adapters (r=8, q/k/v/o, random weights); requests spread "
              f"round-robin over the base and the adapters, greedy, max_tokens={args.max_tokens}, "
              f"{args.requests_per_client} requests per client, streamed from `manage.py serve_models`.", "",

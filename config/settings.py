@@ -216,6 +216,9 @@ SERVING_MAX_QUEUE = env_int("SERVING_MAX_QUEUE", 32, minimum=0)
 SERVING_RETRY_AFTER_SECONDS = env_int("SERVING_RETRY_AFTER_SECONDS", 2, minimum=1)
 # Loaded adapters of a base beyond these bytes are evicted, least recently used and idle first.
 SERVING_ADAPTER_MEMORY_BYTES = env_int("SERVING_ADAPTER_MEMORY_BYTES", 512 * 1024 * 1024, minimum=1)
+# torch's threads in the model server (0: torch's default, one per core). On a host whose cores are shared with
+# other busy processes, 1 avoids OpenMP threads spinning against each other (6x slower decoding measured).
+SERVING_TORCH_THREADS = env_int("SERVING_TORCH_THREADS", 0, minimum=0)
 # A vLLM OpenAI-compatible server (started with --enable-lora) that serves chat instead of our model server.
 VLLM_URL = env_str("VLLM_URL", "")
 # Classifier predictions (/api/classifier/{adapter}/predict): texts per request.

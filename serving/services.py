@@ -33,7 +33,8 @@ from catalog.models import BaseModel
 from catalog.services import base_model_get, base_model_list
 from core.errors import ApplicationError, NotFound, RateLimited
 from core.ratelimit import consume
-from serving.client import engine_count_prompt_tokens, engine_generate, engine_generate_stream
+from serving import vllm
+from serving.client import engine_count_prompt_tokens, engine_generate_stream
 from serving.inference import GenerationRequest, GenerationResult
 from serving.models import PreferencePair
 from training.models import Adapter, Checkpoint, TrainingTask
@@ -223,10 +224,28 @@ def _request(messages: list[dict], *, max_tokens: int | None, temperature: float
                              top_p=top_p, seed=seed, stop=[s for s in stops if s])
 
 
+def _vllm_model(resolved: ResolvedModel) -> str:
+    """vLLM's name for the resolved model, its adapter registered there first (see ``serving.vllm``)."""
+    if resolved.key is not None:
+        vllm.vllm_adapter_ensure(lora_name=resolved.key, lora_path=resolved.adapter_path)
+    return vllm.vllm_model_name(base_name=resolved.base.name, lora_name=resolved.key)
+
+
+def _pieces(resolved: ResolvedModel, req: GenerationRequest) -> Iterator[str | GenerationResult]:
+    """Submit to the engine (our model server, or vLLM when ``VLLM_URL`` is set)."""
+    if settings.VLLM_URL:
+        return vllm.vllm_generate_stream(model=_vllm_model(resolved), request=req)
+    return engine_generate_stream(base_path=resolved.base.path, adapter_key=resolved.key,
+                                  adapter_path=resolved.adapter_path, request=req)
+
+
 def _check_prompt(resolved: ResolvedModel, req: GenerationRequest) -> int:
     limit = settings.INFERENCE_MAX_PROMPT_TOKENS
-    n = engine_count_prompt_tokens(base_path=resolved.base.path, adapter_path=resolved.adapter_path,
-                                   messages=req.messages)
+    if settings.VLLM_URL:
+        n = vllm.vllm_count_prompt_tokens(model=_vllm_model(resolved), messages=req.messages)
+    else:
+        n = engine_count_prompt_tokens(base_path=resolved.base.path, adapter_path=resolved.adapter_path,
+                                       messages=req.messages)
     context = resolved.base.max_position_embeddings or limit
     if n > limit or n + req.max_new_tokens > context:
         raise ApplicationError(f"The prompt has {n} tokens; with max_tokens={req.max_new_tokens} it exceeds the "
@@ -270,8 +289,13 @@ def chat_completion_create(*, user: Actor, model: str, messages: list[dict], max
     """One completion of ``messages`` (``[{"role": ..., "content": "text"}]``) by the model named ``model``."""
     resolved, req = _admit(user, model, messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                            seed=seed, stop=stop)
-    return engine_generate(base_path=resolved.base.path, adapter_key=resolved.key, adapter_path=resolved.adapter_path,
-                           request=req)
+    pieces = []
+    for piece in _pieces(resolved, req):
+        if isinstance(piece, GenerationResult):
+            piece.text = "".join(pieces)
+            return piece
+        pieces.append(piece)
+    raise ApplicationError("The model server ended without a result.", code="model_server_unavailable", status=503)
 
 
 def chat_completion_stream(*, user: Actor, model: str, messages: list[dict], max_tokens: int | None = None,
@@ -285,8 +309,7 @@ def chat_completion_stream(*, user: Actor, model: str, messages: list[dict], max
     """
     resolved, req = _admit(user, model, messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                            seed=seed, stop=stop)
-    return engine_generate_stream(base_path=resolved.base.path, adapter_key=resolved.key,
-                                  adapter_path=resolved.adapter_path, request=req)
+    return _pieces(resolved, req)
 
 
 # ---------------------------------------------------------------------------------------------- preferences

@@ -28,6 +28,10 @@ class Command(BaseCommand):
         from serving.inference import GenerationRequest
         from serving.server import ModelServer
 
+        if settings.SERVING_TORCH_THREADS:
+            import torch  # the model server's own process: torch is what it runs
+
+            torch.set_num_threads(settings.SERVING_TORCH_THREADS)
         host = options["host"] or settings.SERVING_HOST
         port = options["port"] or settings.SERVING_PORT
         server = ModelServer(host, port)
