@@ -116,6 +116,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class ModelServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 256  # the listen backlog: many web threads connect at once (the default 5 resets them)
 
     def __init__(self, host: str, port: int, engine: Engine | None = None) -> None:
         super().__init__((host, port), _Handler)
