@@ -309,7 +309,7 @@ ADMIN = {
     "training.basemodel": "team_scoped", "training.trainingtask": "team_scoped", "training.adapter": "team_scoped",
     "training.mergejob": "team_scoped",
     "classifier.classifiertask": "team_scoped", "evaluation.evaluationrun": "team_scoped",
-    "evaluation.review": "team_scoped",
+    "evaluation.review": "team_scoped", "serving.preferencepair": "team_scoped",
 }
 
 
