@@ -4,7 +4,8 @@
   step runs all active sequences of that base in one forward pass with ``adapter_names=[...]`` (PEFT's mixed
   batch: the base layer once for the batch, each LoRA on its own rows; ``"__base__"`` rows get none).
   transformers' continuous-batching API (``generate_batch``) has no per-request adapter, so it cannot mix them.
-- **Joining between steps.** A new request is prefilled alone (its own KV cache), then its cache is left-padded
+- **Joining between steps.** The requests waiting at a step are prefilled together (left-padded, one forward
+  pass per base), then their cache is left-padded
   to the batch's length (or the batch's to its) and concatenated on the batch axis; the 2-D attention mask hides
   the padding and each row keeps its own position ids, so a sequence decodes the same tokens in a batch as alone.
   A finished or cancelled row is dropped from the cache before the next step; padding columns no row needs
@@ -274,65 +275,82 @@ class Engine:
                     base.seqs, base.cache, base.mask = [], None, None
 
     def _admit(self) -> None:
-        while self._active() < self.max_batch:
+        """Take waiting requests into free slots, prefilled together per base model (one forward each)."""
+        jobs: list[Job] = []
+        while self._active() + len(jobs) < self.max_batch:
             try:
                 job = self._waiting.get_nowait()
             except queue.Empty:
-                return
+                break
             if job.cancelled.is_set():
                 with self._lock:
                     self.stats["cancelled"] += 1
                 self._release(1)
                 continue
+            jobs.append(job)
+        by_base: dict[str, list[Job]] = {}
+        for job in jobs:
+            by_base.setdefault(job.base_path, []).append(job)
+        for group in by_base.values():
             try:
-                self._prefill(job)
+                self._prefill(group)
             except Exception as exc:
                 log.exception("prefill failed")
-                job.events.put(("error", f"{type(exc).__name__}: {exc}"))
-                self._release(1)
-            with self._lock:
-                self.stats["active"] = self._active()
+                for job in group:
+                    job.events.put(("error", f"{type(exc).__name__}: {exc}"))
+                self._release(len(group))
+        with self._lock:
+            self.stats["active"] = self._active()
 
     @torch.inference_mode()
-    def _prefill(self, job: Job) -> None:
-        base = self._base(job.base_path)
-        adapter = BASE
-        template = None
-        if job.adapter_key:
-            base.attach(job.adapter_key, job.adapter_path)
-            adapter = job.adapter_key
-            template = base.templates.get(adapter)
-        ids = base.render(job.request.messages, template)
-        cache = DynamicCache()
-        kwargs = {"adapter_names": [adapter]} if base.peft is not None else {}
-        out = base.forward_model(input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True,
-                                 logits_to_keep=1, **kwargs)
-        generator = None
-        if job.request.temperature:
-            generator = torch.Generator()
-            generator.manual_seed(job.request.seed if job.request.seed is not None else secrets.randbits(63))
-        seq = _Seq(job=job, adapter=adapter, prompt_len=len(ids), position=len(ids), last=0, generator=generator)
-        token = _sample(out.logits[0, -1], job.request, generator)
-        self._merge(base, seq, out.past_key_values, len(ids))
-        self._accept(base, seq, token)
-        if self._finished(seq):
-            self._drop(base, [seq])
+    def _prefill(self, jobs: list[Job]) -> None:
+        """Prompts of one base, left-padded into one forward pass; their caches then join the decoding batch."""
+        base = self._base(jobs[0].base_path)
+        seqs, prompts = [], []
+        for job in jobs:
+            adapter, template = BASE, None
+            if job.adapter_key:
+                base.attach(job.adapter_key, job.adapter_path)
+                adapter, template = job.adapter_key, base.templates.get(job.adapter_key)
+            ids = base.render(job.request.messages, template)
+            generator = None
+            if job.request.temperature:
+                generator = torch.Generator()
+                generator.manual_seed(job.request.seed if job.request.seed is not None else secrets.randbits(63))
+            seqs.append(_Seq(job=job, adapter=adapter, prompt_len=len(ids), position=len(ids), last=0,
+                             generator=generator))
+            prompts.append(ids)
+        width = max(len(p) for p in prompts)
+        pad = base.tokenizer.pad_token_id or 0
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        kwargs = {"adapter_names": [s.adapter for s in seqs]} if base.peft is not None else {}
+        out = base.forward_model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                                 past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1, **kwargs)
+        tokens = [_sample(out.logits[i, -1], s.job.request, s.generator) for i, s in enumerate(seqs)]
+        self._merge(base, seqs, out.past_key_values, mask)
+        for seq, token in zip(seqs, tokens, strict=True):
+            self._accept(base, seq, token)
+        done = [s for s in seqs if self._finished(s)]
+        if done:
+            self._drop(base, done)
 
-    def _merge(self, base: _Base, seq: _Seq, cache: DynamicCache, length: int) -> None:
-        """Add one prefilled sequence's cache to the base's batch (left-padding the shorter side)."""
+    def _merge(self, base: _Base, seqs: list[_Seq], cache: DynamicCache, mask: torch.Tensor) -> None:
+        """Add prefilled sequences (their cache and padding mask) to the base's batch, left-padding the shorter."""
+        mask = torch.cat([mask, torch.ones((len(seqs), 1), dtype=torch.long)], dim=1)  # the token fed next
         if base.cache is None or not base.seqs:
-            base.cache, base.mask, base.seqs = cache, torch.ones((1, length + 1), dtype=torch.long), [seq]
+            base.cache, base.mask, base.seqs = cache, mask, list(seqs)
             return
-        have = base.mask.shape[1] - 1
+        have, length = base.mask.shape[1] - 1, mask.shape[1] - 1
         width = max(have, length)
         for mine, theirs in zip(base.cache.layers, cache.layers, strict=True):
             mine.keys = torch.cat([_pad_left(mine.keys, width - have), _pad_left(theirs.keys, width - length)])
             mine.values = torch.cat([_pad_left(mine.values, width - have), _pad_left(theirs.values, width - length)])
         old = torch.cat([torch.zeros((len(base.seqs), width - have), dtype=torch.long), base.mask], dim=1)
-        new = torch.cat([torch.zeros((1, width - length), dtype=torch.long),
-                         torch.ones((1, length + 1), dtype=torch.long)], dim=1)
+        new = torch.cat([torch.zeros((len(seqs), width - length), dtype=torch.long), mask], dim=1)
         base.mask = torch.cat([old, new])
-        base.seqs.append(seq)
+        base.seqs.extend(seqs)
 
     @torch.inference_mode()
     def _step(self, base: _Base) -> None:
