@@ -1,5 +1,6 @@
 """The official openai SDK, unchanged, against gunicorn (two web processes) + the model server + a real worker:
-a model trained after both servers started is chatted with at once, plain and streamed."""
+a model trained after both servers started is chatted with at once, plain and streamed; a client that leaves
+mid-stream stops its decoding on the model server."""
 
 from __future__ import annotations
 
@@ -90,3 +91,18 @@ def test_the_openai_sdk_chats_through_gunicorn_and_the_model_server(stack, worke
 
     with pytest.raises(openai.NotFoundError):
         other.chat.completions.create(model=job.fine_tuned_model, messages=hi, max_tokens=4)
+
+    # a client that leaves mid-stream: gunicorn closes the response, the web process its connection to the model
+    # server, which drops the sequence long before its 400 tokens (the random base: no early end of sequence)
+    before = models.health()
+    request = urllib.request.Request(f"{url}/v1/chat/completions", method="POST", headers={
+        "Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        data=json.dumps({"model": "tiny-llama", "messages": hi, "max_tokens": 400, "stream": True,
+                         "stop": ["never-said-stop"]}).encode())
+    response = urllib.request.urlopen(request, timeout=60)
+    for _ in range(3):
+        assert response.readline()
+    response.close()
+    wait_for(lambda: models.health()["cancelled"] > before["cancelled"], timeout=30, message="the cancel")
+    after = models.health()
+    assert after["completed"] == before["completed"] and after["tokens"] - before["tokens"] < 400
