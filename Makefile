@@ -14,7 +14,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-mysql serve dev worker migrate install install-test sysdeps browser lint clean-venv
+.PHONY: demo test test-mysql serve serve-models dev worker migrate install install-test sysdeps browser lint clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -63,18 +63,24 @@ demo: migrate
 	$(MANAGE) demo
 
 WEB_WORKERS ?= 3
-# The production web server (gunicorn, WEB_WORKERS processes of 4 threads: a streaming chat holds a thread) and
-# one queue worker; Ctrl-C stops both. `make dev` runs Django's autoreloading runserver instead.
+SERVING_PORT ?= 8077
+# The production web server (gunicorn, WEB_WORKERS processes of 4 threads: a streaming chat holds a thread), the
+# model server (every loaded model, one batching decode loop; the web workers send it their chats) and one queue
+# worker; Ctrl-C stops all three. `make dev` runs Django's autoreloading runserver instead.
 serve: migrate
 	@trap 'kill 0' INT TERM EXIT; \
-	$(MANAGE) qcluster & \
-	$(BIN)/gunicorn config.wsgi:application --workers $(WEB_WORKERS) --worker-class gthread --threads 4 \
-	  --bind $(HOST):$(PORT) --timeout 600 --graceful-timeout 30 --access-logfile -
+	$(MANAGE) serve_models --port $(SERVING_PORT) & \
+	SERVING_URL=http://127.0.0.1:$(SERVING_PORT) $(MANAGE) qcluster & \
+	SERVING_URL=http://127.0.0.1:$(SERVING_PORT) $(BIN)/gunicorn config.wsgi:application --workers $(WEB_WORKERS) \
+	  --worker-class gthread --threads 4 --bind $(HOST):$(PORT) --timeout 600 --graceful-timeout 30 --access-logfile -
 
 dev: migrate
 	@trap 'kill 0' INT TERM EXIT; \
 	$(MANAGE) qcluster & \
 	$(MANAGE) runserver $(HOST):$(PORT)
+
+serve-models: migrate
+	$(MANAGE) serve_models --port $(SERVING_PORT)
 
 worker: migrate
 	$(MANAGE) qcluster

@@ -11,8 +11,8 @@ from django.contrib.auth.models import Group, Permission
 
 from accounts.models import Membership, Role
 
-# Apps whose objects belong to teams (base models, datasets, jobs, adapters, evaluations).
-TEAM_APPS = ("catalog", "datasets_app", "training", "classifier", "evaluation")
+# Apps whose objects belong to teams (base models, datasets, jobs, adapters, evaluations, preference pairs).
+TEAM_APPS = ("catalog", "datasets_app", "training", "classifier", "evaluation", "serving")
 
 GROUP_NAMES = {
     Role.VIEWER: "Team viewers",

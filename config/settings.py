@@ -210,6 +210,22 @@ INFERENCE_MAX_PROMPT_TOKENS = env_int("INFERENCE_MAX_PROMPT_TOKENS", 4096, minim
 # (CACHE_URL), which every web process shares.
 INFERENCE_TEAM_REQUESTS_PER_MINUTE = env_int("INFERENCE_TEAM_REQUESTS_PER_MINUTE", 60, minimum=1)
 INFERENCE_TEAM_TOKENS_PER_MINUTE = env_int("INFERENCE_TEAM_TOKENS_PER_MINUTE", 200_000, minimum=1)
+# The model server (`manage.py serve_models`): the web process sends chat requests to SERVING_URL; empty runs the
+# same engine inside the process (development and tests only: each web process would hold its own model).
+SERVING_URL = env_str("SERVING_URL", "")
+SERVING_HOST = env_str("SERVING_HOST", "127.0.0.1")
+SERVING_PORT = env_int("SERVING_PORT", 8077, minimum=1)
+# Sequences decoded together in one batch, and requests waiting for a place (beyond both: 429 with Retry-After).
+SERVING_MAX_BATCH = env_int("SERVING_MAX_BATCH", 16, minimum=1)
+SERVING_MAX_QUEUE = env_int("SERVING_MAX_QUEUE", 32, minimum=0)
+SERVING_RETRY_AFTER_SECONDS = env_int("SERVING_RETRY_AFTER_SECONDS", 2, minimum=1)
+# Loaded adapters of a base beyond these bytes are evicted, least recently used and idle first.
+SERVING_ADAPTER_MEMORY_BYTES = env_int("SERVING_ADAPTER_MEMORY_BYTES", 512 * 1024 * 1024, minimum=1)
+# torch's threads in the model server (0: torch's default, one per core). On a host whose cores are shared with
+# other busy processes, 1 avoids OpenMP threads spinning against each other (6x slower decoding measured).
+SERVING_TORCH_THREADS = env_int("SERVING_TORCH_THREADS", 0, minimum=0)
+# A vLLM OpenAI-compatible server (started with --enable-lora) that serves chat instead of our model server.
+VLLM_URL = env_str("VLLM_URL", "")
 # Classifier predictions (/api/classifier/{adapter}/predict): texts per request.
 CLASSIFIER_MAX_BATCH = env_int("CLASSIFIER_MAX_BATCH", 64, minimum=1)
 # Classifier adapters kept loaded for predictions (an LRU; each is a small encoder plus its LoRA weights).

@@ -4,7 +4,10 @@ Every door that serves a model (``/v1/``, the admin, commands) calls these, so t
 
 - **Names.** A base model by name; ``ft:<base>:<team>:<suffix>:<task id>`` (the adapter of a succeeded
   fine-tuning job); ``<ft name>:ckpt-step-N`` (one of its checkpoints); ``<team>/<model name>:production``
-  (the adapter in production under that name now). Another team's model reads as missing.
+  (the adapter in production under that name now); ``adapter:<team>/<adapter name>`` (any ready adapter, trained
+  or scanned). Another team's model reads as missing.
+- **Where it runs.** The model server (``serving.client``; ``manage.py serve_models``) decodes every request,
+  batched with the others; the web process holds no model.
 - **Bounds of one request.** ``max_tokens`` up to ``INFERENCE_MAX_NEW_TOKENS``; the prompt (rendered with the
   base model's chat template) up to ``INFERENCE_MAX_PROMPT_TOKENS`` and, with ``max_tokens``, within the
   model's context; at most four stop sequences. Broken bounds are 400s and are never counted.
@@ -25,17 +28,20 @@ from django.conf import settings
 from django.db.models import QuerySet
 
 from accounts.models import Team
-from accounts.visibility import Actor, as_principal, resolve_team, visible_to
+from accounts.visibility import Actor, acting_user, as_principal, resolve_team, visible_to
 from catalog.models import BaseModel
 from catalog.services import base_model_get, base_model_list
 from core.errors import ApplicationError, NotFound, RateLimited
 from core.ratelimit import consume
-from serving import inference
+from serving import vllm
+from serving.client import engine_count_prompt_tokens, engine_generate_stream
 from serving.inference import GenerationRequest, GenerationResult
+from serving.models import PreferencePair
 from training.models import Adapter, Checkpoint, TrainingTask
 from training.services import training_task_list
 
 PRODUCTION_REF_RE = re.compile(r"^(?P<team>[^/:\s]+)/(?P<name>[^/:\s]+):production$")
+ADAPTER_REF_RE = re.compile(r"^adapter:(?P<team>[^/:\s]+)/(?P<name>.+)$")
 CHECKPOINT_PART_RE = re.compile(r"^ckpt-step-(?P<step>\d+)$")
 ROLES = ("system", "user", "assistant", "tool")
 MAX_STOP_SEQUENCES = 4
@@ -51,6 +57,12 @@ def fine_tuned_model_name(task: TrainingTask) -> str:
 
 def checkpoint_model_name(task: TrainingTask, step: int) -> str:
     return f"{fine_tuned_model_name(task)}:ckpt-step-{step}"
+
+
+def adapter_model_name(adapter: Adapter) -> str:
+    """Any ready adapter of a team, trained here or found by ``scan_models``: ``adapter:<team>/<adapter name>``
+    (adapter names are unique per team, so the id is stable for the adapter's life)."""
+    return f"adapter:{adapter.team.name}/{adapter.name}"
 
 
 @dataclass(frozen=True)
@@ -93,9 +105,21 @@ def _production_adapters(user: Actor) -> QuerySet[Adapter]:
         kind=Adapter.Kind.CAUSAL_LM)
 
 
+def _ready_adapters(user: Actor) -> QuerySet[Adapter]:
+    return visible_to(user, Adapter.objects.select_related("team", "base_model")).filter(
+        status=Adapter.Status.READY, files_deleted_at__isnull=True, kind=Adapter.Kind.CAUSAL_LM)
+
+
 def chat_model_resolve(*, user: Actor, name: str) -> ResolvedModel:
     """The model ``name`` means for ``user`` (see the module docstring), or NotFound (``param="model"``)."""
     name = name or ""
+    by_adapter = ADAPTER_REF_RE.match(name)
+    if by_adapter:
+        adapter = _ready_adapters(user).filter(team__name=by_adapter["team"], name=by_adapter["name"]).first()
+        if adapter is None:
+            raise _not_found(name)
+        return ResolvedModel(name, adapter.base_model, adapter.path, f"adapter-{adapter.pk}", adapter.team,
+                             adapter.created_at)
     production = PRODUCTION_REF_RE.match(name)
     if production:
         adapter = _production_adapters(user).filter(team__name=production["team"],
@@ -144,6 +168,8 @@ def chat_model_list(*, user: Actor) -> list[ServedModel]:
                     for c in task.checkpoints.all())
     rows.extend(ServedModel(a.serving_name, a.stage_changed_at or a.created_at, a.team.name)
                 for a in _production_adapters(user).order_by("team__name", "model_name"))
+    rows.extend(ServedModel(adapter_model_name(a), a.created_at, a.team.name)
+                for a in _ready_adapters(user).order_by("team__name", "name"))
     return rows
 
 
@@ -198,9 +224,28 @@ def _request(messages: list[dict], *, max_tokens: int | None, temperature: float
                              top_p=top_p, seed=seed, stop=[s for s in stops if s])
 
 
+def _vllm_model(resolved: ResolvedModel) -> str:
+    """vLLM's name for the resolved model, its adapter registered there first (see ``serving.vllm``)."""
+    if resolved.key is not None:
+        vllm.vllm_adapter_ensure(lora_name=resolved.key, lora_path=resolved.adapter_path)
+    return vllm.vllm_model_name(base_name=resolved.base.name, lora_name=resolved.key)
+
+
+def _pieces(resolved: ResolvedModel, req: GenerationRequest) -> Iterator[str | GenerationResult]:
+    """Submit to the engine (our model server, or vLLM when ``VLLM_URL`` is set)."""
+    if settings.VLLM_URL:
+        return vllm.vllm_generate_stream(model=_vllm_model(resolved), request=req)
+    return engine_generate_stream(base_path=resolved.base.path, adapter_key=resolved.key,
+                                  adapter_path=resolved.adapter_path, request=req)
+
+
 def _check_prompt(resolved: ResolvedModel, req: GenerationRequest) -> int:
     limit = settings.INFERENCE_MAX_PROMPT_TOKENS
-    n = inference.count_prompt_tokens(resolved.base.path, req.messages)
+    if settings.VLLM_URL:
+        n = vllm.vllm_count_prompt_tokens(model=_vllm_model(resolved), messages=req.messages)
+    else:
+        n = engine_count_prompt_tokens(base_path=resolved.base.path, adapter_path=resolved.adapter_path,
+                                       messages=req.messages)
     context = resolved.base.max_position_embeddings or limit
     if n > limit or n + req.max_new_tokens > context:
         raise ApplicationError(f"The prompt has {n} tokens; with max_tokens={req.max_new_tokens} it exceeds the "
@@ -244,7 +289,13 @@ def chat_completion_create(*, user: Actor, model: str, messages: list[dict], max
     """One completion of ``messages`` (``[{"role": ..., "content": "text"}]``) by the model named ``model``."""
     resolved, req = _admit(user, model, messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                            seed=seed, stop=stop)
-    return inference.generate(resolved.base.path, resolved.key, resolved.adapter_path, req)
+    pieces = []
+    for piece in _pieces(resolved, req):
+        if isinstance(piece, GenerationResult):
+            piece.text = "".join(pieces)
+            return piece
+        pieces.append(piece)
+    raise ApplicationError("The model server ended without a result.", code="model_server_unavailable", status=503)
 
 
 def chat_completion_stream(*, user: Actor, model: str, messages: list[dict], max_tokens: int | None = None,
@@ -252,9 +303,39 @@ def chat_completion_stream(*, user: Actor, model: str, messages: list[dict], max
                            stop: str | list[str] | None = None) -> Iterator[str | GenerationResult]:
     """Like ``chat_completion_create``, streamed: text pieces, then one ``GenerationResult`` (usage, finish).
 
-    Resolution, bounds and rate limits are checked when this is called (so they can still be an HTTP error);
-    the generation runs while the iterator is consumed.
+    Resolution, bounds, rate limits and the model server's queue are checked when this is called (so they can
+    still be an HTTP error); the tokens come while the iterator is consumed, and closing it early stops the
+    decoding.
     """
     resolved, req = _admit(user, model, messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                            seed=seed, stop=stop)
-    return inference.generate_stream(resolved.base.path, resolved.key, resolved.adapter_path, req)
+    return _pieces(resolved, req)
+
+
+# ---------------------------------------------------------------------------------------------- preferences
+
+def preference_pair_create(*, user: Actor, messages: list[dict], chosen_model: str, chosen: str,
+                           rejected_model: str, rejected: str, params: dict | None = None) -> PreferencePair:
+    """Store "``chosen`` is better than ``rejected``" for ``messages``; both models must be the user's to chat with.
+
+    The pair belongs to the team of the adapter judged (the first team-owned model of the two), else to the
+    user's only writable team.
+    """
+    cleaned = _messages(messages)
+    if not any(m["role"] == "user" for m in cleaned):
+        raise ApplicationError("The conversation needs a user turn.", code="invalid_messages", param="messages")
+    if chosen_model == rejected_model and chosen == rejected:
+        raise ApplicationError("The two answers are the same.", code="invalid_pair", param="chosen")
+    owners = [chat_model_resolve(user=user, name=n).team for n in (chosen_model, rejected_model)]
+    team = resolve_team(user, next((t for t in owners if t is not None), None), write=True)
+    return PreferencePair.objects.create(team=team, created_by=acting_user(user), messages=cleaned,
+                                         chosen_model=chosen_model, chosen=chosen, rejected_model=rejected_model,
+                                         rejected=rejected, params=params or {})
+
+
+def preference_pair_list(*, user: Actor, team: Team | str | int | None = None) -> QuerySet[PreferencePair]:
+    """The preference pairs ``user`` can read, newest first (one team's when ``team`` is given)."""
+    pairs = visible_to(user, PreferencePair.objects.select_related("team", "created_by"))
+    if team is not None:
+        pairs = pairs.filter(team=resolve_team(user, team, write=False))
+    return pairs

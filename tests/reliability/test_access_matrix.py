@@ -327,7 +327,7 @@ ADMIN = {
     "catalog.basemodel": "team_scoped", "training.trainingtask": "team_scoped", "training.adapter": "team_scoped",
     "training.mergejob": "team_scoped",
     "classifier.classifiertask": "team_scoped", "evaluation.evaluationrun": "team_scoped",
-    "evaluation.review": "team_scoped",
+    "evaluation.review": "team_scoped", "serving.preferencepair": "team_scoped",
     "notifications.webhookendpoint": "team_scoped", "notifications.webhookdelivery": "team_scoped",
 }
 

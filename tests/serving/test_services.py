@@ -138,7 +138,7 @@ def test_model_list_has_every_name_the_caller_can_chat_with(served):
     task = served["task"]
     ids = [m.id for m in services.chat_model_list(user=served["alice"])]
     assert ids == ["tiny-llama", services.fine_tuned_model_name(task), services.checkpoint_model_name(task, 2),
-                   "alpha/faq-bot:production"]
+                   "alpha/faq-bot:production", "adapter:alpha/faq"]
     for name in ids:  # whatever is listed resolves
         services.chat_model_resolve(user=served["alice"], name=name)
     assert [m.id for m in services.chat_model_list(user=served["bob"])] == ["tiny-llama"]
