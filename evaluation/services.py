@@ -423,7 +423,7 @@ def review_preference_task_create(*, user, version: DatasetVersion, train: str =
     return training_task_create(user=user, team=run.team, name=name or f"{label}-{method}-review-{lineage['review']}",
                                 base_model=base, train_version=version, params=params or {}, method=method,
                                 start_adapter=start,
-                                metadata={"review": lineage["review"], "evaluation_run": run.pk, "trained": train})
+                                metadata={"review": str(lineage["review"]), "evaluation_run": str(run.pk), "trained": train})
 
 
 def review_to_preferences(*, user, review: Review, name: str | None = None, train: str | None = None,

@@ -17,7 +17,14 @@ from accounts.auth import principal
 from core.errors import ApplicationError, NotFound
 from jobs import services as job_services
 from openai_compat.ids import FILE_ID, job_id, ts
-from openai_compat.schemas import CheckpointList, EventList, Hyperparameters, JobCreateIn, JobList, JobOut
+from openai_compat.schemas import (
+    CheckpointList,
+    DpoHyperparameters,
+    EventList,
+    JobCreateIn,
+    JobList,
+    JobOut,
+)
 from serving.services import checkpoint_model_name, fine_tuned_model_name
 from training import services
 from training.models import TrainingTask
@@ -28,7 +35,7 @@ EVENT_ID = re.compile(r"^ftevent-(\d+)$")
 CHECKPOINT_ID = re.compile(r"^ftckpt-(\d+)$")
 METADATA_QUERY = re.compile(r"^metadata\[(.+)\]$")
 STATUS_MAP = {"validating": "validating_files"}
-HYPERPARAMETERS = frozenset(Hyperparameters.model_fields)
+HYPERPARAMETERS = frozenset(DpoHyperparameters.model_fields)  # the supervised ones and beta
 # The service's parameter names -> the protocol's.
 PARAMS = {"base_model": "model"}
 CODES = {"dataset_not_found": "file_not_found", "dataset_version_not_found": "file_not_found"}

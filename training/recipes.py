@@ -32,7 +32,7 @@ from core.errors import ApplicationError
 from datasets_app.models import DatasetVersion
 from datasets_app.services import dataset_version_get, dataset_version_split
 from training.models import TrainingTask
-from training.params import InvalidParams, TrainingParams, parse_params
+from training.params import METHOD_ONLY, InvalidParams, TrainingParams, parse_params
 from training.services import training_task_create
 
 # Task-level keys of our own (the rest of our keys are TrainingParams' fields).
@@ -354,6 +354,8 @@ def training_recipe_params(task: TrainingTask) -> dict[str, Any]:
     for key in PARAM_KEYS:
         if key in NOT_EXPORTED or key not in resolved:
             continue
+        if key in METHOD_ONLY and task.method not in METHOD_ONLY[key]:
+            continue  # a parameter this task's method does not read (its resolved default is not a choice)
         value = resolved[key]
         if key == "max_steps" and value is None:
             continue

@@ -84,7 +84,7 @@ def test_the_version_trains_a_dpo_task_on_the_adapter_and_is_scored_by_the_prefe
         user=alice, review=review, train="adapter",
         params={"n_epochs": 2, "batch_size": 4, "learning_rate": 1e-3, "max_seq_length": 128, "save_steps": 1000})
     assert task.method == "dpo" and task.start_adapter == run.adapter and task.train_version == version
-    assert task.metadata["review"] == review.pk
+    assert task.metadata["review"] == str(review.pk)
     assert runtime.run_foreground(task) == JobStatus.SUCCEEDED, list(task.events.values_list("message", flat=True))
     trained = task.adapters.get()
     evaluation = services.evaluation_run_create(user=alice, adapter=trained, dataset=version.pk)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
+from accounts.commands import add_user_argument, command_actor
 from core.commands import ServiceCommand
 from core.errors import ApplicationError
-from evaluation.management.commands.evaluate import _user
 from evaluation.services import review_get, review_to_preferences
 
 
@@ -20,14 +20,14 @@ class Command(ServiceCommand):
         parser.add_argument("--train", choices=["adapter", "baseline"], default=None,
                             help="Also queue a DPO task on the run's adapter (or its baseline).")
         parser.add_argument("--params", default=None, help='Hyperparameters as JSON, e.g. \'{"beta": 0.1}\'.')
-        parser.add_argument("--user", default=None, help="Act as this user (default: the first superuser).")
+        add_user_argument(parser)
 
     def run(self, *args, **opts):
         try:
             params = json.loads(opts["params"]) if opts["params"] else None
         except ValueError:
             raise ApplicationError("--params must be a JSON object.", param="params") from None
-        user = _user(opts["user"])
+        user = command_actor(username=opts["user"])
         version, task = review_to_preferences(user=user, review=review_get(user=user, ref=opts["review"]),
                                               name=opts["name"], train=opts["train"], params=params)
         counts = version.report.get("lineage", {}).get("counts", {})
