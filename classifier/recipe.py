@@ -39,7 +39,16 @@ from training.checkpoints import (
     rotate_checkpoints,
     temp_sibling,
 )
-from training.errors import DATASET_ERROR, INVALID_PARAMS, MODEL_MISSING, UNSUPPORTED_MODEL, TrainingError
+from training.errors import (
+    CHECKPOINT_INVALID,
+    DATASET_ERROR,
+    DEVICE_UNAVAILABLE,
+    INVALID_PARAMS,
+    MODEL_MISSING,
+    NAN_LOSS,
+    UNSUPPORTED_MODEL,
+    TrainingError,
+)
 from training.hooks import Hooks, NullHooks
 
 REPORT_FILE = "classification_report.json"
@@ -203,8 +212,6 @@ def resolve_device(device: str) -> str:
     if device in ("", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        from training.errors import DEVICE_UNAVAILABLE
-
         raise TrainingError(DEVICE_UNAVAILABLE, f"Device {device!r} was requested but CUDA is not available.")
     return device
 
@@ -439,8 +446,6 @@ def train_classifier(spec: ClassifierSpec, hooks: Hooks | None = None) -> Classi
     if resume is not None:
         problem = checkpoint_problem(resume)
         if problem:
-            from training.errors import CHECKPOINT_INVALID
-
             raise TrainingError(CHECKPOINT_INVALID, f"Checkpoint {resume.name} cannot be resumed: {problem}.")
         state = json.loads((resume / TRAINER_STATE).read_text(encoding="utf-8"))
         id2label = label_map_from_json(state["label_map"])
@@ -532,8 +537,6 @@ def train_classifier(spec: ClassifierSpec, hooks: Hooks | None = None) -> Classi
             logits = model(**inputs).logits.float()
             loss = loss_fn(logits, gold)
             if not torch.isfinite(loss):
-                from training.errors import NAN_LOSS
-
                 raise TrainingError(NAN_LOSS, f"The loss became {loss.item()} at step {global_step + 1}; lower "
                                               "the learning rate.")
             loss.backward()

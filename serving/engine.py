@@ -36,6 +36,7 @@ import torch
 from django.conf import settings
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
+from datasets_app.prompt_templates import fallback_template
 from serving.inference import GenerationRequest, GenerationResult, _adapter_template
 
 log = logging.getLogger(__name__)
@@ -145,12 +146,10 @@ class _Base:
 
 
 def render(tokenizer, messages: list[dict], template: str | None) -> list[int]:
-    """The prompt's token ids: the adapter's chat template, else the base's, else training's alpaca fallback."""
+    """The prompt's token ids: the adapter's chat template, else the base's, else the fallback template of models without one."""
     kwargs = {"chat_template": template} if template else {}
     if not template and not getattr(tokenizer, "chat_template", None):
-        from training.data import install_template  # the alpaca fallback of training; imports torch
-
-        install_template(tokenizer, "alpaca")
+        tokenizer.chat_template = fallback_template()  # the one rule training and the preview render with
     out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
                                         **kwargs)
     return list(out["input_ids"])
