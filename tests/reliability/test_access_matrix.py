@@ -113,6 +113,7 @@ API = {
     # Blind votes are cast by the run's team members only: a superuser outside the team is not a reviewer.
     "POST /api/evaluation/reviews/{review_id}/pairs/{pair_id}/vote": ("team_members", {"choice": "b"}),
     "POST /api/evaluation/reviews/{review_id}/close": ("write", None),
+    "POST /api/evaluation/reviews/{review_id}/preferences": ("write", {}),
     "GET /api/evaluation/reviews/{review_id}/results": ("read", None),
     "GET /api/evaluation/reviews/{review_id}/votes.csv": ("read", None),
     # Webhooks send a team's events to outside URLs: its admins manage them, every member reads them.
