@@ -76,6 +76,7 @@ from training.recipe import (  # noqa: E402
     _HooksBridge,
     _logging_steps,
     add_lora,
+    check_resume,
     compute_dtype,
     device_info,
     library_versions,
@@ -83,6 +84,7 @@ from training.recipe import (  # noqa: E402
     load_tokenizer,
     peak_memory,
     resolve_device,
+    stopped_before_training,
 )
 
 logger = logging.getLogger(__name__)
@@ -473,24 +475,10 @@ def _run(spec: PreferenceSpec, hooks: Hooks) -> RunResult:
                    "fingerprint": _fingerprint(train_rows)}
 
     if resume is not None:
-        manifest = json.loads((resume / ckpt.MANIFEST).read_text(encoding="utf-8"))
-        saved = manifest.get("params") or {}
-        changed = [k for k in PREFERENCE_RESUME_INVARIANTS if k in saved and saved[k] != getattr(params, k)]
-        if changed:
-            raise TrainingError(CHECKPOINT_INVALID, f"The checkpoint {resume.name} was saved with different "
-                                f"parameters ({', '.join(changed)}); resuming would not continue the same run.")
-        if manifest.get("data", {}).get("fingerprint") not in (None, fingerprint["fingerprint"]):
-            raise TrainingError(CHECKPOINT_INVALID, f"The checkpoint {resume.name} was trained on different data.")
-
-    early = hooks.should_stop()
-    if early in ("cancel", "pause"):
-        step = 0
-        if resume is not None:
-            step = json.loads((resume / ckpt.TRAINER_STATE).read_text(encoding="utf-8")).get("global_step", 0)
-        return RunResult(status="cancelled" if early == "cancel" else "paused", global_step=step,
-                         total_steps=params.total_steps, metrics={}, trained_tokens=0, adapter_dir=None,
-                         checkpoint=resume, params=params, data_report=data_report, versions=library_versions(),
-                         device_info=device_info(device))
+        check_resume(resume, params, fingerprint["fingerprint"], PREFERENCE_RESUME_INVARIANTS)
+    stopped = stopped_before_training(hooks, resume, params, data_report, device)
+    if stopped is not None:
+        return stopped
 
     # model: the base once; the policy is a LoRA adapter on it (fresh, or the start adapter trained further)
     cdtype = compute_dtype(device)

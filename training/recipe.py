@@ -826,6 +826,32 @@ def _logging_steps(total_steps: int, requested: int | None) -> int:
     return 1 if total_steps <= 1000 else math.ceil(total_steps / 1000)
 
 
+
+def check_resume(resume: Path, params, fingerprint: str, invariants) -> None:
+    """Refuse to resume from a checkpoint saved with other parameters (``invariants``) or on other data."""
+    manifest = json.loads((resume / ckpt.MANIFEST).read_text(encoding="utf-8"))
+    saved = manifest.get("params") or {}
+    changed = [k for k in invariants if k in saved and saved[k] != getattr(params, k)]
+    if changed:
+        raise TrainingError(CHECKPOINT_INVALID, f"The checkpoint {resume.name} was saved with different "
+                            f"parameters ({', '.join(changed)}); resuming would not continue the same run.")
+    if manifest.get("data", {}).get("fingerprint") not in (None, fingerprint):
+        raise TrainingError(CHECKPOINT_INVALID, f"The checkpoint {resume.name} was trained on different data.")
+
+
+def stopped_before_training(hooks, resume: Path | None, params, data_report: dict, device: str) -> RunResult | None:
+    """A cancel or pause that arrived while the data was prepared: the run ends with nothing trained."""
+    early = hooks.should_stop()
+    if early not in ("cancel", "pause"):
+        return None
+    step = 0
+    if resume is not None:
+        step = json.loads((resume / ckpt.TRAINER_STATE).read_text(encoding="utf-8")).get("global_step", 0)
+    return RunResult(status="cancelled" if early == "cancel" else "paused", global_step=step,
+                     total_steps=params.total_steps, metrics={}, trained_tokens=0, adapter_dir=None,
+                     checkpoint=resume, params=params, data_report=data_report, versions=library_versions(),
+                     device_info=device_info(device))
+
 def run_training(spec: RunSpec, hooks: Hooks | None = None) -> RunResult:
     """Train one adapter. Returns succeeded/cancelled/paused; raises ``TrainingError`` on failure."""
     hooks = hooks or NullHooks()
@@ -919,25 +945,10 @@ def _run(spec: RunSpec, hooks: Hooks) -> RunResult:
                    "fingerprint": _fingerprint(train_examples)}
 
     if resume is not None:
-        manifest = json.loads((resume / ckpt.MANIFEST).read_text(encoding="utf-8"))
-        saved = manifest.get("params") or {}
-        changed = [k for k in RESUME_INVARIANTS if k in saved and saved[k] != getattr(params, k)]
-        if changed:
-            raise TrainingError(CHECKPOINT_INVALID, f"The checkpoint {resume.name} was saved with different "
-                                f"parameters ({', '.join(changed)}); resuming would not continue the same run.")
-        if manifest.get("data", {}).get("fingerprint") not in (None, fingerprint["fingerprint"]):
-            raise TrainingError(CHECKPOINT_INVALID, f"The checkpoint {resume.name} was trained on different data.")
-
-    # a cancel/pause that arrived while the data was prepared: nothing trained in this session
-    early = hooks.should_stop()
-    if early in ("cancel", "pause"):
-        step = 0
-        if resume is not None:
-            step = json.loads((resume / ckpt.TRAINER_STATE).read_text(encoding="utf-8")).get("global_step", 0)
-        return RunResult(status="cancelled" if early == "cancel" else "paused", global_step=step,
-                         total_steps=params.total_steps, metrics={}, trained_tokens=0, adapter_dir=None,
-                         checkpoint=resume, params=params, data_report=data_report, versions=library_versions(),
-                         device_info=device_info(device))
+        check_resume(resume, params, fingerprint["fingerprint"], RESUME_INVARIANTS)
+    stopped = stopped_before_training(hooks, resume, params, data_report, device)
+    if stopped is not None:
+        return stopped
 
     # model
     cdtype = compute_dtype(device)
