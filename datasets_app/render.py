@@ -198,7 +198,11 @@ def encode_record(tokenizer: Any, record: dict) -> Encoded:
 
 
 def count_tokens(tokenizer: Any, record: dict) -> int:
-    """Length in tokens of the rendered record (cheaper than ``encode_record``: no spans)."""
+    """Length in tokens of the rendered record (cheaper than ``encode_record``: no spans); a preference pair counts
+    as its longer sequence (prompt and chosen, or prompt and rejected), the longest that trains."""
+    if "chosen" in record and "rejected" in record:
+        return max(count_tokens(tokenizer, {"messages": record["prompt"] + record[key]})
+                   for key in ("chosen", "rejected"))
     if isinstance(record.get("completion"), str):
         eos = getattr(tokenizer, "eos_token_id", None)
         return len(tokenizer(record["prompt"], add_special_tokens=True)["input_ids"]) + \

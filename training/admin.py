@@ -21,6 +21,7 @@ from jobs.admin import JobControlAdminMixin, JobEventInline, parameter_table
 from training import lifecycle, recipes, services
 from training.charts import loss_chart_png
 from training.models import Adapter, Checkpoint, MergeEvent, MergeJob, TrainingEvent, TrainingTask
+from training.params import MemoryEstimate
 
 # ================================================================================================ tasks
 
@@ -86,6 +87,13 @@ class StartTrainingForm(forms.Form):
         return data
 
 
+def memory_estimate_text(task: TrainingTask) -> str:
+    """The estimate the task was admitted with and the batch it describes (the one the run checks again)."""
+    if task.memory_estimate:
+        return MemoryEstimate.from_dict(task.memory_estimate).describe()
+    return format_bytes(task.estimated_memory_bytes) if task.estimated_memory_bytes else "—"
+
+
 @admin.register(TrainingTask)
 class TrainingTaskAdmin(JobControlAdminMixin, TeamScopedAdmin):
     list_display = ["name", "team", "status_col", "progress_col", "loss_col", "base_model", "device",
@@ -129,7 +137,7 @@ class TrainingTaskAdmin(JobControlAdminMixin, TeamScopedAdmin):
         if job.trained_tokens:
             rows.append(("Trained tokens", format_count(job.trained_tokens)))
         if job.estimated_memory_bytes:
-            rows.append(("Estimated memory", format_bytes(job.estimated_memory_bytes)))
+            rows.append(("Estimated memory", memory_estimate_text(job)))
         return rows + super().headline(job)
 
     def has_add_permission(self, request):
@@ -158,7 +166,9 @@ class TrainingTaskAdmin(JobControlAdminMixin, TeamScopedAdmin):
 
     @admin.display(description="Estimated memory")
     def estimated_memory(self, obj: TrainingTask) -> str:
-        return format_bytes(obj.estimated_memory_bytes) if obj.estimated_memory_bytes else "—"
+        text = memory_estimate_text(obj)
+        available = (obj.memory_estimate or {}).get("available_bytes")
+        return f"{text}; checked against {format_bytes(available)} available" if available else text
 
     @admin.display(description="ETA")
     def eta(self, obj: TrainingTask) -> str:

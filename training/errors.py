@@ -9,6 +9,8 @@ from __future__ import annotations
 import errno
 
 OUT_OF_MEMORY = "out_of_memory"
+# The batch that would run does not fit what the task was admitted with, or the memory available now.
+INSUFFICIENT_MEMORY = "insufficient_memory"
 NAN_LOSS = "nan_loss"
 DATASET_ERROR = "dataset_error"
 MODEL_MISSING = "model_missing"
@@ -20,7 +22,7 @@ DEVICE_UNAVAILABLE = "device_unavailable"
 INVALID_PARAMS = "invalid_params"
 INTERNAL = "internal"
 
-CODES = (OUT_OF_MEMORY, NAN_LOSS, DATASET_ERROR, MODEL_MISSING, UNSUPPORTED_MODEL, DISK_FULL, CHECKPOINT_INVALID,
+CODES = (OUT_OF_MEMORY, INSUFFICIENT_MEMORY, NAN_LOSS, DATASET_ERROR, MODEL_MISSING, UNSUPPORTED_MODEL, DISK_FULL, CHECKPOINT_INVALID,
          DEVICE_UNAVAILABLE, INVALID_PARAMS, INTERNAL)
 
 OOM_ADVICE = "Lower the batch size or the max sequence length, or use quantization=nf4 (4-bit QLoRA)."

@@ -35,6 +35,10 @@ class TrainingTask(Job):
     resolved_params = models.JSONField(default=dict, blank=True, help_text="Concrete values after 'auto'.")
     auto_explanation = models.JSONField(default=dict, blank=True)
     estimated_memory_bytes = models.BigIntegerField(null=True, blank=True)
+    memory_estimate = models.JSONField(
+        default=dict, blank=True, help_text="The estimate the task was admitted with and the batch it describes "
+                                            "(sequences x tokens per micro-batch, batch x accumulation); the run "
+                                            "checks it again on its tokenised data before loading the model.")
     trained_tokens = models.BigIntegerField(default=0)
     suffix = models.CharField(max_length=64, blank=True)
     metadata = models.JSONField(default=dict, blank=True)

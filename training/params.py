@@ -477,22 +477,49 @@ GiB = 1024**3
 
 @dataclass
 class MemoryEstimate:
-    """Predicted peak memory of a training run, in bytes, with its parts."""
+    """Predicted peak memory of a training run, in bytes, with its parts and the batch it describes: one
+    micro-batch of ``sequences_per_batch`` sequences of up to ``tokens_per_sequence`` tokens on each device
+    (``batch_size`` examples; gradients accumulate over ``gradient_accumulation_steps`` of them, which adds no
+    activations)."""
 
     total_bytes: int
     device: str
     parts: dict[str, int] = field(default_factory=dict)
+    sequences_per_batch: int = 0
+    tokens_per_sequence: int = 0
+    batch_size: int = 0
+    gradient_accumulation_steps: int = 1
+    available_bytes: int | None = None  # the memory it was checked against
 
     def fits(self, available_bytes: int) -> bool:
         return self.total_bytes <= available_bytes
+
+    def describe(self) -> str:
+        """E.g. ``1.2 GiB for 8 sequences x 512 tokens per micro-batch (batch 4 x 4 accumulation steps)``."""
+        accumulation = f" x {self.gradient_accumulation_steps} accumulation steps" \
+            if self.gradient_accumulation_steps > 1 else ""
+        return (f"{self.total_bytes / GiB:.2f} GiB for {self.sequences_per_batch} sequences x "
+                f"{self.tokens_per_sequence} tokens per micro-batch (batch {self.batch_size}{accumulation})")
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> MemoryEstimate:
+        names = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in names})
 
     def refusal(self, available_bytes: int) -> str | None:
         """A readable refusal when the run would not fit in ``available_bytes``; ``None`` when it fits."""
         if self.fits(available_bytes):
             return None
         where = "GPU memory" if self.device == "cuda" else "memory"
+        batch = f" ({self.sequences_per_batch} sequences x {self.tokens_per_sequence} tokens per micro-batch)" \
+            if self.sequences_per_batch else ""
         return (
-            f"This training run needs about {self.total_bytes / GiB:.1f} GiB of {where}, but only "
+            f"This training run needs about {self.total_bytes / GiB:.1f} GiB of {where}{batch}, but only "
             f"{available_bytes / GiB:.1f} GiB is available. Lower the batch size or the max sequence length, "
             "or use quantization=nf4 (4-bit QLoRA)."
         )
@@ -605,3 +632,58 @@ def estimate_memory(
     }
     total = int(sum(parts.values()) * 1.15)  # allocator fragmentation, temporary buffers
     return MemoryEstimate(total_bytes=total, device=device, parts=parts)
+
+
+def estimate_run_memory(params: ResolvedParams, *, config: dict, parameter_count: int | None, device: str,
+                        tokens_per_sequence: int | None = None) -> MemoryEstimate:
+    """``estimate_memory`` for the micro-batch a run with ``params`` trains on: ``batch_size`` examples (two
+    sequences each for the preference methods: chosen and rejected; KTO: the answer and its KL counterpart; the
+    reference pass keeps no activations) of ``tokens_per_sequence`` tokens (at most ``max_seq_length``). The
+    service checks it at creation and the child again on the tokenised data, so both compute it alike."""
+    sequences = params.batch_size * (2 if params.method in PREFERENCE_METHODS else 1)
+    tokens = min(int(tokens_per_sequence or params.max_seq_length), params.max_seq_length)
+    estimate = estimate_memory(config=config, parameter_count=parameter_count or None,
+                               quantization=params.quantization, batch_size=sequences, max_seq_length=tokens,
+                               device=device, lora_r=params.lora_r, target_modules=params.target_modules)
+    estimate.sequences_per_batch = sequences
+    estimate.tokens_per_sequence = tokens
+    estimate.batch_size = params.batch_size
+    estimate.gradient_accumulation_steps = params.gradient_accumulation_steps
+    return estimate
+
+
+# How far the estimate of the batch that really runs may exceed the one the task was admitted with (the counts
+# at upload and the run's own tokenisation may differ by a few tokens).
+MEMORY_RECHECK_TOLERANCE = 0.10
+
+
+@dataclass
+class MemoryCheck:
+    """The estimate a task was admitted with and what it was computed from, for the run to check again on its
+    tokenised data before it loads the model; ``available_bytes``: the memory the run may use now."""
+
+    admitted: MemoryEstimate
+    config: dict
+    parameter_count: int | None
+    available_bytes: int
+
+    def recheck(self, params: ResolvedParams, *, device: str, tokens_per_sequence: int
+                ) -> tuple[MemoryEstimate, str | None]:
+        """The estimate of the real batch, and why the run must not start (``None`` when it may)."""
+        real = estimate_run_memory(params, config=self.config, parameter_count=self.parameter_count, device=device,
+                                   tokens_per_sequence=tokens_per_sequence)
+        real.available_bytes = self.available_bytes
+        admitted = self.admitted
+        if real.total_bytes > admitted.total_bytes * (1 + MEMORY_RECHECK_TOLERANCE):
+            return real, (f"The batch this run trains on needs about {real.describe()}, more than the "
+                          f"{admitted.describe()} checked when the task was created; the task was not started. "
+                          "Create it again so it is checked against its data, or lower the batch size or the max "
+                          "sequence length.")
+        if not real.fits(self.available_bytes):
+            was = f" (it had {admitted.available_bytes / GiB:.1f} GiB when the task was created)" \
+                if admitted.available_bytes else ""
+            return real, (f"This run needs about {real.describe()}, but only {self.available_bytes / GiB:.1f} GiB "
+                          f"of {'GPU memory' if device == 'cuda' else 'memory'} is available now{was}; the task was "
+                          "not started. Free memory and retry it, or lower the batch size or the max sequence "
+                          "length, or use quantization=nf4 (4-bit QLoRA).")
+        return real, None

@@ -76,6 +76,7 @@ from training.recipe import (  # noqa: E402
     _HooksBridge,
     _logging_steps,
     add_lora,
+    check_memory,
     check_resume,
     compute_dtype,
     device_info,
@@ -479,6 +480,7 @@ def _run(spec: PreferenceSpec, hooks: Hooks) -> RunResult:
     stopped = stopped_before_training(hooks, resume, params, data_report, device)
     if stopped is not None:
         return stopped
+    check_memory(spec.memory_check, params, device, max(sequence_lengths(train_rows, method)), hooks)
 
     # model: the base once; the policy is a LoRA adapter on it (fresh, or the start adapter trained further)
     cdtype = compute_dtype(device)

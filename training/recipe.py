@@ -76,6 +76,7 @@ from training.errors import (
     CHECKPOINT_INVALID,
     DATASET_ERROR,
     DEVICE_UNAVAILABLE,
+    INSUFFICIENT_MEMORY,
     INVALID_PARAMS,
     MODEL_MISSING,
     NAN_LOSS,
@@ -84,7 +85,14 @@ from training.errors import (
     classify,
 )
 from training.hooks import Hooks, NullHooks
-from training.params import InvalidParams, ResolvedParams, TrainingParams, parse_params, resolve_params  # noqa: F401
+from training.params import (  # noqa: F401
+    InvalidParams,
+    MemoryCheck,
+    ResolvedParams,
+    TrainingParams,
+    parse_params,
+    resolve_params,
+)
 from training.tracking import tracking_callbacks
 
 logger = logging.getLogger(__name__)
@@ -137,6 +145,7 @@ class RunSpec:
     keep_checkpoints: int = 2
     logging_steps: int | None = None  # None: every step up to 1000 steps, else ~1000 logs per run
     summary_extra: dict = field(default_factory=dict)  # e.g. task name, data hashes -> training_summary.json
+    memory_check: MemoryCheck | None = None  # the admitted estimate, checked again on the tokenised data
 
 
 @dataclass
@@ -329,13 +338,15 @@ def load_base_model(path: str | Path, *, quantization: str, device: str, dtype: 
 
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path.resolve()), **kwargs)
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, OSError) and getattr(exc, "errno", None) is not None:
+    except OSError as exc:
+        if getattr(exc, "errno", None) is not None:
             raise  # disk errors are classified by the caller
-        if isinstance(exc, ValueError) and "support" in str(exc).lower():
-            # transformers refuses an attention, quantisation or layer it cannot run for this architecture
-            raise TrainingError(UNSUPPORTED_MODEL, f"{path.name} cannot be trained by this recipe: {exc}") from exc
+        # transformers' way of saying that the weights are missing or unreadable
         raise TrainingError(MODEL_MISSING, f"Cannot load the base model from {path}: {exc}") from exc
+    except (ValueError, ImportError) as exc:
+        # The files are there: transformers refuses an attention, quantisation or layer it cannot run for this
+        # architecture, or a package it needs for it is not installed.
+        raise TrainingError(UNSUPPORTED_MODEL, f"{path.name} cannot be trained by this recipe: {exc}") from exc
 
     if quantization in ("nf4", "int8"):
         model = prepare_model_for_kbit_training(
@@ -852,6 +863,19 @@ def stopped_before_training(hooks, resume: Path | None, params, data_report: dic
                      checkpoint=resume, params=params, data_report=data_report, versions=library_versions(),
                      device_info=device_info(device))
 
+def check_memory(check: MemoryCheck | None, params: ResolvedParams, device: str, longest: int, hooks) -> None:
+    """Before the model is loaded: the admitted memory estimate again, on the batch the tokenised data really gives
+    (``longest``: tokens of its longest sequence after truncation and packing)."""
+    if check is None:
+        return
+    real, refusal = check.recheck(params, device=device, tokens_per_sequence=longest)
+    if refusal:
+        raise TrainingError(INSUFFICIENT_MEMORY, refusal)
+    _message(hooks, "info", f"Memory check: the batch that runs needs about {real.describe()}; admitted with "
+             f"{check.admitted.describe()}; {check.available_bytes / 1024**3:.1f} GiB available.",
+             {"memory": real.to_dict(), "admitted": check.admitted.to_dict()})
+
+
 def run_training(spec: RunSpec, hooks: Hooks | None = None) -> RunResult:
     """Train one adapter. Returns succeeded/cancelled/paused; raises ``TrainingError`` on failure."""
     hooks = hooks or NullHooks()
@@ -949,6 +973,7 @@ def _run(spec: RunSpec, hooks: Hooks) -> RunResult:
     stopped = stopped_before_training(hooks, resume, params, data_report, device)
     if stopped is not None:
         return stopped
+    check_memory(spec.memory_check, params, device, max(len(item["input_ids"]) for item in train_items), hooks)
 
     # model
     cdtype = compute_dtype(device)

@@ -15,10 +15,12 @@ from jobs import runtime
 from jobs.models import EventLevel, EventType, JobStatus
 from jobs.registry import kind_of
 from jobs.runner import JobFailed, JobRunner, Outcome
+from training.devices import available_memory_bytes, detect_device
 from training.errors import TrainingError, classify
 from training.hooks import NullHooks
 from training.lifecycle import SAFE_NAME_RE, adapter_register, default_model_name, register_merged_model
 from training.models import Adapter, Checkpoint, MergeJob, TrainingTask
+from training.params import MemoryCheck, MemoryEstimate, ResolvedParams
 from training.signals import adapter_trained
 
 log = logging.getLogger(__name__)
@@ -131,6 +133,16 @@ def recipe_inputs(task, **summary) -> dict:
                                           "validation_version": task.validation_version_id}}}
 
 
+def memory_check(task: TrainingTask) -> MemoryCheck | None:
+    """What the run checks again before it loads the model: the estimate the task was admitted with, the model it
+    was computed for, and the memory this process may use now (None for a task created without an estimate)."""
+    if not task.memory_estimate:
+        return None
+    return MemoryCheck(admitted=MemoryEstimate.from_dict(task.memory_estimate), config=task.base_model.config,
+                       parameter_count=task.base_model.parameter_count or None,
+                       available_bytes=available_memory_bytes(detect_device()))
+
+
 def recipe_outcome(result, fields: dict) -> Outcome:
     """The ending a recipe reported (succeeded, paused at a checkpoint, or cancelled), with the fields to write."""
     status = {"succeeded": JobStatus.SUCCEEDED, "paused": JobStatus.PAUSED}.get(result.status, JobStatus.CANCELLED)
@@ -144,16 +156,20 @@ class TrainingRunner(RecipeRunner):
 
     def run(self) -> Outcome:
         task = self.job
+        # The parameters resolved (and memory-checked) at creation, exactly: the run never resolves them again.
+        inputs = {**recipe_inputs(task), "memory_check": memory_check(task)}
+        if task.resolved_params:
+            inputs["params"] = ResolvedParams.from_dict(task.resolved_params)
         # The recipes import torch: only this child process loads them, never the web or queue process.
         if task.method == TrainingTask.Method.SFT:
             from training.recipe import RunSpec, run_training
 
-            result = run_training(RunSpec(**recipe_inputs(task)), DbHooks(self.ctx))
+            result = run_training(RunSpec(**inputs), DbHooks(self.ctx))
         else:
             from training.preference import PreferenceSpec, run_preference
 
             start = task.start_adapter
-            result = run_preference(PreferenceSpec(**recipe_inputs(task), method=task.method,
+            result = run_preference(PreferenceSpec(**inputs, method=task.method,
                                                    start_adapter=start.path if start else None), DbHooks(self.ctx))
         self.result = result
         fields = {"step": result.global_step, "total_steps": result.total_steps or task.total_steps,

@@ -43,6 +43,10 @@ class TrainingTaskOut(JobOut):
     resolved_params: dict
     auto_explanation: dict
     estimated_memory_bytes: int | None
+    memory_estimate: dict = Field(description="The estimate the task was admitted with: total_bytes, parts, and the "
+                                              "batch it describes (sequences_per_batch x tokens_per_sequence, "
+                                              "batch_size x gradient_accumulation_steps, per device); the run "
+                                              "checks it again on its tokenised data.")
     trained_tokens: int
     library_versions: dict
     worker: str
@@ -62,6 +66,7 @@ class TrainingTaskOut(JobOut):
             "train_version": task.train_version_id, "validation_version": task.validation_version_id,
             "params": task.params, "resolved_params": task.resolved_params,
             "auto_explanation": task.auto_explanation, "estimated_memory_bytes": task.estimated_memory_bytes,
+            "memory_estimate": task.memory_estimate or {},
             "trained_tokens": task.trained_tokens, "library_versions": task.library_versions,
             "worker": task.worker, "heartbeat_at": task.heartbeat_at,
             "adapter_id": adapter.pk if adapter else None,

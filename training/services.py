@@ -16,7 +16,7 @@ from catalog.models import BaseModel
 from catalog.services import base_model_get
 from core.errors import ApplicationError, NotFound
 from datasets_app.models import DatasetVersion
-from datasets_app.services import dataset_version_get
+from datasets_app.services import dataset_version_get, version_stats
 from jobs import runtime
 from jobs.models import JobStatus
 from jobs.requirements import Requirements, requirements_parse
@@ -24,7 +24,14 @@ from jobs.services import job_check_name, job_check_priority, job_check_quota, j
 from training.checkpoints import checkpoint_problem
 from training.devices import available_memory_bytes, detect_device, gpu_memory_gb
 from training.models import Adapter, TrainingTask
-from training.params import PREFERENCE_METHODS, InvalidParams, check_method, estimate_memory, resolve_params
+from training.params import (
+    InvalidParams,
+    MemoryEstimate,
+    ResolvedParams,
+    check_method,
+    estimate_run_memory,
+    resolve_params,
+)
 from training.signals import evaluation_metric_names
 
 TRAINABLE_KINDS = {"chat", "text"}  # dataset kinds a causal LM trains on
@@ -79,12 +86,19 @@ def _check_version(version, *, team: Team, param: str, method: str = "sft") -> s
     return _format_refusal(version, method)
 
 
-def _resolve(params: dict | None, *, base_model: BaseModel, version, has_validation: bool, method: str = "sft"):
+def _token_stats(version, base_model: BaseModel) -> dict:
+    """The version's token lengths under the base model's tokenizer: counted at upload when that base model was
+    chosen, else now (``version_stats`` loads the tokenizer only, and caches the counts on the version)."""
+    stats = version_stats(version=version, base_model=base_model)
+    return (stats.get("tokens") or {}).get(base_model.name) or {}
+
+
+def _resolve(params: dict | None, *, base_model: BaseModel, version, tokens: dict, has_validation: bool,
+             method: str = "sft") -> tuple[ResolvedParams, MemoryEstimate]:
+    """The parameters the task runs with (resolved once, here, from the data's real token lengths) and the memory
+    estimate of the batch they give, refused when it does not fit the device."""
     device = detect_device()
-    stats = version.stats or {}
-    # Token statistics are kept per tokenizer (base model name) once computed at upload or inspection.
-    tokens = (stats.get("tokens") or {}).get(base_model.name) or {}
-    labels = stats.get("labels") or {}
+    labels = (version.stats or {}).get("labels") or {}
     label_counts = (int(labels.get("desirable", 0)), int(labels.get("undesirable", 0))) if labels else None
     try:
         resolved = resolve_params(params, n_examples=version.row_count, n_tokens_mean=tokens.get("mean"),
@@ -96,14 +110,12 @@ def _resolve(params: dict | None, *, base_model: BaseModel, version, has_validat
         raise ApplicationError(exc.message, code="invalid_parameter", param=exc.field or "hyperparameters",
                                details=exc.errors and [{"param": str(e.get("loc", ("",))[0]), "message": e.get("msg")}
                                                        for e in exc.errors]) from None
-    # A preference batch holds two sequences per example (chosen and rejected; KTO: the answer and its KL
-    # counterpart); the reference pass runs without gradients and keeps no activations.
-    sequences = resolved.batch_size * (2 if method in PREFERENCE_METHODS else 1)
-    estimate = estimate_memory(config=base_model.config, parameter_count=base_model.parameter_count or None,
-                               quantization=resolved.quantization, batch_size=sequences,
-                               max_seq_length=resolved.max_seq_length, device=device, lora_r=resolved.lora_r,
-                               target_modules=resolved.target_modules)
-    refusal = estimate.refusal(available_memory_bytes(device))
+    # Unpacked batches are as long as their longest example; packed rows fill max_seq_length.
+    longest = None if resolved.packing else tokens.get("max")
+    estimate = estimate_run_memory(resolved, config=base_model.config, parameter_count=base_model.parameter_count,
+                                   device=device, tokens_per_sequence=longest)
+    estimate.available_bytes = available_memory_bytes(device)
+    refusal = estimate.refusal(estimate.available_bytes)
     if refusal:
         raise ApplicationError(refusal, code="insufficient_memory", param="batch_size")
     return resolved, estimate
@@ -216,6 +228,8 @@ def training_task_create(*, user: Actor, name: str | None, base_model: BaseModel
         if problem and file_problem is None:
             file_problem = (problem, param)
 
+    # Counted before the transaction: tokenising a large version takes a while, and the counts are a cache.
+    tokens = {} if file_problem else _token_stats(train, model)
     now = timezone.now()
     with transaction.atomic():
         if not file_problem:
@@ -234,11 +248,12 @@ def training_task_create(*, user: Actor, name: str | None, base_model: BaseModel
             task.save()
             runtime.add_event(task, f"Validation failed: {file_problem[0]}", level="error")
             return task
-        resolved, estimate = _resolve(params, base_model=model, version=train, has_validation=validation is not None,
-                                      method=method)
+        resolved, estimate = _resolve(params, base_model=model, version=train, tokens=tokens,
+                                      has_validation=validation is not None, method=method)
         task.resolved_params = resolved.to_dict()
         task.auto_explanation = resolved.auto
         task.estimated_memory_bytes = estimate.total_bytes
+        task.memory_estimate = estimate.to_dict()
         task.seed = resolved.seed
         task.total_steps = resolved.total_steps
         task.requirements = _requirements(requested, device=resolved.device)
@@ -252,7 +267,7 @@ def training_task_create(*, user: Actor, name: str | None, base_model: BaseModel
         runtime.add_event(task, f"Created: {how}{train.row_count} {what}, {resolved.n_epochs} epochs, "
                              f"lr {resolved.learning_rate:g}, LoRA r={resolved.lora_r}, "
                              f"quantization {resolved.quantization}, device {resolved.device}; "
-                             f"estimated peak memory {estimate.total_bytes / 1024**3:.1f} GiB.")
+                             f"estimated peak memory {estimate.describe()}.")
         runtime.enqueue(task)
     return task
 

@@ -5,6 +5,7 @@ from core.commands import ServiceCommand
 from core.errors import ApplicationError
 from core.params import parse_param_options
 from jobs.cli import wait_with_progress
+from training.params import MemoryEstimate
 from training.recipes import training_recipe_task_create
 from training.services import training_task_create
 
@@ -61,6 +62,8 @@ class Command(ServiceCommand):
         self.stdout.write(f"Created training task {task.pk} {task.name!r} ({task.status}).")
         for key, why in (task.auto_explanation or {}).items():
             self.stdout.write(f"  auto {key}: {why}")
+        if task.memory_estimate:
+            self.stdout.write(f"  estimated memory: {MemoryEstimate.from_dict(task.memory_estimate).describe()}")
         if not opts["wait"]:
             return
         task = wait_with_progress(task, self.stderr._out)
