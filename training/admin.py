@@ -164,12 +164,11 @@ class StartTrainingForm(forms.Form):
                     self.add_error(name, "Required unless a recipe is uploaded.")
         return not self.errors
 
-    def refused(self, exc: ApplicationError) -> None:
-        """Show a service's refusal on the field it names (each field of a parameter error), else above the form
-        (a recipe's problems too: they name its keys and lines, not the form's fields)."""
+    def refused(self, exc: ApplicationError) -> bool:
+        """Show a service's refusal on the field it names (each field of a parameter error); False when it names
+        none (the team's quota, a recipe's problems, which name its keys and lines): the caller shows the message."""
         if isinstance(exc, recipes.RecipeError):
-            self.add_error(None, exc.message)
-            return
+            return False
         def field_of(param):
             # A hyperparameter without a field of its own (or the parameters as a whole) is the raw JSON's.
             if param in self.fields:
@@ -185,8 +184,7 @@ class StartTrainingForm(forms.Form):
             named = [d for d in named if d["param"] != "params"] + [{"param": "params", "message": exc.message}]
         for detail in named:
             self.add_error(detail["param"], detail["message"])
-        if not named:
-            self.add_error(None, exc.message)
+        return bool(named)
 
 
 @admin.register(TrainingTask)
@@ -370,7 +368,8 @@ class TrainingTaskAdmin(JobControlAdminMixin, TeamScopedAdmin):
                         params=data["params"], priority=data["priority"], evaluate=data["evaluate"],
                         method=data["method"] or TrainingTask.Method.SFT, start_adapter=data["start_adapter"])
             except ApplicationError as exc:
-                form.refused(exc)
+                if not form.refused(exc):
+                    self.message_user(request, exc.message, level=messages.ERROR)
             else:
                 auto = "; ".join(f"{k}: {v}" for k, v in (task.auto_explanation or {}).items())
                 self.message_user(request, f"Queued task {task.name}." + (f" Auto values — {auto}" if auto else ""),

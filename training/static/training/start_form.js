@@ -31,7 +31,7 @@
   function moveRawKeys() {
     const note = document.getElementById("raw-note");
     const text = raw.value.trim();
-    if (!text) { note.hidden = true; return; }
+    if (!text) return;
     let data;
     try { data = JSON.parse(text); } catch (e) { return; }  // the server names the JSON error
     if (data === null || typeof data !== "object" || Array.isArray(data)) return;
@@ -48,7 +48,6 @@
     if (moved.length) {
       raw.value = Object.keys(data).length ? JSON.stringify(data) : "";
       note.textContent = "Moved to their fields: " + moved.join(", ") + ".";
-      note.hidden = false;
     }
   }
 
