@@ -17,17 +17,13 @@ from accounts.admin_base import TeamScopedAdmin, VisibleTeamFilter
 from accounts.models import Team
 from catalog.models import BaseModel
 from classifier import services
-from classifier.models import ClassifierEvent, ClassifierTask
+from classifier.models import ClassifierTask
 from core import admin_ui
 from core.admin_ui import format_duration, status_badge
 from core.commands import format_count
 from core.errors import ApplicationError
 from datasets_app.models import DatasetVersion
-from jobs.admin import JobControlAdminMixin, JobEventInline
-
-
-class EventInline(JobEventInline):
-    model = ClassifierEvent
+from jobs.admin import JobControlAdminMixin, parameter_table, value_table
 
 
 class StartClassifierForm(forms.Form):
@@ -94,21 +90,46 @@ class ClassifierTaskAdmin(JobControlAdminMixin, TeamScopedAdmin):
     search_fields = ["name", "base_model__name", "team__name", "train_version__dataset__name"]
     list_select_related = ["team", "base_model", "adapter"]
     ordering = ["-created_at"]
-    inlines = [EventInline]
     actions = ["cancel_tasks", "pause_tasks", "resume_tasks", "retry_tasks"]
     change_form_template = "admin/classifier/classifiertask/change_form.html"
     change_list_template = "admin/classifier/classifiertask/change_list.html"
+    # As a training task's page: the header (status, progress, the confusion matrix, accuracy and macro-F1, the
+    # valid controls), then the per-class scores, the parameters and why, the data and model; the run collapsed.
     fieldsets = [
-        (None, {"fields": ["name", "team", "status", "priority", "base_model", "train_version",
-                           "validation_version", "adapter_link", "label_map"]}),
-        ("Results", {"fields": ["per_class_table", "metrics", "params_col"]}),
-        ("Parameters", {"fields": ["params", "resolved_params", "seed"]}),
-        ("Progress", {"fields": ["step", "total_steps", "epoch", "tokens_seen", "tokens_per_second", "eta_seconds"]}),
-        ("Run", {"fields": ["device", "worker", "attempts", "recoveries", "heartbeat_at", "library_versions",
-                            "log_path", "resume_from", "cancel_requested", "pause_requested"]}),
-        ("Error", {"fields": ["error_code", "error_message", "error_param"]}),
-        ("Times", {"fields": ["created_by", "created_at", "queued_at", "started_at", "paused_at", "finished_at"]}),
+        ("Results (best epoch)", {"fields": ["per_class_table", "params_col"]}),
+        ("Parameters", {"fields": ["parameters"]}),
+        ("Data and model", {"fields": ["name", "priority", "team", "base_model", "train_version",
+                                       "validation_version", "adapter_link", "labels"]}),
+        ("Run details", {"classes": ["collapse"],
+                         "fields": ["status", "step", "total_steps", "epoch", "tokens_seen", "tokens_per_second",
+                                    "eta_seconds", "metrics_table", "device", "worker", "attempts", "recoveries",
+                                    "heartbeat_at", "library_versions", "log_path", "resume_from",
+                                    "cancel_requested", "pause_requested", "error_code", "error_message",
+                                    "error_param", "created_by", "created_at", "queued_at", "started_at", "paused_at",
+                                    "finished_at"]}),
     ]
+
+    def headline(self, job: ClassifierTask) -> list[tuple[str, str]]:
+        rows = [(label, _score(value)) for label, value in (("Macro-F1", job.macro_f1), ("Accuracy", job.accuracy))
+                if value is not None]
+        best = (job.report or {}).get("best_epoch")
+        if best is not None:
+            rows.append(("Best epoch", str(best)))
+        return rows + super().headline(job)
+
+    @admin.display(description="Parameters")
+    def parameters(self, obj: ClassifierTask) -> str:
+        return parameter_table(obj.resolved_params or {}, obj.params or {}, (obj.report or {}).get("auto") or {},
+                               raw={"given": obj.params, "resolved": obj.resolved_params})
+
+    @admin.display(description="Labels")
+    def labels(self, obj: ClassifierTask) -> str:
+        return ", ".join(str(v) for _k, v in sorted((obj.label_map or {}).items(), key=lambda kv: int(kv[0])
+                                                    if str(kv[0]).isdigit() else 0)) or "—"
+
+    @admin.display(description="Metrics")
+    def metrics_table(self, obj: ClassifierTask) -> str:
+        return value_table(obj.metrics or {})
 
     def has_add_permission(self, request):
         return False  # started through the "Start classifier training" form (validation, queue)

@@ -196,6 +196,8 @@ LOGGING = {
 # Training: device ("auto", "cpu", "cuda"), crash recovery and stale-heartbeat detection.
 TRAINING_DEVICE = env_str("TRAINING_DEVICE", "auto")
 TRAINING_MEMORY_LIMIT_BYTES = env_int("TRAINING_MEMORY_LIMIT_BYTES", 0, minimum=0) or None
+# A TensorBoard serving DATA_DIR/runs (`tensorboard --logdir`), linked from each task page; empty: no link.
+TENSORBOARD_URL = env_str("TENSORBOARD_URL", "").rstrip("/")
 JOB_STALE_SECONDS = env_int("JOB_STALE_SECONDS", 90, minimum=10)
 JOB_MAX_RECOVERIES = env_int("JOB_MAX_RECOVERIES", 2, minimum=0)
 # How long a job's child keeps retrying its database writes while the database restarts.

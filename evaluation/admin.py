@@ -4,6 +4,7 @@ a one-pair-at-a-time voting page (the adapter's side is never rendered while vot
 from __future__ import annotations
 
 import io
+import json
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
@@ -19,10 +20,12 @@ from core import admin_ui
 from core.errors import ApplicationError
 from evaluation import services
 from evaluation.models import EvaluationEvent, EvaluationRun, Review, Vote
+from jobs.admin import value_table
 
 
 class EventInline(admin.TabularInline):
     model = EvaluationEvent
+    classes = ["collapse"]
     extra = 0
     can_delete = False
     fields = ["created_at", "level", "message"]
@@ -71,6 +74,18 @@ def word_frequency_rows(results: dict) -> dict:
                                      for row in rows]}
 
 
+# The result groups the run page draws itself (the rest are tables).
+DRAWN_RESULTS = {"perplexity", "overlap", "style", "word_frequencies", "classifier"}
+
+
+def confusion_rows(report: dict | None) -> dict:
+    if not report or not report.get("confusion_matrix"):
+        return {}
+    labels = report.get("labels") or []
+    return {"labels": labels, "rows": [{"label": label, "counts": counts}
+                                       for label, counts in zip(labels, report["confusion_matrix"], strict=False)]}
+
+
 @admin.register(EvaluationRun)
 class EvaluationRunAdmin(TeamScopedAdmin):
     list_display = ["name", "team", "adapter", "baseline", "status_col", "progress_col", "perplexity", "win_rate",
@@ -79,7 +94,18 @@ class EvaluationRunAdmin(TeamScopedAdmin):
     list_select_related = ["team", "adapter", "other_adapter"]
     search_fields = ["name", "adapter__name", "team__name", "dataset_version__dataset__name"]
     inlines = [EventInline]
-    readonly_fields = [f.name for f in EvaluationRun._meta.fields]
+    # Results and charts open the page (the template draws them above these); what was evaluated follows, the
+    # identifiers, the run's bookkeeping and the raw results collapsed at the bottom.
+    fieldsets = [
+        ("What was evaluated", {"fields": ["adapter", "baseline", "dataset_version", "metric_names_col",
+                                           "generation_table"]}),
+        ("Identifiers and times", {"classes": ["collapse"], "fields": [
+            "id", "name", "team", "created_by", "status", "priority", "step", "total_steps", "created_at", "queued_at",
+            "started_at", "finished_at", "duration_col", "worker", "device", "attempts", "recoveries", "seed",
+            "error_code", "error_message", "error_param", "library_versions", "log_path", "results_raw"]}),
+    ]
+    readonly_fields = [f.name for f in EvaluationRun._meta.fields] + [
+        "baseline", "metric_names_col", "generation_table", "duration_col", "results_raw"]
     change_form_template = "admin/evaluation/evaluationrun/change_form.html"
     actions = ["cancel_runs", "create_review", "compare_runs"]
 
@@ -101,6 +127,18 @@ class EvaluationRunAdmin(TeamScopedAdmin):
     @admin.display(description="Compared with")
     def baseline(self, obj: EvaluationRun) -> str:
         return obj.baseline_label
+
+    @admin.display(description="Metrics")
+    def metric_names_col(self, obj: EvaluationRun) -> str:
+        return ", ".join(obj.metric_names or []) or "the defaults"
+
+    @admin.display(description="Generation")
+    def generation_table(self, obj: EvaluationRun) -> str:
+        return value_table(obj.generation or {})
+
+    @admin.display(description="Results (raw)")
+    def results_raw(self, obj: EvaluationRun) -> str:
+        return format_html("<pre>{}</pre>", json.dumps(obj.results or {}, indent=2, ensure_ascii=False, default=str))
 
     @admin.display(description="Perplexity")
     def perplexity(self, obj: EvaluationRun) -> str:
@@ -164,7 +202,10 @@ class EvaluationRunAdmin(TeamScopedAdmin):
         run = self.get_queryset(request).filter(pk=object_id).first()
         results = (run.results or {}) if run else {}
         extra = {"samples": run.samples.all()[:50] if run else [], "results": results,
-                 "word_chart": word_frequency_rows(results)}
+                 "word_chart": word_frequency_rows(results), "confusion": confusion_rows(results.get("classifier")),
+                 # what the page has no chart of (preference rewards, ...) reads as a table, raw one click away
+                 "other_results": [(name.replace("_", " "), value_table(value)) for name, value in results.items()
+                                   if name not in DRAWN_RESULTS and isinstance(value, dict)]}
         return super().change_view(request, object_id, form_url, extra_context={**(extra_context or {}), **extra})
 
 

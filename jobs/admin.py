@@ -195,11 +195,41 @@ def parameter_table(values: dict, given: dict, reasons: dict, *, raw: dict | Non
     the raw JSON stays one click away."""
     rows = format_html_join(
         "", '<tr><th style="text-align:left">{}</th><td>{}</td><td>{}</td></tr>',
-        ((key, values[key], "given" if key in given and given[key] != "auto" else reasons.get(key, "auto"))
+        ((key, format_value(values[key]), "given" if key in given and given[key] != "auto" else reasons.get(key, "auto"))
          for key in values if key not in ("auto",) and (key in reasons or key in given)))
-    others = format_html_join(", ", "{}={}", ((k, v) for k, v in values.items()
+    others = format_html_join(", ", "{}={}", ((k, format_value(v)) for k, v in values.items()
                                               if k != "auto" and k not in reasons and k not in given))
     raw_json = json.dumps(raw if raw is not None else values, indent=2, default=str, ensure_ascii=False)
     return format_html('<table class="job-params"><thead><tr><th>parameter</th><th>value</th><th>how it was chosen'
                        '</th></tr></thead><tbody>{}</tbody></table><p class="help">Also: {}</p>'
                        '<details><summary>raw</summary><pre>{}</pre></details>', rows, others or "—", raw_json)
+
+
+def format_value(value) -> str:
+    """A metric or parameter as a person reads it: floats to 4 significant digits, lists joined, nested objects
+    as key=value."""
+    if isinstance(value, bool) or value is None:
+        return "—" if value is None else str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list | tuple):
+        return ", ".join(format_value(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={format_value(v)}" for k, v in value.items())
+    return str(value)
+
+
+def metrics_text(values: dict | None) -> str:
+    return format_value(values or {}) or "—"
+
+
+def value_table(values: dict, *, table_id: str = "", raw: object | None = None) -> str:
+    """A JSON object as a two-column table, the raw JSON one click away ("raw")."""
+    if not values:
+        return "—"
+    rows = format_html_join("", '<tr><th style="text-align:left">{}</th><td>{}</td></tr>',
+                            ((key, format_value(value)) for key, value in values.items()))
+    raw_json = json.dumps(values if raw is None else raw, indent=2, default=str, ensure_ascii=False)
+    return format_html('<table class="value-table"{}><tbody>{}</tbody></table>'
+                       '<details class="raw"><summary>raw</summary><pre>{}</pre></details>',
+                       format_html(' id="{}"', table_id) if table_id else "", rows, raw_json)

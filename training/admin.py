@@ -1,43 +1,83 @@
 from __future__ import annotations
 
+import json
+import re
+
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpResponse, HttpResponseNotAllowed, StreamingHttpResponse
+from django.http import Http404, HttpResponse, HttpResponseNotAllowed, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from accounts import visibility
 from accounts.admin_base import TeamScopedAdmin, VisibleTeamFilter
 from accounts.models import Team
 from catalog.models import BaseModel
+from catalog.services import base_model_get
 from core import admin_ui
 from core.commands import format_bytes, format_count
 from core.errors import ApplicationError
 from datasets_app.models import DatasetVersion
-from jobs.admin import JobControlAdminMixin, JobEventInline, parameter_table
+from datasets_app.services import dataset_version_get, version_preview
+from jobs.admin import JobControlAdminMixin, JobEventInline, metrics_text, parameter_table, value_table
 from training import lifecycle, recipes, services
 from training.charts import loss_chart_png
-from training.models import Adapter, Checkpoint, MergeEvent, MergeJob, TrainingEvent, TrainingTask
-from training.params import MemoryEstimate
+from training.models import Adapter, MergeEvent, MergeJob, TrainingTask
+from training.params import AUTO, LR_SCHEDULERS, QUANTIZATIONS, TEMPLATES, MemoryEstimate, TrainingParams
 
 # ================================================================================================ tasks
 
 
 
-class EventInline(JobEventInline):
-    model = TrainingEvent
+# The hyperparameters the start form has a field for (label, choices or None for a text box); the raw JSON box
+# takes every other one. Each field's default is the params model's: "auto" where the model allows it.
+PARAM_FIELDS: dict[str, tuple[str, tuple[str, ...] | None]] = {
+    "n_epochs": ("Epochs", None),
+    "learning_rate": ("Learning rate", None),
+    "batch_size": ("Batch size", None),
+    "gradient_accumulation_steps": ("Gradient accumulation", None),
+    "max_seq_length": ("Max sequence length", None),
+    "lora_r": ("LoRA r", None),
+    "lora_alpha": ("LoRA alpha", None),
+    "lora_dropout": ("LoRA dropout", None),
+    "target_modules": ("Target modules", None),
+    "quantization": ("Quantization", ("auto", *QUANTIZATIONS)),
+    "packing": ("Packing", ("auto", "true", "false")),
+    "loss_on": ("Loss on", ("assistant", "all")),
+    "template": ("Template", ("auto", *TEMPLATES)),
+    "warmup_ratio": ("Warmup ratio", None),
+    "lr_scheduler": ("Scheduler", ("auto", *LR_SCHEDULERS)),
+    "seed": ("Seed", None),
+}
+PARAM_HELP = {"target_modules": 'all-linear, or module names separated by commas (q_proj, v_proj)',
+              "loss_on": "assistant: the answers only; all: every token"}
 
 
-class CheckpointInline(admin.TabularInline):
-    model = Checkpoint
-    extra = 0
-    can_delete = False
-    fields = ["step", "metrics", "created_at", "path"]
-    readonly_fields = fields
-    max_num = 0
+def _param_default(name: str) -> str:
+    default = TrainingParams.model_fields[name].default
+    return str(default).lower() if isinstance(default, bool) else str(default)
+
+
+def _param_value(name: str, text: str):
+    """A field's text as the params model reads it; None when it says what the model would do anyway."""
+    text = (text or "").strip()
+    if text in ("", AUTO) or text == _param_default(name):
+        return None
+    if name == "target_modules":
+        return text if text == "all-linear" else [m for m in re.split(r"[\s,]+", text) if m]
+    if name == "packing":
+        return text == "true"
+    if PARAM_FIELDS[name][1] is not None:
+        return text
+    for number in (int, float):
+        try:
+            return number(text)
+        except ValueError:
+            pass
+    return text  # the params model names the field and says what it expects
 
 
 class StartTrainingForm(forms.Form):
@@ -48,15 +88,16 @@ class StartTrainingForm(forms.Form):
     train_version = forms.ModelChoiceField(queryset=None, label="Training data", required=False,
                                            help_text="Required unless the recipe names it.")
     validation_version = forms.ModelChoiceField(queryset=None, required=False, label="Validation data")
-    params = forms.JSONField(required=False, initial=dict, widget=forms.Textarea(attrs={"rows": 6, "cols": 60}),
-                             help_text='Hyperparameters as JSON, e.g. {"n_epochs": 3, "quantization": "nf4"}; '
-                                       'anything left out is "auto".')
     method = forms.ChoiceField(choices=TrainingTask.Method.choices, initial=TrainingTask.Method.SFT, required=False,
                                help_text="sft trains on chat/text data; dpo and orpo on preference pairs; kto on "
                                          "labelled answers.")
     start_adapter = forms.ModelChoiceField(queryset=Adapter.objects.none(), required=False,
                                            help_text="Train this adapter further (e.g. DPO on an SFT adapter of "
                                                      "the same base model).")
+    params = forms.JSONField(required=False, initial=dict, label="Raw JSON",
+                             widget=forms.Textarea(attrs={"rows": 4, "cols": 60}),
+                             help_text='Any other hyperparameter, e.g. {"max_steps": 200, "beta": 0.1}; a key that '
+                                       "has its own field above belongs in that field.")
     priority = forms.IntegerField(initial=0, min_value=-100, max_value=100)
     config = forms.FileField(required=False, label="Recipe (YAML)",
                              help_text="Our keys or LLaMA-Factory's (model_name_or_path, dataset, lora_rank, ...); "
@@ -67,7 +108,10 @@ class StartTrainingForm(forms.Form):
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["team"].queryset = visibility.teams(user, write=True)
+        teams = visibility.teams(user, write=True)
+        self.fields["team"].queryset = teams
+        if len(teams[:2]) == 1:
+            self.fields["team"].initial = teams[0].pk
         self.fields["base_model"].queryset = visibility.visible_to(
             user, BaseModel.objects.filter(kind=BaseModel.Kind.CAUSAL_LM, available=True), include_global=True)
         versions = visibility.visible_to(user, DatasetVersion.objects.filter(status="ready"),
@@ -77,14 +121,70 @@ class StartTrainingForm(forms.Form):
         self.fields["start_adapter"].queryset = visibility.visible_to(
             user, Adapter.objects.filter(kind=Adapter.Kind.CAUSAL_LM, status=Adapter.Status.READY,
                                          files_deleted_at__isnull=True)).select_related("base_model")
+        for name, (label, choices) in PARAM_FIELDS.items():
+            attrs = {"data-param": name, "data-default": _param_default(name)}
+            if choices is None:
+                field = forms.CharField(label=label, required=False, initial=_param_default(name),
+                                        widget=forms.TextInput(attrs={**attrs, "size": 14}))
+            else:
+                field = forms.ChoiceField(label=label, required=False, initial=_param_default(name),
+                                          choices=[(c, c) for c in choices], widget=forms.Select(attrs=attrs))
+            field.help_text = PARAM_HELP.get(name, "")
+            self.fields[name] = field
+
+    def other_rows(self):
+        return [self[name] for name in self.fields if name not in PARAM_FIELDS and name != "params"]
 
     def clean(self):
         data = super().clean()
-        if not data.get("config"):
-            for name in ("base_model", "train_version"):
-                if not data.get(name) and name not in self.errors:
-                    self.add_error(name, "Required unless a recipe is uploaded.")
+        raw = data.get("params")
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            self.add_error("params", "Give a JSON object, e.g. {\"max_steps\": 200}.")
+            raw = {}
+        # One set of parameters is posted: the fields' values and the raw JSON's other keys. A key set in both
+        # (only without JavaScript, which moves such keys into their field) is refused rather than picked.
+        merged = dict(raw)
+        for name in PARAM_FIELDS:
+            value = _param_value(name, data.get(name, ""))
+            if value is None:
+                continue
+            if name in raw and raw[name] != value:
+                self.add_error(name, f"Also set in the raw JSON ({raw[name]!r}): keep one of the two.")
+            merged[name] = value
+        data["params"] = merged
         return data
+
+    def require_inputs(self) -> bool:
+        """Queueing needs a base model and training data, from the fields or the recipe (the plan does not)."""
+        if not self.cleaned_data.get("config"):
+            for name in ("base_model", "train_version"):
+                if not self.cleaned_data.get(name) and name not in self.errors:
+                    self.add_error(name, "Required unless a recipe is uploaded.")
+        return not self.errors
+
+    def refused(self, exc: ApplicationError) -> bool:
+        """Show a service's refusal on the field it names (each field of a parameter error); False when it names
+        none (the team's quota, a recipe's problems, which name its keys and lines): the caller shows the message."""
+        if isinstance(exc, recipes.RecipeError):
+            return False
+        def field_of(param):
+            # A hyperparameter without a field of its own (or the parameters as a whole) is the raw JSON's.
+            if param in self.fields:
+                return param
+            return "params" if exc.code == "invalid_parameter" and param else None
+
+        details = exc.details if isinstance(exc.details, list) else []
+        named = [{"param": field_of(d.get("param")), "message": d.get("message") or exc.message} for d in details
+                 if isinstance(d, dict) and field_of(d.get("param"))]
+        if field_of(exc.param) and field_of(exc.param) not in (d["param"] for d in named):
+            named.insert(0, {"param": field_of(exc.param), "message": exc.message})
+        if any(d["param"] == "params" for d in named):
+            named = [d for d in named if d["param"] != "params"] + [{"param": "params", "message": exc.message}]
+        for detail in named:
+            self.add_error(detail["param"], detail["message"])
+        return bool(named)
 
 
 def memory_estimate_text(task: TrainingTask) -> str:
@@ -102,25 +202,48 @@ class TrainingTaskAdmin(JobControlAdminMixin, TeamScopedAdmin):
     search_fields = ["name", "base_model__name", "team__name", "train_version__dataset__name"]
     list_select_related = ["team", "base_model"]
     ordering = ["-created_at"]
-    inlines = [CheckpointInline, EventInline]
     actions = ["cancel_tasks", "pause_tasks", "resume_tasks", "retry_tasks", "clone_tasks"]
     clone_service = services.training_task_clone
     change_form_template = "admin/training/trainingtask/change_form.html"
     change_list_template = "admin/training/trainingtask/change_list.html"
+    # The page reads from the top: the header (jobs/change_form.html: status, progress, ETA, chart, headline
+    # figures, the valid controls, tracking), the parameters and why, the data and model, the checkpoints; the run's
+    # details and its events collapsed at the bottom.
     fieldsets = [
-        (None, {"fields": ["name", "priority", "team", "method", "base_model", "start_adapter", "train_version",
-                           "validation_version", "adapter_link", "evaluate_on_success", "evaluation_metrics"]}),
-        ("Parameters", {"fields": ["parameters", "estimated_memory", "seed"]}),
+        ("Parameters", {"fields": ["parameters", "estimated_memory"]}),
+        ("Data and model", {"fields": ["name", "priority", "team", "method", "base_model", "start_adapter",
+                                       "train_version", "validation_version", "adapter_link", "evaluate_on_success",
+                                       "evaluation_metrics"]}),
+        ("Checkpoints", {"fields": ["checkpoint_table"]}),
         ("Run details", {"classes": ["collapse"],
                          "fields": ["status", "step", "total_steps", "epoch", "tokens_seen", "tokens_per_second",
-                                    "trained_tokens", "metrics", "device", "worker", "attempts", "recoveries",
+                                    "trained_tokens", "metrics_table", "device", "worker", "attempts", "recoveries",
                                     "heartbeat_at", "library_versions", "log_path", "resume_from",
                                     "cancel_requested", "pause_requested", "error_code", "error_message",
-                                    "error_param"]}),
-        ("Times", {"classes": ["collapse"],
-                   "fields": ["created_by", "created_at", "queued_at", "started_at", "paused_at", "finished_at",
-                              "duration_col"]}),
+                                    "error_param", "created_by", "created_at", "queued_at", "started_at", "paused_at",
+                                    "finished_at", "duration_col"]}),
     ]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        task = self.get_queryset(request).filter(pk=object_id).first() if str(object_id).isdigit() else None
+        extra = dict(extra_context or {})
+        if task is not None:
+            extra["tracking"] = services.training_task_tracking(task=task)
+        return super().change_view(request, object_id, form_url, extra)
+
+    @admin.display(description="Checkpoints")
+    def checkpoint_table(self, obj: TrainingTask) -> str:
+        rows = list(obj.checkpoints.order_by("-step")[:20])
+        if not rows:
+            return "None yet: checkpoints are written every save_steps steps and when the task is paused."
+        body = format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>", (
+            (c.step, metrics_text(c.metrics), f"{c.created_at:%Y-%m-%d %H:%M:%S}", c.path) for c in rows))
+        return format_html('<table id="checkpoints"><thead><tr><th>step</th><th>metrics</th><th>written</th>'
+                           '<th>folder</th></tr></thead><tbody>{}</tbody></table>', body)
+
+    @admin.display(description="Metrics")
+    def metrics_table(self, obj: TrainingTask) -> str:
+        return value_table(obj.metrics or {})
 
     @admin.display(description="Parameters")
     def parameters(self, obj: TrainingTask) -> str:
@@ -188,41 +311,97 @@ class TrainingTaskAdmin(JobControlAdminMixin, TeamScopedAdmin):
         wrap = self.admin_site.admin_view
         return [
             path("start/", wrap(self.start_view), name="training_trainingtask_start"),
+            path("start/plan.json", wrap(self.plan_view), name="training_trainingtask_plan"),
+            path("start/preview.json", wrap(self.preview_view), name="training_trainingtask_preview"),
             path("<int:pk>/chart.png", wrap(self.chart_view), name="training_trainingtask_chart"),
             path("<int:pk>/log.txt", wrap(self.log_view), name="training_trainingtask_log"),
             path("<int:pk>/recipe.yaml", wrap(self.recipe_view), name="training_trainingtask_recipe"),
             *self.job_urls(),
         ] + super().get_urls()
 
-    def start_view(self, request):
+    def _start_allowed(self, request) -> None:
         if not self.has_view_permission(request) or not visibility.teams(request.user, write=True).exists():
             raise PermissionDenied
-        form = StartTrainingForm(request.POST or None, request.FILES or None, user=request.user,
-                                 initial={"params": {}} if request.method == "GET" else None)
-        if request.method == "POST" and form.is_valid():
+
+    def _plan(self, request, form: StartTrainingForm) -> dict:
+        """The plan of the form's inputs (``training_task_plan``), or the reason there is none, as JSON-ready data."""
+        if not form.is_valid():
+            return {"errors": {k: [str(m) for m in v] for k, v in form.errors.items()}}
+        data = form.cleaned_data
+        if not data["base_model"] or not data["train_version"]:
+            return {"incomplete": "Choose a base model and the training data: the values auto picks depend on them."}
+        try:
+            plan = services.training_task_plan(user=request.user, team=data["team"], base_model=data["base_model"],
+                                               train_version=data["train_version"],
+                                               validation_version=data["validation_version"],
+                                               params=data["params"], method=data["method"] or "sft",
+                                               start_adapter=data["start_adapter"])
+        except ApplicationError as exc:
+            form.refused(exc)
+            return {"detail": exc.message, "code": exc.code, "param": exc.param,
+                    "errors": {k: [str(m) for m in v] for k, v in form.errors.items()}}
+        return plan.to_dict()
+
+    def _preview(self, request, base_model, train_version) -> dict:
+        """The first example of the training data rendered as training renders it, its trained tokens marked."""
+        if not base_model or not train_version:
+            return {}
+        try:
+            version = dataset_version_get(user=request.user, ref=train_version, require_ready=True)
+            model = base_model_get(user=request.user, ref=base_model, kind=BaseModel.Kind.CAUSAL_LM)
+            return version_preview(version=version, base_model=model, n=1)
+        except ApplicationError as exc:
+            return {"detail": exc.message, "code": exc.code, "param": exc.param}
+
+    def start_view(self, request):
+        self._start_allowed(request)
+        form = StartTrainingForm(request.POST or None, request.FILES or None, user=request.user)
+        plan = preview = None
+        if request.method == "POST" and "_plan" in request.POST:
+            # Without JavaScript: "Show the plan" posts the form and shows what auto picks, queueing nothing.
+            plan = self._plan(request, form)
+            preview = self._preview(request, request.POST.get("base_model"), request.POST.get("train_version"))
+        elif request.method == "POST" and form.is_valid() and form.require_inputs():
             data = form.cleaned_data
-            if data["config"]:
-                task = self.call_service(request, recipes.training_recipe_task_create, user=request.user,
-                                         config=data["config"].read(), team=data["team"], name=data["name"],
-                                         base_model=data["base_model"], train_version=data["train_version"],
-                                         validation_version=data["validation_version"], params=data["params"] or {},
-                                         priority=data["priority"] or None, evaluate=data["evaluate"] or None)
+            try:
+                if data["config"]:
+                    task = recipes.training_recipe_task_create(
+                        user=request.user, config=data["config"].read(), team=data["team"], name=data["name"],
+                        base_model=data["base_model"], train_version=data["train_version"],
+                        validation_version=data["validation_version"], params=data["params"],
+                        priority=data["priority"] or None, evaluate=data["evaluate"] or None)
+                else:
+                    task = services.training_task_create(
+                        user=request.user, team=data["team"], name=data["name"], base_model=data["base_model"],
+                        train_version=data["train_version"], validation_version=data["validation_version"],
+                        params=data["params"], priority=data["priority"], evaluate=data["evaluate"],
+                        method=data["method"] or TrainingTask.Method.SFT, start_adapter=data["start_adapter"])
+            except ApplicationError as exc:
+                if not form.refused(exc):
+                    self.message_user(request, exc.message, level=messages.ERROR)
             else:
-                task = self.call_service(request, services.training_task_create, user=request.user,
-                                         team=data["team"], name=data["name"], base_model=data["base_model"],
-                                         train_version=data["train_version"],
-                                         validation_version=data["validation_version"], params=data["params"] or {},
-                                         priority=data["priority"], evaluate=data["evaluate"],
-                                         method=data["method"] or TrainingTask.Method.SFT,
-                                         start_adapter=data["start_adapter"])
-            if task is not None:
                 auto = "; ".join(f"{k}: {v}" for k, v in (task.auto_explanation or {}).items())
                 self.message_user(request, f"Queued task {task.name}." + (f" Auto values — {auto}" if auto else ""),
                                   level=messages.SUCCESS)
                 return redirect("admin:training_trainingtask_change", task.pk)
         context = {**self.admin_site.each_context(request), "title": "Start training", "form": form,
-                   "opts": self.model._meta}
+                   "opts": self.model._meta, "plan": plan, "preview": preview,
+                   "param_rows": [(form[name], ((plan or {}).get("fields") or {}).get(name)) for name in PARAM_FIELDS],
+                   "plan_params": json.dumps(plan["params"], ensure_ascii=False) if plan and "params" in plan else ""}
         return TemplateResponse(request, "admin/training/trainingtask/start.html", context)
+
+    def plan_view(self, request):
+        """The start form's live plan: POST the form as it stands, get what auto picks and the memory verdict."""
+        self._start_allowed(request)
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        plan = self._plan(request, StartTrainingForm(request.POST, user=request.user))
+        return JsonResponse(plan, status=400 if "errors" in plan else 200)
+
+    def preview_view(self, request):
+        self._start_allowed(request)
+        preview = self._preview(request, request.GET.get("base_model"), request.GET.get("train_version"))
+        return JsonResponse(preview, status=400 if "detail" in preview else 200)
 
     def chart_view(self, request, pk: int):
         task = self._task(request, pk)

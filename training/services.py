@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
@@ -14,6 +17,7 @@ from accounts.models import Team
 from accounts.visibility import Actor, acting_user, get_visible, resolve_team, visible_to
 from catalog.models import BaseModel
 from catalog.services import base_model_get
+from core.commands import format_bytes
 from core.errors import ApplicationError, NotFound
 from datasets_app.models import DatasetVersion
 from datasets_app.services import dataset_version_get, version_stats
@@ -25,9 +29,11 @@ from training.checkpoints import checkpoint_problem
 from training.devices import available_memory_bytes, detect_device, gpu_memory_gb
 from training.models import Adapter, TrainingTask
 from training.params import (
+    AUTO,
     InvalidParams,
     MemoryEstimate,
     ResolvedParams,
+    TrainingParams,
     check_method,
     estimate_run_memory,
     resolve_params,
@@ -93,19 +99,65 @@ def _token_stats(version, base_model: BaseModel) -> dict:
     return (stats.get("tokens") or {}).get(base_model.name) or {}
 
 
-def _resolve(params: dict | None, *, base_model: BaseModel, version, tokens: dict, has_validation: bool,
-             method: str = "sft") -> tuple[ResolvedParams, MemoryEstimate]:
-    """The parameters the task runs with (resolved once, here, from the data's real token lengths) and the memory
-    estimate of the batch they give, refused when it does not fit the device."""
+@dataclass
+class TrainingPlan:
+    """What a task would run with, worked out before anything is queued: every resolved value with the reason
+    of each automatic one, the memory estimate against the memory available, and, per parameter the caller
+    gave, the value "auto" would have picked instead (``alternatives``, for the start form)."""
+
+    method: str
+    examples: int
+    given: dict
+    resolved: ResolvedParams
+    estimate: MemoryEstimate
+    available_bytes: int
+    alternatives: dict[str, tuple[object, str]] = field(default_factory=dict)
+
+    @property
+    def refusal(self) -> str | None:
+        return self.estimate.refusal(self.available_bytes)
+
+    def to_dict(self) -> dict:
+        values = self.resolved.to_dict()
+        reasons = values.pop("auto")
+        fields = {}
+        for name in TrainingParams.model_fields:
+            if name not in values:
+                continue
+            given = name in self.given and self.given[name] != AUTO
+            auto_value, auto_reason = self.alternatives.get(name, (values[name], reasons.get(name, "")))
+            fields[name] = {"value": values[name], "given": given,
+                            "reason": "given" if given else reasons.get(name) or "default",
+                            "auto_value": auto_value, "auto_reason": auto_reason or "default"}
+        refusal = self.refusal
+        estimate = self.estimate
+        return {"method": self.method, "examples": self.examples, "device": self.resolved.device,
+                "steps_per_epoch": self.resolved.steps_per_epoch, "total_steps": self.resolved.total_steps,
+                "effective_batch_size": self.resolved.effective_batch_size, "params": self.given, "fields": fields,
+                "memory": {"total_bytes": estimate.total_bytes, "total": format_bytes(estimate.total_bytes),
+                           "available_bytes": self.available_bytes, "available": format_bytes(self.available_bytes),
+                           "fits": refusal is None, "parts": estimate.parts, "describes": estimate.describe(),
+                           "verdict": refusal or f"Fits: about {format_bytes(estimate.total_bytes)} of the "
+                                                 f"{format_bytes(self.available_bytes)} available on {estimate.device}."}}
+
+
+def _plan(params: dict | None, *, base_model: BaseModel, version, tokens: dict, has_validation: bool,
+          method: str = "sft", alternatives: bool = False) -> TrainingPlan:
+    """The parameters a task runs with (resolved once, from the data's real token lengths ``tokens``) and the
+    memory estimate of the batch they give."""
     device = detect_device()
     labels = (version.stats or {}).get("labels") or {}
     label_counts = (int(labels.get("desirable", 0)), int(labels.get("undesirable", 0))) if labels else None
+
+    def resolve(values):
+        return resolve_params(values, n_examples=version.row_count, n_tokens_mean=tokens.get("mean"),
+                              n_tokens_max=tokens.get("max"), device=device, gpu_memory_gb=gpu_memory_gb(),
+                              has_chat_template=base_model.has_chat_template,
+                              model_max_length=base_model.max_position_embeddings,
+                              has_validation=has_validation, method=method, label_counts=label_counts)
+
     try:
-        resolved = resolve_params(params, n_examples=version.row_count, n_tokens_mean=tokens.get("mean"),
-                                  n_tokens_max=tokens.get("max"), device=device, gpu_memory_gb=gpu_memory_gb(),
-                                  has_chat_template=base_model.has_chat_template,
-                                  model_max_length=base_model.max_position_embeddings,
-                                  has_validation=has_validation, method=method, label_counts=label_counts)
+        resolved = resolve(params)
     except InvalidParams as exc:
         raise ApplicationError(exc.message, code="invalid_parameter", param=exc.field or "hyperparameters",
                                details=exc.errors and [{"param": str(e.get("loc", ("",))[0]), "message": e.get("msg")}
@@ -115,10 +167,29 @@ def _resolve(params: dict | None, *, base_model: BaseModel, version, tokens: dic
     estimate = estimate_run_memory(resolved, config=base_model.config, parameter_count=base_model.parameter_count,
                                    device=device, tokens_per_sequence=longest)
     estimate.available_bytes = available_memory_bytes(device)
-    refusal = estimate.refusal(estimate.available_bytes)
-    if refusal:
-        raise ApplicationError(refusal, code="insufficient_memory", param="batch_size")
-    return resolved, estimate
+    others: dict[str, tuple[object, str]] = {}
+    if alternatives:
+        # What each given value would be left to "auto", the other given values kept.
+        for name in params or {}:
+            if name not in TrainingParams.model_fields or (params or {})[name] == AUTO:
+                continue
+            try:
+                other = resolve({k: v for k, v in (params or {}).items() if k != name})
+            except InvalidParams:
+                continue
+            others[name] = (getattr(other, name, None), other.auto.get(name, "default"))
+    return TrainingPlan(method=method, examples=version.row_count, given=dict(params or {}), resolved=resolved,
+                        estimate=estimate, available_bytes=estimate.available_bytes, alternatives=others)
+
+
+def _resolve(params: dict | None, *, base_model: BaseModel, version, tokens: dict, has_validation: bool,
+             method: str = "sft") -> tuple[ResolvedParams, MemoryEstimate]:
+    """The resolved parameters and their estimate, refused when the estimate does not fit the device."""
+    plan = _plan(params, base_model=base_model, version=version, tokens=tokens, has_validation=has_validation,
+                 method=method)
+    if plan.refusal:
+        raise ApplicationError(plan.refusal, code="insufficient_memory", param="batch_size")
+    return plan.resolved, plan.estimate
 
 
 def _requirements(requested: Requirements, *, device: str) -> dict:
@@ -182,6 +253,51 @@ def _default_name(model: BaseModel, suffix: str) -> str:
     return f"ft-{suffix or model.name}-{uuid.uuid4().hex[:8]}"
 
 
+def _inputs(user: Actor, *, team, method, base_model, train_version, validation_version, start_adapter,
+            openai_names: bool = False):
+    """The team, method, base model, start adapter and dataset versions of a task, each looked up as the user
+    sees it (a bad one is refused naming its field; the OpenAI protocol names the files training_file and
+    validation_file)."""
+    team = resolve_team(user, team)
+    try:
+        method = check_method(method or "sft")
+    except InvalidParams as exc:
+        raise ApplicationError(exc.message, code="invalid_parameter", param="method") from None
+    if base_model in (None, ""):
+        raise ApplicationError("Choose a base model.", code="invalid_parameter", param="base_model")
+    model = base_model_get(user=user, ref=base_model.pk if isinstance(base_model, BaseModel) else base_model,
+                           kind=BaseModel.Kind.CAUSAL_LM)
+    start = _start_adapter(user, start_adapter, base_model=model) if start_adapter not in (None, "") else None
+    if train_version in (None, ""):
+        raise ApplicationError("Choose the training data.", code="invalid_parameter",
+                               param="training_file" if openai_names else "train_version")
+    train = _version_ref(user, train_version, param="training_file" if openai_names else "train_version")
+    validation = None
+    if validation_version not in (None, ""):
+        validation = _version_ref(user, validation_version,
+                                  param="validation_file" if openai_names else "validation_version")
+    return team, method, model, start, train, validation
+
+
+def training_task_plan(*, user: Actor, base_model: BaseModel | str | int, train_version,
+                       validation_version=None, params: dict | None = None, team: Team | str | None = None,
+                       method: str = "sft", start_adapter: Adapter | str | int | None = None) -> TrainingPlan:
+    """What ``training_task_create`` would plan for these inputs, without creating anything: the resolved values
+    and why, what "auto" would pick for each given value, and the memory estimate with its verdict (a run that
+    does not fit is a plan whose ``refusal`` says so, which create refuses). The same lookups and checks as
+    create, so what the start form shows is what create checks."""
+    team, method, model, _start, train, validation = _inputs(
+        user, team=team, method=method, base_model=base_model, train_version=train_version,
+        validation_version=validation_version, start_adapter=start_adapter)
+    for version, param in ((train, "train_version"), (validation, "validation_version")):
+        if version is not None:
+            problem = _check_version(version, team=team, param=param, method=method)
+            if problem:
+                raise ApplicationError(problem, code="invalid_dataset", param=param)
+    return _plan(params, base_model=model, version=train, tokens=_token_stats(train, model),
+                 has_validation=validation is not None, method=method, alternatives=True)
+
+
 def training_task_create(*, user: Actor, name: str | None, base_model: BaseModel | str | int, train_version,
                          validation_version=None, params: dict | None = None, team: Team | str | None = None,
                          priority: int = 0, suffix: str = "", metadata: dict | None = None,
@@ -198,19 +314,9 @@ def training_task_create(*, user: Actor, name: str | None, base_model: BaseModel
     chat/text; dpo, orpo: preference; kto: kto); ``start_adapter`` trains an existing causal-LM adapter of the
     same base model further (the lineage records it).
     """
-    team = resolve_team(user, team)
-    try:
-        method = check_method(method or "sft")
-    except InvalidParams as exc:
-        raise ApplicationError(exc.message, code="invalid_parameter", param="method") from None
-    model = base_model_get(user=user, ref=base_model.pk if isinstance(base_model, BaseModel) else base_model,
-                           kind=BaseModel.Kind.CAUSAL_LM)
-    start = _start_adapter(user, start_adapter, base_model=model) if start_adapter not in (None, "") else None
-    train = _version_ref(user, train_version, param="training_file" if fail_invalid_files else "train_version")
-    validation = None
-    if validation_version not in (None, ""):
-        validation = _version_ref(user, validation_version,
-                                  param="validation_file" if fail_invalid_files else "validation_version")
+    team, method, model, start, train, validation = _inputs(
+        user, team=team, method=method, base_model=base_model, train_version=train_version,
+        validation_version=validation_version, start_adapter=start_adapter, openai_names=fail_invalid_files)
     metadata = check_metadata(metadata)
     suffix = check_suffix(suffix)
     priority = job_check_priority(priority)
@@ -334,6 +440,50 @@ def training_task_latest_checkpoint(task: TrainingTask) -> str | None:
         if checkpoint_problem(Path(ckpt.path)) is None:
             return ckpt.path
     return None
+
+
+# What training/tracking.py writes in a run folder (that module imports torch, which the web process never loads).
+TENSORBOARD_DIR = "tensorboard"
+MLFLOW_RUN_FILE = "mlflow_run.json"
+
+
+@dataclass
+class TrackingLinks:
+    """Where a task's run is tracked: its TensorBoard event files (and a TensorBoard serving them, when
+    ``TENSORBOARD_URL`` is set), and its MLflow run once the worker logged one."""
+
+    tensorboard_dir: str
+    tensorboard_run: str
+    tensorboard_written: bool
+    tensorboard_command: str
+    tensorboard_url: str = ""
+    mlflow_run_id: str = ""
+    mlflow_experiment_id: str = ""
+    mlflow_tracking_uri: str = ""
+    mlflow_url: str = ""
+
+
+def training_task_tracking(*, task: TrainingTask) -> TrackingLinks:
+    """The tracking of a task the caller already sees: read from its run folder, never from a path typed in."""
+    folder = runtime.run_dir(task)
+    events = folder / TENSORBOARD_DIR
+    links = TrackingLinks(tensorboard_dir=str(events), tensorboard_run=f"{folder.name}/{TENSORBOARD_DIR}",
+                          tensorboard_written=events.is_dir(),
+                          tensorboard_command=f"tensorboard --logdir {events}",
+                          tensorboard_url=settings.TENSORBOARD_URL)
+    try:
+        run = json.loads((folder / MLFLOW_RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return links
+    if not isinstance(run, dict) or not run.get("run_id"):
+        return links
+    links.mlflow_run_id = str(run["run_id"])
+    links.mlflow_experiment_id = str(run.get("experiment_id") or "")
+    links.mlflow_tracking_uri = str(run.get("tracking_uri") or "")
+    if links.mlflow_tracking_uri.startswith(("http://", "https://")) and links.mlflow_experiment_id:
+        links.mlflow_url = (f"{links.mlflow_tracking_uri.rstrip('/')}/#/experiments/{links.mlflow_experiment_id}"
+                            f"/runs/{links.mlflow_run_id}")
+    return links
 
 
 # ================================================================================================ adapters

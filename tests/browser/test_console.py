@@ -86,6 +86,7 @@ def test_train_from_the_form_watch_progress_cancel_and_download_the_adapter(cons
     page.select_option("select[name=base_model]", label="tiny-llama")
     page.select_option("select[name=train_version]", label=str(version))
     page.fill("input[name=name]", "tiny-from-form")
+    page.click("#raw-params summary")
     page.fill("textarea[name=params]", TRAIN_PARAMS)
     c.shot("training-start-form")
     page.click("input[name=_start]")
