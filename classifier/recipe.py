@@ -9,7 +9,7 @@ and a new classification head trained in full and saved alongside the adapter (`
 gives the trained classifier. Validation metrics are computed after every epoch; the best epoch (macro-F1,
 then validation loss) is what the adapter holds. A checkpoint is written atomically after every epoch and on
 pause, so a crash or a pause resumes where it stopped. The host talks to the loop through
-``training.hooks.Hooks`` (progress, metrics, messages, ``should_stop``).
+``ml.train.hooks.Hooks`` (progress, metrics, messages, ``should_stop``).
 """
 
 from __future__ import annotations
@@ -25,21 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# OpenMP threads that sleep while they wait, as in training.recipe (set before torch is first imported): while
+# OpenMP threads that sleep while they wait, as in ml.train.sft (set before torch is first imported): while
 # another process keeps a core busy, spinning threads made the 112-question MiniLM run 10x slower.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from classifier.params import DEFAULT_TARGET_MODULES, ClassifierParams, resolve_params, validate_params
-from training.checkpoints import (
-    ADAPTER_CONFIG,
-    TRAINER_STATE,
-    checkpoint_problem,
-    publish,
-    remove_stale_temp,
-    rotate_checkpoints,
-    temp_sibling,
-)
-from training.errors import (
+from ml.errors import (
     CHECKPOINT_INVALID,
     DATASET_ERROR,
     DEVICE_UNAVAILABLE,
@@ -49,7 +40,16 @@ from training.errors import (
     UNSUPPORTED_MODEL,
     TrainingError,
 )
-from training.hooks import Hooks, NullHooks
+from ml.train.checkpoints import (
+    ADAPTER_CONFIG,
+    TRAINER_STATE,
+    checkpoint_problem,
+    publish,
+    remove_stale_temp,
+    rotate_checkpoints,
+    temp_sibling,
+)
+from ml.train.hooks import Hooks, NullHooks
 
 REPORT_FILE = "classification_report.json"
 LABEL_MAP_FILE = "label_map.json"

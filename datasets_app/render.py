@@ -1,7 +1,7 @@
 """Render internal records through a base model's tokenizer, marking the tokens the loss is on.
 
 Plain module (no Django). The preview and the token statistics use it. The rules are those of the
-training recipe (``training/data.py``); ``tests/datasets_app`` checks that both give the same tokens and the
+training recipe (``ml/data.py``); ``tests/datasets_app`` checks that both give the same tokens and the
 same trained positions, so the preview shows exactly what is trained.
 
 A conversation is rendered with the tokenizer's chat template. The trained span of an assistant
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from datasets_app import formats
-from datasets_app.prompt_templates import fallback_template
+from ml.templates import fallback_template
 
 
 @dataclass
@@ -113,7 +113,7 @@ def _is_chat(record: dict) -> bool:
 def render_record(tokenizer: Any, record: dict) -> Rendered:
     """Render one internal record; chat records go through the chat template.
 
-    The rules are those of ``training/data.py`` (a test compares the two token for token): a trained
+    The rules are those of ``ml/data.py`` (a test compares the two token for token): a trained
     span runs from the end of the generation prompt to the end of the turn, trailing whitespace
     dropped; turns with ``weight: 0`` are located (to keep the order) but not trained.
     """
@@ -192,7 +192,7 @@ def encode_record(tokenizer: Any, record: dict) -> Encoded:
     ids = list(enc["input_ids"])
     offsets = [tuple(o) for o in enc["offset_mapping"]]
     spans = rendered.trained_spans
-    # A token is trained when it overlaps a trained span (the rule of training/data.py).
+    # A token is trained when it overlaps a trained span (the rule of ml/data.py).
     trained = [end > start and any(start < e and end > s for s, e in spans) for start, end in offsets]
     return Encoded(input_ids=ids, trained=trained, offsets=offsets, rendered=rendered)
 

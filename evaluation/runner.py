@@ -21,9 +21,9 @@ from evaluation.models import EvaluationRun, EvaluationSample
 from jobs import runtime
 from jobs.models import JobStatus
 from jobs.runner import Cancelled, Outcome
+from ml.hparams import DEFAULT_BETA
 from serving.inference import GenerationRequest, generate
 from training.models import Adapter
-from training.params import DEFAULT_BETA
 from training.runner import RecipeRunner
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def settings_for(run: EvaluationRun) -> dict:
 
 
 def _device() -> str:
-    from training.recipe import resolve_device
+    from ml.train.sft import resolve_device
 
     return resolve_device(settings.TRAINING_DEVICE)
 
@@ -147,7 +147,7 @@ def compute_preference(run: EvaluationRun, records: list[dict], gen: dict, progr
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from training.preference import encode_preference_rows, pair_logps, preference_scores, truncate_rows
+    from ml.train.preference import encode_preference_rows, pair_logps, preference_scores, truncate_rows
 
     device = _device()
     tok = _tokenizer(run.adapter)

@@ -36,7 +36,7 @@ import torch
 from django.conf import settings
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
-from datasets_app.prompt_templates import fallback_template
+from ml.templates import fallback_template
 from serving.inference import GenerationRequest, GenerationResult, _adapter_template
 
 log = logging.getLogger(__name__)

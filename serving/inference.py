@@ -19,7 +19,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from datasets_app.prompt_templates import fallback_template
+from ml.templates import fallback_template
 
 
 @dataclass

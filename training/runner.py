@@ -15,8 +15,8 @@ from jobs import runtime
 from jobs.models import EventLevel, EventType, JobStatus
 from jobs.registry import kind_of
 from jobs.runner import JobFailed, JobRunner, Outcome
-from training.errors import TrainingError, classify
-from training.hooks import NullHooks
+from ml.errors import TrainingError, classify
+from ml.train.hooks import NullHooks
 from training.lifecycle import SAFE_NAME_RE, adapter_register, default_model_name, register_merged_model
 from training.models import Adapter, Checkpoint, MergeJob, TrainingTask
 from training.signals import adapter_trained
@@ -108,7 +108,7 @@ def register_adapter(task: TrainingTask, folder: Path, *, metrics: dict, trainab
 
 
 class RecipeRunner(JobRunner):
-    """A runner whose failures come from the recipes: classified by ``training.errors``."""
+    """A runner whose failures come from the recipes: classified by ``ml.errors``."""
 
     def classify(self, exc: Exception) -> JobFailed:
         if isinstance(exc, TrainingError):
@@ -146,11 +146,11 @@ class TrainingRunner(RecipeRunner):
         task = self.job
         # The recipes import torch: only this child process loads them, never the web or queue process.
         if task.method == TrainingTask.Method.SFT:
-            from training.recipe import RunSpec, run_training
+            from ml.train.sft import RunSpec, run_training
 
             result = run_training(RunSpec(**recipe_inputs(task)), DbHooks(self.ctx))
         else:
-            from training.preference import PreferenceSpec, run_preference
+            from ml.train.preference import PreferenceSpec, run_preference
 
             start = task.start_adapter
             result = run_preference(PreferenceSpec(**recipe_inputs(task), method=task.method,

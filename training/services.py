@@ -21,10 +21,10 @@ from jobs import runtime
 from jobs.models import JobStatus
 from jobs.requirements import Requirements, requirements_parse
 from jobs.services import job_check_name, job_check_priority, job_check_quota, job_get, unique_name
-from training.checkpoints import checkpoint_problem
+from ml.hparams import PREFERENCE_METHODS, InvalidParams, check_method, estimate_memory, resolve_params
+from ml.train.checkpoints import checkpoint_problem
 from training.devices import available_memory_bytes, detect_device, gpu_memory_gb
 from training.models import Adapter, TrainingTask
-from training.params import PREFERENCE_METHODS, InvalidParams, check_method, estimate_memory, resolve_params
 from training.signals import evaluation_metric_names
 
 TRAINABLE_KINDS = {"chat", "text"}  # dataset kinds a causal LM trains on

@@ -247,7 +247,7 @@ def test_admin_upload_with_columns_and_skip_invalid(client, users, data_dir):
 def test_preview_marks_exactly_the_tokens_training_trains(record, tiny_tokenizer_dir):
     from datasets_app import render
 
-    data = pytest.importorskip("training.data")
+    data = pytest.importorskip("ml.data")
     tokenizer = render.load_tokenizer(tiny_tokenizer_dir)
     ours = render.encode_record(tokenizer, record)
     theirs = data.encode_record(tokenizer, record)
@@ -295,7 +295,7 @@ def test_preview_of_tool_calls_says_how_they_are_rendered(upload, tiny_base_mode
 def test_training_takes_completion_and_tool_rows_and_refuses_preference_rows(tiny_tokenizer_dir):
     from datasets_app import render
 
-    data = pytest.importorskip("training.data")
+    data = pytest.importorskip("ml.data")
     tokenizer = render.load_tokenizer(tiny_tokenizer_dir)
     examples, report = data.encode_records(tokenizer, [{"prompt": "hello world", "completion": " how are you"},
                                                        tool_record(0)])

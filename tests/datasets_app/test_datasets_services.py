@@ -331,7 +331,7 @@ def test_iter_records_streams_every_format(upload):
 def test_preview_marks_exactly_the_tokens_training_trains(record, tiny_tokenizer_dir):
     from datasets_app import render
 
-    data = pytest.importorskip("training.data")
+    data = pytest.importorskip("ml.data")
     tokenizer = render.load_tokenizer(tiny_tokenizer_dir)
     ours = render.encode_record(tokenizer, record)
     theirs = data.encode_record(tokenizer, record)

@@ -1,15 +1,15 @@
 """A base model without a chat template: the preview renders exactly what training trains, through the one
-fallback rule (``datasets_app.prompt_templates``) that "auto" resolves to."""
+fallback rule (``ml.templates``) that "auto" resolves to."""
 
 from __future__ import annotations
 
 import pytest
 
 from datasets_app import render
-from datasets_app.prompt_templates import DEFAULT_FALLBACK, fallback_template
+from ml import data
+from ml.hparams import resolve_params
+from ml.templates import DEFAULT_FALLBACK, fallback_template
 from tests.datasets_app.dataset_helpers import chat_record
-from training import data
-from training.params import resolve_params
 
 
 def no_template_tokenizer(path):

@@ -40,10 +40,10 @@ from pathlib import Path
 from typing import Any
 
 from datasets_app.formats import template_messages, template_supports_tools
-from datasets_app.prompt_templates import FALLBACK_TEMPLATES
-from training.errors import TrainingError
+from ml.errors import TrainingError
+from ml.templates import FALLBACK_TEMPLATES
 
-# see training/recipe.py: must be set before torch is first imported (this module imports it)
+# see ml/train/sft.py: must be set before torch is first imported (this module imports it)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 IGNORE_INDEX = -100
@@ -327,7 +327,7 @@ class Collator:
 
     ``flat`` (issue 9): the batch's examples are concatenated into one row of shape ``[1, total tokens]`` with
     ``position_ids`` restarting at 0 for each example and ``cu_seq_lens_q`` = the example boundaries, which
-    ``training.recipe``'s attention uses to attend within each example only. Every matmul then runs on real
+    ``ml.train.sft``'s attention uses to attend within each example only. Every matmul then runs on real
     tokens only, as one large matrix; the all-ones ``attention_mask`` is kept only so that the Trainer counts
     non-padding tokens (the pad id may be a real token, e.g. SmolLM2's ``<|im_end|>``).
     """

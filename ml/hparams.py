@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from datasets_app.prompt_templates import DEFAULT_FALLBACK
+from ml.templates import DEFAULT_FALLBACK
 
 Auto = Literal["auto"]
 AUTO = "auto"

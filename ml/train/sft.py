@@ -1,7 +1,7 @@
 """The device-aware LoRA/QLoRA recipe: load, train with progress/checkpoints/cancel/pause/resume, save.
 
 Plain module (no Django); the worker's child process calls ``run_training(spec, hooks)``. Web-process code
-should import ``training.params``, ``training.checkpoints`` and ``training.errors`` instead: this module
+should import ``ml.hparams``, ``ml.train.checkpoints`` and ``ml.errors`` instead: this module
 imports torch and transformers.
 
 Why ``transformers.Trainer`` and not TRL's ``SFTTrainer``: what SFTTrainer adds is dataset preparation
@@ -58,8 +58,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
 
-from training import checkpoints as ckpt  # noqa: E402
-from training.data import (
+from ml.data import (
     IGNORE_INDEX,
     Collator,
     EncodeReport,
@@ -72,7 +71,7 @@ from training.data import (
     to_item,
     truncate_examples,
 )
-from training.errors import (
+from ml.errors import (
     CHECKPOINT_INVALID,
     DATASET_ERROR,
     DEVICE_UNAVAILABLE,
@@ -83,9 +82,10 @@ from training.errors import (
     TrainingError,
     classify,
 )
-from training.hooks import Hooks, NullHooks
-from training.params import InvalidParams, ResolvedParams, TrainingParams, parse_params, resolve_params  # noqa: F401
-from training.tracking import tracking_callbacks
+from ml.hparams import InvalidParams, ResolvedParams, TrainingParams, parse_params, resolve_params  # noqa: F401
+from ml.train import checkpoints as ckpt  # noqa: E402
+from ml.train.hooks import Hooks, NullHooks
+from ml.train.tracking import tracking_callbacks
 
 logger = logging.getLogger(__name__)
 
