@@ -12,7 +12,7 @@ template is not prefix-stable (some insert dates or strip earlier reasoning), th
 position in the full text is used instead.
 
 Tool calls go through the template's own tool support when it has one (it reads ``tools`` and
-``tool_calls``), else through the fallback of ``formats.template_messages`` (tools described in the
+``tool_calls``), else through the fallback of ``templates.template_messages`` (tools described in the
 system message, ``<tool_call>`` blocks in the assistant's turn, ``<tool_response>`` blocks in a user
 turn); either way the loss is on the assistant's calls and answers. Prompt/completion rows are the prompt
 followed by the completion, without a template, with the loss on the completion (and EOS).
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from datasets_app import formats
+from ml import templates
 from ml.templates import fallback_template
 
 
@@ -92,8 +92,8 @@ def _apply(tokenizer: Any, messages: list[dict], *, add_generation_prompt: bool,
 def _conversation(tokenizer: Any, record: dict) -> tuple[list[dict], list[dict] | None, str | None]:
     """The messages and tools to render, and the template to render them with (None: the tokenizer's)."""
     template = None if has_chat_template(tokenizer) else fallback_template()
-    native = formats.template_supports_tools(template or tokenizer.chat_template)
-    messages, tools = formats.template_messages(_as_chat(record), native_tools=native)
+    native = templates.template_supports_tools(template or tokenizer.chat_template)
+    messages, tools = templates.template_messages(_as_chat(record), native_tools=native)
     return messages, tools, template
 
 

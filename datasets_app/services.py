@@ -32,6 +32,7 @@ from catalog.services import base_model_get
 from core.errors import ApplicationError, Conflict, NotFound
 from datasets_app import formats, render, storage, style, validation
 from datasets_app.models import Dataset, DatasetVersion
+from ml import templates
 
 log = logging.getLogger(__name__)
 
@@ -695,7 +696,7 @@ def version_preview(*, version: DatasetVersion, base_model: Any, n: int = 5) -> 
         })
     return {"version": version.ref, "base_model": base_model.name, "max_tokens": limit,
             "chat_template": "model" if render.has_chat_template(tokenizer) else "fallback (ChatML)",
-            "tools_rendering": "model" if formats.template_supports_tools(getattr(tokenizer, "chat_template", None))
+            "tools_rendering": "model" if templates.template_supports_tools(getattr(tokenizer, "chat_template", None))
             else "fallback (tools in the system message, <tool_call> / <tool_response> blocks)",
             "examples": examples}
 

@@ -9,7 +9,7 @@ Plain module (no Django). Records are the normalised dataset lines:
   then the completion and EOS, no template; the loss is on the completion and EOS only.
 
 Tool calls are rendered through the template's own tool support when it has one, else through the fallback
-of ``datasets_app.formats.template_messages`` (the preview uses the same function); the loss is on the
+of ``ml.templates.template_messages`` (the preview uses the same function); the loss is on the
 assistant's calls and answers, never on the tool results.
 
 A conversation is rendered with the tokenizer's chat template (or a named fallback template installed as
@@ -39,9 +39,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from datasets_app.formats import template_messages, template_supports_tools
 from ml.errors import TrainingError
-from ml.templates import FALLBACK_TEMPLATES
+from ml.templates import FALLBACK_TEMPLATES, template_messages, template_supports_tools
 
 # see ml/train/sft.py: must be set before torch is first imported (this module imports it)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
