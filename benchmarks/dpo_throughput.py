@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     model = ensure_model(args, work)
     n = args.pairs or (32 if args.quick else 64)
-    from ml.train.sft import available_cpus
+    from ml.probe import available_cpus
 
     cfg = {"model": str(model), "work": str(work), "pairs": n, "held_out_pairs": args.held_out,
            "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr or (1e-3 if args.quick else 5e-5),

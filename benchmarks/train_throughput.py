@@ -409,7 +409,8 @@ def child_evaluate(cfg: dict, work: Path, adapters: dict[str, str]) -> dict:
     from transformers import AutoModelForCausalLM
 
     from ml.data import encode_record
-    from ml.train.sft import available_cpus, load_tokenizer
+    from ml.probe import available_cpus
+    from ml.train.sft import load_tokenizer
 
     torch.set_num_threads(available_cpus())
     tokenizer = load_tokenizer(cfg["model_dir"])
@@ -667,7 +668,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args, size: dict, contenders: list[str], model_dir: Path, work: Path) -> int:
     from ml.data import encode_records
-    from ml.train.sft import available_cpus, device_info, library_versions, load_tokenizer
+    from ml.probe import available_cpus, device_info, library_versions
+    from ml.train.sft import load_tokenizer
 
     tokenizer = load_tokenizer(model_dir)
     t0 = time.monotonic()

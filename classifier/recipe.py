@@ -33,13 +33,13 @@ from classifier.params import DEFAULT_TARGET_MODULES, ClassifierParams, resolve_
 from ml.errors import (
     CHECKPOINT_INVALID,
     DATASET_ERROR,
-    DEVICE_UNAVAILABLE,
     INVALID_PARAMS,
     MODEL_MISSING,
     NAN_LOSS,
     UNSUPPORTED_MODEL,
     TrainingError,
 )
+from ml.probe import library_versions, resolve_device
 from ml.train.checkpoints import (
     ADAPTER_CONFIG,
     TRAINER_STATE,
@@ -204,24 +204,6 @@ class ClassifierResult:
     n_validation: int = 0
     device: str = "cpu"
     versions: dict = field(default_factory=dict)
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device in ("", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError(DEVICE_UNAVAILABLE, f"Device {device!r} was requested but CUDA is not available.")
-    return device
-
-
-def library_versions() -> dict[str, str]:
-    import peft
-    import torch
-    import transformers
-
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
 
 
 def load_records(source: str | Path | list[dict], *, where: str) -> list[dict]:

@@ -22,6 +22,7 @@ from jobs import runtime
 from jobs.models import JobStatus
 from jobs.runner import Cancelled, Outcome
 from ml.hparams import DEFAULT_BETA
+from ml.probe import resolve_device
 from serving.inference import GenerationRequest, generate
 from training.models import Adapter
 from training.runner import RecipeRunner
@@ -41,8 +42,6 @@ def settings_for(run: EvaluationRun) -> dict:
 
 
 def _device() -> str:
-    from ml.train.sft import resolve_device
-
     return resolve_device(settings.TRAINING_DEVICE)
 
 

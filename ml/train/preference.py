@@ -67,6 +67,7 @@ from ml.hparams import (  # noqa: E402
     parse_params,
     resolve_params,
 )
+from ml.probe import compute_dtype, device_info, library_versions, peak_memory, resolve_device  # noqa: E402
 from ml.train import checkpoints as ckpt  # noqa: E402
 from ml.train.hooks import Hooks, NullHooks  # noqa: E402
 from ml.train.sft import (  # noqa: E402
@@ -77,13 +78,8 @@ from ml.train.sft import (  # noqa: E402
     _logging_steps,
     add_lora,
     check_resume,
-    compute_dtype,
-    device_info,
-    library_versions,
     load_base_model,
     load_tokenizer,
-    peak_memory,
-    resolve_device,
     stopped_before_training,
 )
 

@@ -34,13 +34,10 @@ own masks. The chosen path and why is in the run's summary (``device.attention``
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
-import platform
-import resource
 import shutil
 import time
 import warnings
@@ -74,7 +71,6 @@ from ml.data import (
 from ml.errors import (
     CHECKPOINT_INVALID,
     DATASET_ERROR,
-    DEVICE_UNAVAILABLE,
     INVALID_PARAMS,
     MODEL_MISSING,
     NAN_LOSS,
@@ -83,6 +79,7 @@ from ml.errors import (
     classify,
 )
 from ml.hparams import InvalidParams, ResolvedParams, TrainingParams, parse_params, resolve_params  # noqa: F401
+from ml.probe import available_cpus, compute_dtype, device_info, library_versions, peak_memory, resolve_device
 from ml.train import checkpoints as ckpt  # noqa: E402
 from ml.train.hooks import Hooks, NullHooks
 from ml.train.tracking import tracking_callbacks
@@ -155,77 +152,6 @@ class RunResult:
     versions: dict[str, str]
     device_info: dict[str, Any]
     history: list[dict] = field(default_factory=list)  # one entry per log (train and validation metrics)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Environment
-
-
-def available_cpus() -> int:
-    """CPU cores this process may use (affinity and cgroup quota)."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        n = os.cpu_count() or 1
-    with contextlib.suppress(OSError, ValueError):
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            n = min(n, max(1, math.floor(int(quota) / int(period))))
-    return max(1, n)
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(DEVICE_UNAVAILABLE, "A CUDA GPU was requested but none is available on this host.")
-    if device not in ("cpu", "cuda"):
-        raise TrainingError(DEVICE_UNAVAILABLE, f"Unknown device {device!r}.")
-    return device
-
-
-def compute_dtype(device: str) -> torch.dtype:
-    if device == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
-def library_versions() -> dict[str, str]:
-    import accelerate
-    import peft
-    import transformers
-
-    versions = {"python": platform.python_version(), "torch": torch.__version__,
-                "transformers": transformers.__version__, "peft": peft.__version__,
-                "accelerate": accelerate.__version__}
-    for name in ("bitsandbytes", "trl"):
-        with contextlib.suppress(Exception):
-            versions[name] = __import__(name).__version__
-    return versions
-
-
-def device_info(device: str) -> dict[str, Any]:
-    info: dict[str, Any] = {"device": device, "host": platform.node()}
-    if device == "cuda":
-        props = torch.cuda.get_device_properties(torch.cuda.current_device())
-        info.update(name=props.name, memory_gb=round(props.total_memory / 1024**3, 1),
-                    bf16=torch.cuda.is_bf16_supported(), cuda=torch.version.cuda, gpus=torch.cuda.device_count())
-    else:
-        name = platform.processor()
-        with contextlib.suppress(OSError):
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-        info.update(name=name, threads=torch.get_num_threads())
-    return info
-
-
-def peak_memory() -> dict[str, int]:
-    out = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        out["peak_gpu_bytes"] = int(torch.cuda.max_memory_allocated())
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1072,7 +998,7 @@ def result_to_dict(result: RunResult) -> dict:
 __all__ = [
     "RunSpec", "RunResult", "run_training", "load_base_model", "load_tokenizer", "add_lora", "token_loss_sums",
     "enable_flat_batches", "uses_flat_batches", "varlen_sdpa", "attention_plan", "attention_implementation",
-    "latest_good_checkpoint", "save_adapter", "TrainingError", "EncodeReport", "available_cpus",
+    "latest_good_checkpoint", "save_adapter", "TrainingError", "EncodeReport",
 ]
 
 latest_good_checkpoint = ckpt.latest_good_checkpoint
