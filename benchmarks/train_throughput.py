@@ -409,8 +409,8 @@ def child_evaluate(cfg: dict, work: Path, adapters: dict[str, str]) -> dict:
     from transformers import AutoModelForCausalLM
 
     from ml.data import encode_record
+    from ml.model import load_tokenizer
     from ml.probe import available_cpus
-    from ml.train.sft import load_tokenizer
 
     torch.set_num_threads(available_cpus())
     tokenizer = load_tokenizer(cfg["model_dir"])
@@ -535,14 +535,8 @@ def window_cost(model_dir: Path, *, examples: int, batch_size: int, window: int,
 
     from ml.data import Collator, encode_records, to_item
     from ml.hparams import parse_params, resolve_params
-    from ml.train.sft import (
-        add_lora,
-        attention_plan,
-        available_cpus,
-        enable_flat_batches,
-        load_tokenizer,
-        token_loss_sums,
-    )
+    from ml.model import load_tokenizer
+    from ml.train.sft import add_lora, attention_plan, available_cpus, enable_flat_batches, token_loss_sums
 
     torch.set_num_threads(available_cpus())
     tokenizer = load_tokenizer(model_dir)
@@ -668,8 +662,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args, size: dict, contenders: list[str], model_dir: Path, work: Path) -> int:
     from ml.data import encode_records
+    from ml.model import load_tokenizer
     from ml.probe import available_cpus, device_info, library_versions
-    from ml.train.sft import load_tokenizer
 
     tokenizer = load_tokenizer(model_dir)
     t0 = time.monotonic()

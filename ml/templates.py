@@ -40,9 +40,21 @@ FALLBACK_TEMPLATES = {
 DEFAULT_FALLBACK = "alpaca"
 
 
+TEMPLATE_NAMES = ("chat_template", *FALLBACK_TEMPLATES)
+
+
 def fallback_template(name: str = DEFAULT_FALLBACK) -> str:
     """The Jinja template a model without a chat template is rendered with."""
     return FALLBACK_TEMPLATES[name]
+
+
+def resolve_template(name: str, *, has_chat_template: bool) -> str:
+    """The one rule: ``auto`` is the model's own chat template (``chat_template``) when it has one, else
+    ``DEFAULT_FALLBACK``; a named template is itself. Training, the preview, evaluation and the model server all
+    ask this."""
+    if name == "auto":
+        return "chat_template" if has_chat_template else DEFAULT_FALLBACK
+    return name
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -67,10 +67,12 @@ from ml.hparams import (  # noqa: E402
     parse_params,
     resolve_params,
 )
+from ml.model import load_base_model, load_tokenizer, tokenizer_source  # noqa: E402
 from ml.probe import compute_dtype, device_info, library_versions, peak_memory, resolve_device  # noqa: E402
+from ml.templates import resolve_template  # noqa: E402
 from ml.train import checkpoints as ckpt  # noqa: E402
 from ml.train.hooks import Hooks, NullHooks  # noqa: E402
-from ml.train.sft import (  # noqa: E402
+from ml.train.sft import (
     RESUME_INVARIANTS,
     RunResult,
     RunSpec,
@@ -78,8 +80,6 @@ from ml.train.sft import (  # noqa: E402
     _logging_steps,
     add_lora,
     check_resume,
-    load_base_model,
-    load_tokenizer,
     stopped_before_training,
 )
 
@@ -406,15 +406,13 @@ def _run(spec: PreferenceSpec, hooks: Hooks) -> RunResult:
             raise TrainingError(CHECKPOINT_INVALID, f"Cannot resume from {resume}: {problem}.")
 
     # The start adapter's tokenizer carries the template its SFT run installed: render the pairs the same way.
-    tokenizer = load_tokenizer(start if start is not None and (start / "tokenizer_config.json").is_file() else base)
+    tokenizer = load_tokenizer(tokenizer_source(start, base) if start is not None else base)
     try:
         params_in = spec.params if isinstance(spec.params, ResolvedParams) else parse_params(spec.params)
     except InvalidParams as exc:
         raise TrainingError(INVALID_PARAMS, exc.message) from exc
     has_template = bool(getattr(tokenizer, "chat_template", None))
-    template = params_in.template
-    if template == "auto":
-        template = "chat_template" if has_template else "alpaca"
+    template = resolve_template(params_in.template, has_chat_template=has_template)
     install_template(tokenizer, template)
 
     train_records = list(read_records(spec.train))

@@ -19,10 +19,10 @@ torch = pytest.importorskip("torch")
 
 from ml.data import Collator, encode_records, to_item  # noqa: E402
 from ml.hparams import lora_parameter_count, parse_params, resolve_params  # noqa: E402
+from ml.model import attention_implementation  # noqa: E402
 from ml.train.sft import (  # noqa: E402
     RunSpec,
     add_lora,
-    attention_implementation,
     attention_plan,
     enable_flat_batches,
     run_training,
@@ -217,7 +217,7 @@ def _write_config(folder: Path, config: dict) -> Path:
 
 def test_an_unknown_architecture_is_unsupported_not_missing(tmp_path):
     from ml.errors import TrainingError
-    from ml.train.sft import load_base_model
+    from ml.model import load_base_model
 
     folder = _write_config(tmp_path / "odd", {"model_type": "made_up_transformer", "hidden_size": 8})
     with pytest.raises(TrainingError) as info:
@@ -229,7 +229,7 @@ def test_an_encoder_without_a_causal_head_is_unsupported(tmp_path):
     from transformers import DistilBertConfig
 
     from ml.errors import TrainingError
-    from ml.train.sft import load_base_model
+    from ml.model import load_base_model
 
     folder = tmp_path / "distilbert"
     DistilBertConfig(n_layers=1, dim=32, hidden_dim=64, n_heads=2).save_pretrained(folder)

@@ -16,7 +16,8 @@ torch = pytest.importorskip("torch")
 
 from catalog import model_scan  # noqa: E402
 from ml.data import Collator, encode_records, install_template, to_item  # noqa: E402
-from ml.train.sft import RunSpec, load_tokenizer, run_training, token_loss_sums  # noqa: E402
+from ml.model import load_tokenizer  # noqa: E402
+from ml.train.sft import RunSpec, run_training, token_loss_sums  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
