@@ -1,4 +1,4 @@
-"""Benchmark: our DPO run (``training.preference``) against TRL's ``DPOTrainer`` as the docs write it.
+"""Benchmark: our DPO run (``ml.train.preference``) against TRL's ``DPOTrainer`` as the docs write it.
 
     .venv/bin/python benchmarks/dpo_throughput.py                   # SmolLM2-135M, 64 pairs (a few minutes, 2 cores)
     .venv/bin/python benchmarks/dpo_throughput.py --quick           # the tiny test Llama: a smoke run (< 1 min)
@@ -13,7 +13,7 @@ linear layers), ``max_length``, batch size, epochs, learning rate, schedule, bet
   TRL; on CPU the fair settings (fp32, no gradient checkpointing) instead of TRL's bf16 + checkpointing defaults.
 - ``trl-precompute``: the same with ``precompute_ref_log_probs=True`` (the reference pass once per pair, before
   training, instead of once per pair per epoch).
-- ``ours``: ``training.preference.run_preference`` exactly as the worker calls it (our tokenisation through the SFT
+- ``ours``: ``ml.train.preference.run_preference`` exactly as the worker calls it (our tokenisation through the SFT
   template code, atomic checkpoints, hooks, reference log-probs precomputed). It uses TRL's ``DPOTrainer`` loss and
   reference as is, so what this measures is the cost of everything around the loss.
 
@@ -130,8 +130,8 @@ def child_trl(cfg: dict, work: Path, name: str) -> dict:
 def child_ours(cfg: dict, work: Path, name: str) -> dict:
     import torch
 
-    from training.hooks import NullHooks
-    from training.preference import PreferenceSpec, run_preference
+    from ml.train.hooks import NullHooks
+    from ml.train.preference import PreferenceSpec, run_preference
 
     class Clock(NullHooks):
         def __init__(self):
@@ -168,7 +168,7 @@ def child_evaluate(cfg: dict, work: Path, adapters: dict[str, str]) -> dict:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from training.preference import encode_preference_rows, pair_logps, preference_scores
+    from ml.train.preference import encode_preference_rows, pair_logps, preference_scores
 
     torch.set_num_threads(cfg["threads"])
     tok = AutoTokenizer.from_pretrained(cfg["model"])
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     model = ensure_model(args, work)
     n = args.pairs or (32 if args.quick else 64)
-    from training.recipe import available_cpus
+    from ml.probe import available_cpus
 
     cfg = {"model": str(model), "work": str(work), "pairs": n, "held_out_pairs": args.held_out,
            "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr or (1e-3 if args.quick else 5e-5),

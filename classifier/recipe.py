@@ -9,7 +9,7 @@ and a new classification head trained in full and saved alongside the adapter (`
 gives the trained classifier. Validation metrics are computed after every epoch; the best epoch (macro-F1,
 then validation loss) is what the adapter holds. A checkpoint is written atomically after every epoch and on
 pause, so a crash or a pause resumes where it stopped. The host talks to the loop through
-``training.hooks.Hooks`` (progress, metrics, messages, ``should_stop``).
+``ml.train.hooks.Hooks`` (progress, metrics, messages, ``should_stop``).
 """
 
 from __future__ import annotations
@@ -25,12 +25,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# OpenMP threads that sleep while they wait, as in training.recipe (set before torch is first imported): while
+# OpenMP threads that sleep while they wait, as in ml.train.sft (set before torch is first imported): while
 # another process keeps a core busy, spinning threads made the 112-question MiniLM run 10x slower.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from classifier.params import DEFAULT_TARGET_MODULES, ClassifierParams, resolve_params, validate_params
-from training.checkpoints import (
+from ml.errors import (
+    CHECKPOINT_INVALID,
+    DATASET_ERROR,
+    INVALID_PARAMS,
+    NAN_LOSS,
+    TrainingError,
+)
+from ml.model import load_sequence_classifier, load_tokenizer, tokenizer_source
+from ml.probe import library_versions, resolve_device
+from ml.train.checkpoints import (
     ADAPTER_CONFIG,
     TRAINER_STATE,
     checkpoint_problem,
@@ -39,17 +48,7 @@ from training.checkpoints import (
     rotate_checkpoints,
     temp_sibling,
 )
-from training.errors import (
-    CHECKPOINT_INVALID,
-    DATASET_ERROR,
-    DEVICE_UNAVAILABLE,
-    INVALID_PARAMS,
-    MODEL_MISSING,
-    NAN_LOSS,
-    UNSUPPORTED_MODEL,
-    TrainingError,
-)
-from training.hooks import Hooks, NullHooks
+from ml.train.hooks import Hooks, NullHooks
 
 REPORT_FILE = "classification_report.json"
 LABEL_MAP_FILE = "label_map.json"
@@ -206,24 +205,6 @@ class ClassifierResult:
     versions: dict = field(default_factory=dict)
 
 
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device in ("", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError(DEVICE_UNAVAILABLE, f"Device {device!r} was requested but CUDA is not available.")
-    return device
-
-
-def library_versions() -> dict[str, str]:
-    import peft
-    import torch
-    import transformers
-
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
-
-
 def load_records(source: str | Path | list[dict], *, where: str) -> list[dict]:
     if isinstance(source, list):
         return clean_records(source, where=where)
@@ -288,25 +269,11 @@ def lora_targets(model, requested: list[str]) -> list[str]:
 def load_model(base: str | Path, id2label: dict[int, str], *, params: ClassifierParams, resume_from=None):
     import torch
     from peft import LoraConfig, PeftModel, TaskType, get_peft_model
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
 
     base = Path(base)
-    if not (base / "config.json").is_file():
-        raise TrainingError(MODEL_MISSING, f"The base model folder {base} has no config.json.")
-    try:
-        model_config = AutoConfig.from_pretrained(str(base))
-    except (KeyError, ValueError) as exc:
-        raise TrainingError(UNSUPPORTED_MODEL, f"{base.name}: transformers does not know this architecture "
-                            f"({exc}).") from None
-    if type(model_config) not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING:
-        raise TrainingError(UNSUPPORTED_MODEL, f"{base.name}: {model_config.model_type!r} models have no "
-                            "sequence-classification head in transformers.")
-    tokenizer = AutoTokenizer.from_pretrained(str(base))
     torch.manual_seed(params.seed)  # the new head's initialisation
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(base), num_labels=len(id2label), id2label=dict(id2label),
-        label2id={v: k for k, v in id2label.items()}, dtype=torch.float32)
+    model = load_sequence_classifier(base, id2label=id2label)
+    tokenizer = load_tokenizer(base)
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if resume_from:
@@ -604,21 +571,16 @@ def train_classifier(spec: ClassifierSpec, hooks: Hooks | None = None) -> Classi
 
 def load_for_inference(adapter_dir: str | Path, base_model_path: str | Path | None = None, *, device: str = "cpu"):
     """(model, tokenizer, id2label) with plain PEFT, as any user would load the adapter."""
-    import torch
     from peft import PeftModel
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     adapter_dir = Path(adapter_dir)
     labels = json.loads((adapter_dir / LABEL_MAP_FILE).read_text(encoding="utf-8"))
     id2label = label_map_from_json(labels["id2label"])
     if base_model_path is None:
         base_model_path = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
-    base = AutoModelForSequenceClassification.from_pretrained(
-        str(base_model_path), num_labels=len(id2label), id2label=id2label,
-        label2id={v: k for k, v in id2label.items()}, dtype=torch.float32)
+    base = load_sequence_classifier(base_model_path, id2label=id2label)
     model = PeftModel.from_pretrained(base, str(adapter_dir)).to(device).eval()
-    tok_dir = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else Path(base_model_path)
-    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+    tokenizer = load_tokenizer(tokenizer_source(adapter_dir, base_model_path))
     return model, tokenizer, id2label
 
 

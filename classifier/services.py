@@ -29,7 +29,7 @@ from datasets_app.services import dataset_version_get, iter_records
 from jobs import runtime
 from jobs.models import JobStatus
 from jobs.services import job_check_name, job_check_priority, job_check_quota, job_get, unique_name
-from training.checkpoints import latest_good_checkpoint
+from ml.train.checkpoints import latest_good_checkpoint
 from training.models import Adapter
 from training.services import adapter_get
 

@@ -44,6 +44,7 @@ from datasets_app.models import Dataset, DatasetVersion
 from jobs.models import JobStatus, Worker
 from jobs.registry import kinds
 from jobs.scheduling import is_live
+from ml.probe import available_cpus
 from training.models import Adapter
 
 DATA_SUBFOLDERS = ("datasets", "models", "adapters", "runs", "exports")
@@ -270,7 +271,7 @@ def device_info() -> dict[str, Any]:
         "configured": configured,
         "device": configured if configured != "auto" else ("cuda" if gpu_list else "cpu"),
         "gpus": gpu_list,
-        "cpu_threads": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_threads": available_cpus(),
         "ram_used": mem.total - mem.available,
         "ram_total": mem.total,
         "ram_percent": mem.percent,

@@ -1028,69 +1028,6 @@ NORMALISERS: dict[str, Normaliser] = {
 }
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Conversations as chat templates take them (shared by the preview and the training recipe)
-
-TOOLS_PREAMBLE = ("# Tools\n\nYou may call one or more functions to assist with the user query. The functions "
-                  "are described in JSON within <tools></tools>:\n<tools>\n{tools}\n</tools>\n\nFor each function "
-                  'call, return a JSON object {{"name": ..., "arguments": ...}} within <tool_call></tool_call> tags.')
-
-
-def template_supports_tools(template: str | None) -> bool:
-    """Whether a chat template renders tools itself: it reads ``tools`` and the messages' ``tool_calls``."""
-    return bool(template) and "tools" in template and "tool_calls" in template
-
-
-def template_messages(record: dict, *, native_tools: bool) -> tuple[list[dict], list[dict] | None]:
-    """The messages (and tools) to hand a chat template; ``weight`` is kept for the span finder.
-
-    With ``native_tools`` the calls, the tool messages and ``tools`` go to the template as they are (arguments
-    as objects, as HF templates expect). Otherwise the documented fallback (the Hermes / Qwen convention): the
-    tools are described in the system message, each call is ``<tool_call>{"name", "arguments"}</tool_call>``
-    in the assistant's content, and the tool results are a user turn of ``<tool_response>`` blocks.
-    """
-    messages = record["messages"]
-    tools = record.get("tools") or None
-    if native_tools or (tools is None and not any("tool_calls" in m or m["role"] == "tool" for m in messages)):
-        out = []
-        for m in messages:
-            clean = {"role": m["role"], "content": m["content"]}
-            for key in ("tool_calls", "tool_call_id", "name", "weight"):
-                if key in m:
-                    clean[key] = m[key]
-            out.append(clean)
-        return out, tools
-    out = []
-    if tools:
-        described = TOOLS_PREAMBLE.format(tools="\n".join(json.dumps(t, ensure_ascii=False) for t in tools))
-        if messages and messages[0]["role"] == "system":
-            out.append({"role": "system", "content": f"{messages[0]['content']}\n\n{described}"})
-            messages = messages[1:]
-        else:
-            out.append({"role": "system", "content": described})
-    for m in messages:
-        if m["role"] == "tool":
-            block = f"<tool_response>\n{m['content']}\n</tool_response>"
-            if out and out[-1].get("_tool"):
-                out[-1]["content"] += "\n" + block
-            else:
-                out.append({"role": "user", "content": block, "_tool": True})
-            continue
-        clean = {"role": m["role"], "content": m["content"]}
-        if m.get("tool_calls"):
-            calls = "\n".join("<tool_call>\n" + json.dumps({"name": c["function"]["name"],
-                                                            "arguments": c["function"]["arguments"]},
-                                                           ensure_ascii=False) + "\n</tool_call>"
-                              for c in m["tool_calls"])
-            clean["content"] = f"{m['content']}\n{calls}" if m["content"] else calls
-        if "weight" in m:
-            clean["weight"] = m["weight"]
-        out.append(clean)
-    for m in out:
-        m.pop("_tool", None)
-    return out, None
-
-
 def _short(value: Any, limit: int = 40) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"

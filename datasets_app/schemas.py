@@ -187,7 +187,8 @@ class SegmentOut(Schema):
 
 class PreviewExampleOut(Schema):
     index: int
-    template: str | None = None
+    template: str | None = Field(None, description='"model" (the base model\'s chat template), the fallback template '
+                                 'when it has none ("alpaca"), or "none" (prompt/completion and text rows)')
     text: str | None = None
     segments: list[SegmentOut] = []
     tokens: int | None = None

@@ -30,8 +30,11 @@ from accounts.visibility import Principal, acting_user, as_principal, require_wr
 from catalog.models import BaseModel
 from catalog.services import base_model_get
 from core.errors import ApplicationError, Conflict, NotFound
-from datasets_app import formats, render, storage, style, validation
+from datasets_app import formats, storage, style, validation
 from datasets_app.models import Dataset, DatasetVersion
+from ml import data as ml_data
+from ml.model import cached_tokenizer
+from ml.templates import resolve_template, template_supports_tools
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +168,7 @@ def resolve_base_model(*, user, ref: Any):
 
 def _tokenizer(base_model) -> Any:
     try:
-        return render.load_tokenizer(base_model.path)
+        return cached_tokenizer(base_model.path)
     except Exception as exc:
         raise ApplicationError(f"Cannot load the tokenizer of base model {base_model.name!r}: {exc}",
                                code="tokenizer_unavailable", param="base_model") from None
@@ -179,7 +182,7 @@ def max_tokens_for(base_model) -> int:
 
 def _token_counter(base_model) -> Callable[[dict], int]:
     tokenizer = _tokenizer(base_model)
-    return lambda record: render.count_tokens(tokenizer, record)
+    return lambda record: ml_data.count_tokens(tokenizer, record)
 
 
 def _text_counter(base_model) -> Callable[[str], int]:
@@ -619,7 +622,7 @@ def version_stats(*, version: DatasetVersion, base_model: Any = None) -> dict:
         failures = 0
         for record in iter_records(version):
             try:
-                hist.add(render.count_tokens(tokenizer, record))
+                hist.add(ml_data.count_tokens(tokenizer, record))
             except Exception:  # a template that rejects the example: counted, shown in the preview
                 failures += 1
         cached = hist.summary(limit=max_tokens_for(base_model))
@@ -664,9 +667,17 @@ def version_histogram_png(*, version: DatasetVersion, base_model: Any = None) ->
     return buf.getvalue()
 
 
+def template_label(tokenizer: Any) -> str:
+    """Which template the preview (and a training run with template "auto") renders with, in words."""
+    if ml_data.has_chat_template(tokenizer):
+        return "model"
+    name = resolve_template("auto", has_chat_template=False)
+    return f"fallback ({name}: the base model has no chat template)"
+
+
 def version_preview(*, version: DatasetVersion, base_model: Any, n: int = 5) -> dict:
-    """The first ``n`` examples rendered as the training recipe renders them (the base model's chat
-    template), cut into segments with the trained (assistant) tokens marked."""
+    """The first ``n`` examples rendered exactly as training renders them (``ml.data``: the base model's chat
+    template, else the fallback template "auto" resolves to), cut into segments with the trained tokens marked."""
     _require_ready(version)
     if base_model is None:
         raise ApplicationError("Choose a base model: the preview renders with its tokenizer.",
@@ -679,23 +690,23 @@ def version_preview(*, version: DatasetVersion, base_model: Any, n: int = 5) -> 
         if index > n:
             break
         try:
-            encoded = render.encode_record(tokenizer, record)
+            encoded = ml_data.encode_record(tokenizer, record, with_offsets=True)
         except Exception as exc:
             examples.append({"index": index, "error": f"the chat template rejects this example: {exc}"})
             continue
         examples.append({
             "index": index,
-            "template": encoded.rendered.template,
+            "template": "model" if encoded.rendered.template == "chat_template" else encoded.rendered.template,
             "text": encoded.rendered.text,
-            "segments": render.segments(encoded),
+            "segments": ml_data.segments(encoded),
             "tokens": len(encoded.input_ids),
             "trained_tokens": encoded.n_trained,
             "over_limit": len(encoded.input_ids) > limit,
             "label": None if record.get("label") is None else str(record["label"]),
         })
     return {"version": version.ref, "base_model": base_model.name, "max_tokens": limit,
-            "chat_template": "model" if render.has_chat_template(tokenizer) else "fallback (ChatML)",
-            "tools_rendering": "model" if formats.template_supports_tools(getattr(tokenizer, "chat_template", None))
+            "chat_template": template_label(tokenizer),
+            "tools_rendering": "model" if template_supports_tools(ml_data.template_source(tokenizer))
             else "fallback (tools in the system message, <tool_call> / <tool_response> blocks)",
             "examples": examples}
 

@@ -15,6 +15,8 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
+from ml.data import IGNORE_INDEX, Collator, check_record, encode_record, to_item, truncate_examples
+
 CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 UNIT_RE = re.compile(rf"[{CJK}]|[A-Za-z0-9]+(?:['’][A-Za-z]+)?")
 HAS_CJK = re.compile(rf"[{CJK}]")
@@ -28,14 +30,12 @@ SENTENCE_BINS = (5, 10, 20, 40)  # histogram upper bounds (units); the last bin 
 
 def loss_on_examples(model, examples: Sequence, *, pad_token_id: int | None, batch_size: int = 8,
                      device: str | None = None) -> dict:
-    """Mean token cross-entropy over the target (assistant) tokens of ``examples`` (``training.data.Example``).
+    """Mean token cross-entropy over the target (assistant) tokens of ``examples`` (``ml.data.Example``).
 
     Batched, under ``torch.no_grad``; returns ``{"loss", "perplexity", "tokens"}`` where perplexity is
     ``exp(loss)`` of the token-weighted mean loss.
     """
-    import torch
-
-    from training.data import IGNORE_INDEX, Collator, to_item
+    import torch  # the evaluation child only
 
     collate = Collator(pad_token_id)
     device = device or str(next(model.parameters()).device)
@@ -57,8 +57,6 @@ def loss_on_examples(model, examples: Sequence, *, pad_token_id: int | None, bat
 
 def encode_for_loss(tokenizer, records: Iterable[dict], *, max_seq_length: int | None) -> tuple[list, dict]:
     """Tokenise records with the training masks (assistant tokens only) and truncate to ``max_seq_length``."""
-    from training.data import check_record, encode_record, truncate_examples
-
     examples = []
     for i, record in enumerate(records):
         check_record(record, i)

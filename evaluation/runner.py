@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
@@ -21,9 +20,11 @@ from evaluation.models import EvaluationRun, EvaluationSample
 from jobs import runtime
 from jobs.models import JobStatus
 from jobs.runner import Cancelled, Outcome
+from ml.hparams import DEFAULT_BETA
+from ml.model import load_tokenizer, load_with_adapter, tokenizer_source
+from ml.probe import resolve_device
 from serving.inference import GenerationRequest, generate
 from training.models import Adapter
-from training.params import DEFAULT_BETA
 from training.runner import RecipeRunner
 
 log = logging.getLogger(__name__)
@@ -41,20 +42,11 @@ def settings_for(run: EvaluationRun) -> dict:
 
 
 def _device() -> str:
-    from training.recipe import resolve_device
-
     return resolve_device(settings.TRAINING_DEVICE)
 
 
 def _tokenizer(adapter: Adapter):
-    from transformers import AutoTokenizer
-
-    folder = Path(adapter.path)
-    tok = AutoTokenizer.from_pretrained(str(folder if (folder / "tokenizer_config.json").is_file()
-                                            else adapter.base_model.path))
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return tok
+    return load_tokenizer(tokenizer_source(adapter.path, adapter.base_model.path))
 
 
 def split_prompt(record: dict) -> tuple[list[dict], str] | None:
@@ -86,15 +78,11 @@ class Progress:
 def compute_perplexity(run: EvaluationRun, records: list[dict], gen: dict, progress: Progress) -> dict:
     """Loss on assistant tokens for the baseline (base model, or the other adapter) and for the adapter."""
     import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
     device = _device()
     tok = _tokenizer(run.adapter)
     examples, report = m.encode_for_loss(tok, records, max_seq_length=int(gen["max_seq_length"]))
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    base = AutoModelForCausalLM.from_pretrained(run.adapter.base_model.path, dtype=dtype).to(device)
-    model = PeftModel.from_pretrained(base, run.adapter.path, adapter_name="adapter")
+    model = load_with_adapter(run.adapter.base_model.path, run.adapter.path, device=device, adapter_name="adapter")
     kwargs = {"pad_token_id": tok.pad_token_id, "batch_size": int(gen["batch_size"]), "device": device}
     if run.other_adapter_id:
         model.load_adapter(run.other_adapter.path, adapter_name="other")
@@ -107,7 +95,7 @@ def compute_perplexity(run: EvaluationRun, records: list[dict], gen: dict, progr
     model.set_adapter("adapter")
     adapted = m.loss_on_examples(model, examples, **kwargs)
     progress.advance()
-    del model, base
+    del model
     if device == "cuda":
         torch.cuda.empty_cache()
     return {"base": baseline["perplexity"], "adapter": adapted["perplexity"],
@@ -144,10 +132,8 @@ def compute_preference(run: EvaluationRun, records: list[dict], gen: dict, progr
     model (the adapter disabled). Also each model's own log-probability accuracy (chosen more likely than
     rejected)."""
     import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
-    from training.preference import encode_preference_rows, pair_logps, preference_scores, truncate_rows
+    from ml.train.preference import encode_preference_rows, pair_logps, preference_scores, truncate_rows
 
     device = _device()
     tok = _tokenizer(run.adapter)
@@ -155,9 +141,7 @@ def compute_preference(run: EvaluationRun, records: list[dict], gen: dict, progr
     task = run.adapter.task
     beta = float(((task.resolved_params or {}).get("beta") if task else None) or DEFAULT_BETA)
     reference = run.other_adapter if run.other_adapter_id else (task.start_adapter if task else None)
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    base = AutoModelForCausalLM.from_pretrained(run.adapter.base_model.path, dtype=dtype).to(device)
-    model = PeftModel.from_pretrained(base, run.adapter.path, adapter_name="adapter")
+    model = load_with_adapter(run.adapter.base_model.path, run.adapter.path, device=device, adapter_name="adapter")
     kwargs = {"pad_token_id": tok.pad_token_id, "batch_size": int(gen["batch_size"]), "device": device}
     if reference is not None:
         model.load_adapter(reference.path, adapter_name="reference")
@@ -170,7 +154,7 @@ def compute_preference(run: EvaluationRun, records: list[dict], gen: dict, progr
     model.set_adapter("adapter")
     policy = pair_logps(model, rows, **kwargs)
     progress.advance()
-    del model, base
+    del model
     if device == "cuda":
         torch.cuda.empty_cache()
 

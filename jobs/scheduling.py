@@ -24,6 +24,7 @@ from django.utils import timezone
 from jobs.models import Job, JobStatus, Worker
 from jobs.registry import kinds
 from jobs.requirements import requirements_parse, requirements_unmet
+from ml.probe import available_cpus
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +94,6 @@ def probe_gpus() -> tuple[dict, ...]:
     return tuple(_visible(gpus))
 
 
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 def hardware() -> dict:
     """This process's hardware as the Worker row records it."""
     gpus = [{k: g[k] for k in ("index", "name", "memory_bytes")} for g in probe_gpus()]
@@ -107,7 +101,7 @@ def hardware() -> dict:
     device = wanted if wanted in ("cpu", "cuda") else ("cuda" if gpus else "cpu")
     memory = psutil.virtual_memory()
     return {"host": socket.gethostname(), "pid": os.getpid(), "device": device, "gpus": gpus,
-            "cpu_count": cpu_count(), "memory_total_bytes": memory.total, "memory_free_bytes": memory.available,
+            "cpu_count": available_cpus(), "memory_total_bytes": memory.total, "memory_free_bytes": memory.available,
             "labels": list(settings.WORKER_LABELS)}
 
 

@@ -34,9 +34,10 @@ from dataclasses import dataclass, field
 
 import torch
 from django.conf import settings
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers import DynamicCache
 
-from datasets_app.prompt_templates import fallback_template
+from ml.data import prompt_ids
+from ml.model import load_causal_lm, load_tokenizer
 from serving.inference import GenerationRequest, GenerationResult, _adapter_template
 
 log = logging.getLogger(__name__)
@@ -93,9 +94,9 @@ class _Base:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        self.model.eval()
+        self.tokenizer = load_tokenizer(path)
+        # the decode loop builds its tensors on the CPU: the model server's models live there, in fp32
+        self.model = load_causal_lm(path, device="cpu", dtype=torch.float32)
         self.peft = None
         self.adapters: OrderedDict[str, int] = OrderedDict()  # key -> bytes, least recently used first
         self.templates: dict[str, str | None] = {}
@@ -146,13 +147,9 @@ class _Base:
 
 
 def render(tokenizer, messages: list[dict], template: str | None) -> list[int]:
-    """The prompt's token ids: the adapter's chat template, else the base's, else the fallback template of models without one."""
-    kwargs = {"chat_template": template} if template else {}
-    if not template and not getattr(tokenizer, "chat_template", None):
-        tokenizer.chat_template = fallback_template()  # the one rule training and the preview render with
-    out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
-                                        **kwargs)
-    return list(out["input_ids"])
+    """The prompt's token ids: the adapter's chat template, else the one rule training and the preview render
+    with (the base's own, else the fallback template of models without one)."""
+    return prompt_ids(tokenizer, messages, chat_template=template)
 
 
 def _pad_left(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -214,7 +211,7 @@ class Engine:
         with self._tokenizer_lock:
             tokenizer = self._tokenizers.get(base_path)
             if tokenizer is None:
-                tokenizer = self._tokenizers[base_path] = AutoTokenizer.from_pretrained(base_path)
+                tokenizer = self._tokenizers[base_path] = load_tokenizer(base_path)
         template = _adapter_template(adapter_path) if adapter_path else None
         return len(render(tokenizer, messages, template))
 

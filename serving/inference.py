@@ -19,7 +19,8 @@ from pathlib import Path
 
 from django.conf import settings
 
-from datasets_app.prompt_templates import fallback_template
+from ml.data import prompt_ids
+from ml.model import load_causal_lm, load_tokenizer
 
 
 @dataclass
@@ -42,19 +43,10 @@ class GenerationResult:
 
 class _LoadedBase:
     def __init__(self, path: str) -> None:
-        import torch  # lazily: kept out of the web process until a model is loaded
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         self.path = path
         self.lock = threading.Lock()
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-        if torch.cuda.is_available():
-            self.model.to("cuda")
-        self.model.eval()
+        self.tokenizer = load_tokenizer(path)
+        self.model = load_causal_lm(path, device="auto")  # CUDA when present, in its compute dtype
         self.peft = None  # PeftModel wrapping self.model once an adapter is attached
         self.adapters: OrderedDict[str, str | None] = OrderedDict()  # key -> chat template of the adapter
 
@@ -81,12 +73,7 @@ class _LoadedBase:
         self.adapters[key] = _adapter_template(adapter_path)
 
     def render(self, messages: list[dict], template: str | None) -> list[int]:
-        kwargs = {"chat_template": template} if template else {}
-        if not template and not getattr(self.tokenizer, "chat_template", None):
-            self.tokenizer.chat_template = fallback_template()
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                 return_dict=True, **kwargs)["input_ids"]
-        return list(ids)
+        return prompt_ids(self.tokenizer, messages, chat_template=template)
 
 
 def _adapter_template(adapter_path: str) -> str | None:

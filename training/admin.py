@@ -23,10 +23,10 @@ from core.errors import ApplicationError
 from datasets_app.models import DatasetVersion
 from datasets_app.services import dataset_version_get, version_preview
 from jobs.admin import JobControlAdminMixin, JobEventInline, metrics_text, parameter_table, value_table
+from ml.hparams import AUTO, LR_SCHEDULERS, QUANTIZATIONS, TEMPLATES, MemoryEstimate, TrainingParams
 from training import lifecycle, recipes, services
 from training.charts import loss_chart_png
 from training.models import Adapter, MergeEvent, MergeJob, TrainingTask
-from training.params import AUTO, LR_SCHEDULERS, QUANTIZATIONS, TEMPLATES, MemoryEstimate, TrainingParams
 
 # ================================================================================================ tasks
 

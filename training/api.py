@@ -13,8 +13,8 @@ from core.errors import ApplicationError
 from core.pagination import Mapped, Pagination
 from core.schemas import ERRORS
 from jobs.api import add_job_routes
+from ml.train.checkpoints import checkpoint_problem
 from training import lifecycle, recipes, services
-from training.checkpoints import checkpoint_problem
 from training.models import Adapter, TrainingTask
 from training.schemas import (
     AdapterEventOut,

@@ -14,6 +14,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ml.model import load_tokenizer, load_with_adapter, tokenizer_source
+
 log = logging.getLogger(__name__)
 MERGE_MARKER = "lora_studio_merge.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -21,17 +23,10 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "added_tokens.json")
 
 
-def _tokenizer_source(adapter_path: Path, base_path: Path) -> Path:
-    # The adapter folder carries the tokenizer it was trained with (chat template included): prefer it.
-    return adapter_path if (adapter_path / "tokenizer_config.json").is_file() else base_path
-
-
 def merge_to_folder(base_path: str | Path, adapter_path: str | Path, target: str | Path, *,
                     provenance: dict | None = None) -> Path:
     """Write base + adapter, merged, as a new model folder at ``target`` (which must not exist)."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import torch  # the merge job's child process only
 
     base_path, adapter_path, target = Path(base_path), Path(adapter_path), Path(target)
     if target.exists():
@@ -41,11 +36,10 @@ def merge_to_folder(base_path: str | Path, adapter_path: str | Path, target: str
     try:
         # float32 on CPU: the merged weights are then exactly base + scale * B @ A of the adapter's values.
         dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-        base = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=dtype)
-        model = PeftModel.from_pretrained(base, str(adapter_path))
+        model = load_with_adapter(base_path, adapter_path, device="cpu", dtype=dtype)
         merged = model.merge_and_unload()
         merged.save_pretrained(tmp, safe_serialization=True)
-        tokenizer = AutoTokenizer.from_pretrained(str(_tokenizer_source(adapter_path, base_path)))
+        tokenizer = load_tokenizer(tokenizer_source(adapter_path, base_path))
         tokenizer.save_pretrained(tmp)
         generation = base_path / "generation_config.json"
         if generation.is_file() and not (tmp / "generation_config.json").exists():
@@ -53,7 +47,7 @@ def merge_to_folder(base_path: str | Path, adapter_path: str | Path, target: str
         (tmp / MERGE_MARKER).write_text(json.dumps({"base_model_path": str(base_path),
                                                     "adapter_path": str(adapter_path), **(provenance or {})},
                                                    indent=2, default=str), encoding="utf-8")
-        del merged, model, base
+        del merged, model
         tmp.rename(target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

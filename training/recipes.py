@@ -31,8 +31,8 @@ from catalog.models import BaseModel
 from core.errors import ApplicationError
 from datasets_app.models import DatasetVersion
 from datasets_app.services import dataset_version_get, dataset_version_split
+from ml.hparams import METHOD_ONLY, InvalidParams, TrainingParams, parse_params
 from training.models import TrainingTask
-from training.params import METHOD_ONLY, InvalidParams, TrainingParams, parse_params
 from training.services import training_task_create
 
 # Task-level keys of our own (the rest of our keys are TrainingParams' fields).

@@ -15,12 +15,12 @@ from jobs import runtime
 from jobs.models import EventLevel, EventType, JobStatus
 from jobs.registry import kind_of
 from jobs.runner import JobFailed, JobRunner, Outcome
+from ml.errors import TrainingError, classify
+from ml.hparams import MemoryCheck, MemoryEstimate, ResolvedParams
+from ml.train.hooks import NullHooks
 from training.devices import available_memory_bytes, detect_device
-from training.errors import TrainingError, classify
-from training.hooks import NullHooks
 from training.lifecycle import SAFE_NAME_RE, adapter_register, default_model_name, register_merged_model
 from training.models import Adapter, Checkpoint, MergeJob, TrainingTask
-from training.params import MemoryCheck, MemoryEstimate, ResolvedParams
 from training.signals import adapter_trained
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def register_adapter(task: TrainingTask, folder: Path, *, metrics: dict, trainab
 
 
 class RecipeRunner(JobRunner):
-    """A runner whose failures come from the recipes: classified by ``training.errors``."""
+    """A runner whose failures come from the recipes: classified by ``ml.errors``."""
 
     def classify(self, exc: Exception) -> JobFailed:
         if isinstance(exc, TrainingError):
@@ -162,11 +162,11 @@ class TrainingRunner(RecipeRunner):
             inputs["params"] = ResolvedParams.from_dict(task.resolved_params)
         # The recipes import torch: only this child process loads them, never the web or queue process.
         if task.method == TrainingTask.Method.SFT:
-            from training.recipe import RunSpec, run_training
+            from ml.train.sft import RunSpec, run_training
 
             result = run_training(RunSpec(**inputs), DbHooks(self.ctx))
         else:
-            from training.preference import PreferenceSpec, run_preference
+            from ml.train.preference import PreferenceSpec, run_preference
 
             start = task.start_adapter
             result = run_preference(PreferenceSpec(**inputs, method=task.method,

@@ -25,10 +25,7 @@ from jobs import runtime
 from jobs.models import JobStatus
 from jobs.requirements import Requirements, requirements_parse
 from jobs.services import job_check_name, job_check_priority, job_check_quota, job_get, unique_name
-from training.checkpoints import checkpoint_problem
-from training.devices import available_memory_bytes, detect_device, gpu_memory_gb
-from training.models import Adapter, TrainingTask
-from training.params import (
+from ml.hparams import (
     AUTO,
     InvalidParams,
     MemoryEstimate,
@@ -38,6 +35,9 @@ from training.params import (
     estimate_run_memory,
     resolve_params,
 )
+from ml.train.checkpoints import checkpoint_problem
+from training.devices import available_memory_bytes, detect_device, gpu_memory_gb
+from training.models import Adapter, TrainingTask
 from training.signals import evaluation_metric_names
 
 TRAINABLE_KINDS = {"chat", "text"}  # dataset kinds a causal LM trains on

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from classifier import recipe
+from ml.train.hooks import NullHooks
 from tests.classifier.tiny import records
-from training.hooks import NullHooks
 
 
 def test_stratified_split_is_reproducible_by_seed_and_keeps_each_class():
@@ -145,7 +145,7 @@ def test_cancel_stops_without_an_adapter(tmp_path, tiny_bert_dir):
 
 
 def test_pause_saves_a_checkpoint_and_resume_finishes_the_schedule(tmp_path, tiny_bert_dir):
-    from training.checkpoints import checkpoint_problem
+    from ml.train.checkpoints import checkpoint_problem
 
     paused = recipe.train_classifier(spec(tmp_path, tiny_bert_dir), StopAt(3, "pause"))
     assert paused.status == "paused" and paused.global_step == 3
@@ -158,7 +158,7 @@ def test_pause_saves_a_checkpoint_and_resume_finishes_the_schedule(tmp_path, tin
 
 
 def test_unknown_validation_labels_fail_with_a_dataset_error(tmp_path, tiny_bert_dir):
-    from training.errors import TrainingError
+    from ml.errors import TrainingError
 
     s = spec(tmp_path, tiny_bert_dir)
     s.validation = [{"text": "hello", "label": "greeting"}]

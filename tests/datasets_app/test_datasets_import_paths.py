@@ -18,6 +18,8 @@ from django.core.management.base import CommandError
 from core.errors import ApplicationError
 from datasets_app import services
 from datasets_app.models import DatasetVersion
+from ml import data as ml_data
+from ml.model import cached_tokenizer, load_tokenizer
 
 
 def stored_files(data_dir) -> list[str]:
@@ -243,25 +245,10 @@ def test_admin_upload_with_columns_and_skip_invalid(client, users, data_dir):
 # Rendering: preview == training
 
 
-@pytest.mark.parametrize("record", [tool_record(0), {"prompt": "hello world", "completion": " how are you"}])
-def test_preview_marks_exactly_the_tokens_training_trains(record, tiny_tokenizer_dir):
-    from datasets_app import render
-
-    data = pytest.importorskip("training.data")
-    tokenizer = render.load_tokenizer(tiny_tokenizer_dir)
-    ours = render.encode_record(tokenizer, record)
-    theirs = data.encode_record(tokenizer, record)
-    assert ours.input_ids == theirs.input_ids
-    assert ours.trained == [label != data.IGNORE_INDEX for label in theirs.labels]
-    assert render.count_tokens(tokenizer, record) == len(theirs.input_ids)
-
-
 def test_tool_calls_without_template_support_use_the_fallback_and_train_the_calls(tiny_tokenizer_dir):
-    from datasets_app import render
-
-    tokenizer = render.load_tokenizer(tiny_tokenizer_dir)  # ChatML without tool support
-    encoded = render.encode_record(tokenizer, tool_record(0))
-    trained = [s["text"] for s in render.segments(encoded) if s["trained"]]
+    tokenizer = cached_tokenizer(tiny_tokenizer_dir)  # ChatML without tool support
+    encoded = ml_data.encode_record(tokenizer, tool_record(0), with_offsets=True)
+    trained = [s["text"] for s in ml_data.segments(encoded) if s["trained"]]
     assert trained == ['<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>',
                        "It is 21 °C in Paris.<|im_end|>"]
     text = encoded.rendered.text
@@ -269,18 +256,15 @@ def test_tool_calls_without_template_support_use_the_fallback_and_train_the_call
 
 
 def test_tool_calls_go_through_a_template_that_supports_them(tiny_tokenizer_dir):
-    from datasets_app import render
-
-    tokenizer = render.load_tokenizer(tiny_tokenizer_dir)
-    tokenizer = type(tokenizer).from_pretrained(tiny_tokenizer_dir)
+    tokenizer = load_tokenizer(tiny_tokenizer_dir)  # a copy of its own: the template is changed below
     tokenizer.chat_template = (
         "{% if tools %}TOOLS {{ tools | map(attribute='function') | map(attribute='name') | join(',') }}\n{% endif %}"
         "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
         "{% for c in m.get('tool_calls', []) %}CALL {{ c['function']['name'] }} {{ c['function']['arguments'] | tojson }}"
         "{% endfor %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-    encoded = render.encode_record(tokenizer, tool_record(0))
+    encoded = ml_data.encode_record(tokenizer, tool_record(0), with_offsets=True)
     assert encoded.rendered.text.startswith("TOOLS get_weather\n")
-    trained = [s["text"] for s in render.segments(encoded) if s["trained"]]
+    trained = [s["text"] for s in ml_data.segments(encoded) if s["trained"]]
     assert trained == ['CALL get_weather {"city": "Paris"}<|im_end|>', "It is 21 °C in Paris.<|im_end|>"]
 
 
@@ -293,15 +277,12 @@ def test_preview_of_tool_calls_says_how_they_are_rendered(upload, tiny_base_mode
 
 
 def test_training_takes_completion_and_tool_rows_and_refuses_preference_rows(tiny_tokenizer_dir):
-    from datasets_app import render
-
-    data = pytest.importorskip("training.data")
-    tokenizer = render.load_tokenizer(tiny_tokenizer_dir)
-    examples, report = data.encode_records(tokenizer, [{"prompt": "hello world", "completion": " how are you"},
+    tokenizer = cached_tokenizer(tiny_tokenizer_dir)
+    examples, report = ml_data.encode_records(tokenizer, [{"prompt": "hello world", "completion": " how are you"},
                                                        tool_record(0)])
     assert report.examples == 2 and all(e.n_targets for e in examples)
-    with pytest.raises(data.TrainingError, match="preference"):
-        data.encode_records(tokenizer, [PAIR])
+    with pytest.raises(ml_data.TrainingError, match="preference"):
+        ml_data.encode_records(tokenizer, [PAIR])
 
 
 def test_command_imports_a_save_to_disk_folder(teams, data_dir, tmp_path):

@@ -320,22 +320,3 @@ def test_iter_records_streams_every_format(upload):
     assert list(services.iter_records(version))[:2] == [{"text": "t0", "label": "x0"}, {"text": "t1", "label": "x1"}]
 
 
-@pytest.mark.parametrize("record", [
-    chat_record(1),
-    {"messages": [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "world", "weight": 0},
-                  {"role": "user", "content": "how are you"}, {"role": "assistant", "content": "Two years ."}]},
-    {"messages": [{"role": "assistant", "content": "hello world"}, {"role": "user", "content": "how"},
-                  {"role": "assistant", "content": "are you"}]},
-    {"text": "hello world how are you"},
-])
-def test_preview_marks_exactly_the_tokens_training_trains(record, tiny_tokenizer_dir):
-    from datasets_app import render
-
-    data = pytest.importorskip("training.data")
-    tokenizer = render.load_tokenizer(tiny_tokenizer_dir)
-    ours = render.encode_record(tokenizer, record)
-    theirs = data.encode_record(tokenizer, record)
-    assert ours.input_ids == theirs.input_ids
-    assert ours.trained == [label != data.IGNORE_INDEX for label in theirs.labels]
-    assert sum(s["tokens"] for s in render.segments(ours) if s["trained"]) == ours.n_trained
-    assert render.count_tokens(tokenizer, record) == len(theirs.input_ids)

@@ -1,5 +1,5 @@
 """Fixtures for evaluation tests: the tiny Llama and dataset versions from the training tests, and a tiny
-adapter trained once per session with ``training.recipe.run_training``."""
+adapter trained once per session with ``ml.train.sft.run_training``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ FAST = {"n_epochs": 8, "batch_size": 4, "learning_rate": 1e-2, "lora_r": 8, "lor
 
 @pytest.fixture(scope="session")
 def tiny_adapter_dir(tiny_model_dir, tmp_path_factory) -> Path:  # noqa: F811 - the imported fixture
-    from training.recipe import RunSpec, run_training
+    from ml.train.sft import RunSpec, run_training
 
     tmp = tmp_path_factory.mktemp("eval-adapter")
     result = run_training(RunSpec(base_model_path=tiny_model_dir, train=chat_records(16), params=dict(FAST),

@@ -82,8 +82,8 @@ def test_perplexity_equals_exp_of_the_mean_token_loss(tiny_model_dir):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ml.data import IGNORE_INDEX
     from tests.training.tiny import chat_records
-    from training.data import IGNORE_INDEX
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)

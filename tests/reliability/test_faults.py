@@ -21,9 +21,9 @@ from django.db import connection
 
 from jobs import services as job_services
 from jobs.models import JobStatus
+from ml.train import checkpoints as ckpt
 from tests.reliability.conftest import mysql_env, wait_for
 from tests.reliability.helpers import pid_alive
-from training import checkpoints as ckpt
 from training import services
 from training.models import TrainingTask
 

@@ -17,6 +17,18 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from ml.data import Collator, encode_records, to_item  # noqa: E402
+from ml.hparams import lora_parameter_count, parse_params, resolve_params  # noqa: E402
+from ml.model import attention_implementation  # noqa: E402
+from ml.train.sft import (  # noqa: E402
+    RunSpec,
+    add_lora,
+    attention_plan,
+    enable_flat_batches,
+    run_training,
+    token_loss_sums,
+    uses_direct_head,
+)
 from tests.training.test_recipe import (  # noqa: E402
     _assert_same_grads,
     _grads,
@@ -24,18 +36,6 @@ from tests.training.test_recipe import (  # noqa: E402
     _varied_records,
 )
 from tests.training.tiny import build_tokenizer, chat_records  # noqa: E402
-from training.data import Collator, encode_records, to_item  # noqa: E402
-from training.params import lora_parameter_count, parse_params, resolve_params  # noqa: E402
-from training.recipe import (  # noqa: E402
-    RunSpec,
-    add_lora,
-    attention_implementation,
-    attention_plan,
-    enable_flat_batches,
-    run_training,
-    token_loss_sums,
-    uses_direct_head,
-)
 
 WINDOW = 16
 COMMON = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -216,8 +216,8 @@ def _write_config(folder: Path, config: dict) -> Path:
 
 
 def test_an_unknown_architecture_is_unsupported_not_missing(tmp_path):
-    from training.errors import TrainingError
-    from training.recipe import load_base_model
+    from ml.errors import TrainingError
+    from ml.model import load_base_model
 
     folder = _write_config(tmp_path / "odd", {"model_type": "made_up_transformer", "hidden_size": 8})
     with pytest.raises(TrainingError) as info:
@@ -228,8 +228,8 @@ def test_an_unknown_architecture_is_unsupported_not_missing(tmp_path):
 def test_an_encoder_without_a_causal_head_is_unsupported(tmp_path):
     from transformers import DistilBertConfig
 
-    from training.errors import TrainingError
-    from training.recipe import load_base_model
+    from ml.errors import TrainingError
+    from ml.model import load_base_model
 
     folder = tmp_path / "distilbert"
     DistilBertConfig(n_layers=1, dim=32, hidden_dim=64, n_heads=2).save_pretrained(folder)

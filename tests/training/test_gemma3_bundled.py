@@ -15,8 +15,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from catalog import model_scan  # noqa: E402
-from training.data import Collator, encode_records, install_template, to_item  # noqa: E402
-from training.recipe import RunSpec, load_tokenizer, run_training, token_loss_sums  # noqa: E402
+from ml.data import Collator, encode_records, install_template, to_item  # noqa: E402
+from ml.model import load_tokenizer  # noqa: E402
+from ml.train.sft import RunSpec, run_training, token_loss_sums  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
@@ -48,7 +49,7 @@ def test_gemma3_is_a_windowed_causal_lm_without_a_chat_template(gemma_dir):
 def test_fast_path_equals_the_models_own_loss_beyond_the_window(gemma_dir):
     from transformers import AutoModelForCausalLM
 
-    from training.recipe import attention_plan, enable_flat_batches
+    from ml.train.sft import attention_plan, enable_flat_batches
 
     tokenizer = load_tokenizer(gemma_dir)
     install_template(tokenizer, "alpaca")

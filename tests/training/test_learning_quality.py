@@ -29,7 +29,7 @@ def test_auto_parameters_make_a_small_set_learn_its_facts(smollm2_dir, tmp_path)
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from training.recipe import RunSpec, run_training
+    from ml.train.sft import RunSpec, run_training
 
     records = [json.loads(line) for line in SAMPLES.read_text(encoding="utf-8").splitlines()]
     result = run_training(RunSpec(base_model_path=smollm2_dir, train=records, params={}, run_dir=tmp_path / "run",

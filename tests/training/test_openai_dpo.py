@@ -110,7 +110,7 @@ def held_out_reward_accuracy(base_path: str, adapter_path: str) -> dict:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from training.preference import encode_preference_rows, pair_logps, preference_scores
+    from ml.train.preference import encode_preference_rows, pair_logps, preference_scores
 
     tok = AutoTokenizer.from_pretrained(adapter_path)
     rows = encode_preference_rows(tok, [{"prompt": [{"role": "user", "content": q}],

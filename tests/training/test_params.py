@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from training.params import (
+from ml.hparams import (
     InvalidParams,
     ResolvedParams,
     TrainingParams,

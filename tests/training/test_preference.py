@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from ml.errors import TrainingError
+from ml.train import checkpoints as ckpt
 from tests.training.tiny import RecordingHooks, build_tokenizer, chat_records, save_tiny_model
-from training import checkpoints as ckpt
-from training.errors import TrainingError
 
 QA = [("What is the warranty period?", "The warranty lasts two years.", "No idea."),
       ("How long is the return window?", "You can return an item within thirty days.", "Never."),
@@ -38,7 +38,7 @@ def tiny_base(tmp_path_factory):
 
 
 def spec(base, tmp_path, method="dpo", records=None, **kw):
-    from training.preference import PreferenceSpec
+    from ml.train.preference import PreferenceSpec
 
     records = records if records is not None else (kto_rows() if method == "kto" else pairs())
     params = dict(FAST, **kw.pop("params", {}))
@@ -47,8 +47,8 @@ def spec(base, tmp_path, method="dpo", records=None, **kw):
 
 
 def test_pairs_are_rendered_by_the_sft_template_with_the_prompt_masked():
-    from training.data import encode_record
-    from training.preference import encode_preference_rows
+    from ml.data import encode_record
+    from ml.train.preference import encode_preference_rows
 
     tok = build_tokenizer()
     row = encode_preference_rows(tok, pairs(1), "dpo")[0]
@@ -61,7 +61,7 @@ def test_pairs_are_rendered_by_the_sft_template_with_the_prompt_masked():
 
 
 def test_earlier_assistant_turns_of_the_prompt_are_not_trained():
-    from training.preference import encode_preference_rows
+    from ml.train.preference import encode_preference_rows
 
     tok = build_tokenizer()
     record = {"prompt": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
@@ -73,7 +73,7 @@ def test_earlier_assistant_turns_of_the_prompt_are_not_trained():
 
 
 def test_long_pairs_are_truncated_and_reported_and_prompt_filled_pairs_dropped(tiny_base, tmp_path):
-    from training.preference import run_preference
+    from ml.train.preference import run_preference
 
     long = pairs(12) + [{"prompt": [{"role": "user", "content": "warranty " * 80}],
                          "chosen": [{"role": "assistant", "content": "Yes."}],
@@ -95,7 +95,7 @@ def test_long_pairs_are_truncated_and_reported_and_prompt_filled_pairs_dropped(t
     (pairs(12), "kto", "a preference row"),
 ])
 def test_rows_of_another_shape_are_refused_naming_it(tiny_base, tmp_path, rows, method, shape):
-    from training.preference import run_preference
+    from ml.train.preference import run_preference
 
     with pytest.raises(TrainingError) as err:
         run_preference(spec(tiny_base, tmp_path, method=method, records=rows))
@@ -108,7 +108,7 @@ def test_each_method_trains_and_writes_a_plain_peft_adapter(tiny_base, tmp_path,
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from training.preference import run_preference
+    from ml.train.preference import run_preference
 
     hooks = RecordingHooks()
     result = run_preference(spec(tiny_base, tmp_path, method=method, validation=(kto_rows(4) if method == "kto"
@@ -132,7 +132,7 @@ def test_each_method_trains_and_writes_a_plain_peft_adapter(tiny_base, tmp_path,
 
 
 def test_dpo_learns_to_prefer_the_chosen_answers(tiny_base, tmp_path):
-    from training.preference import run_preference
+    from ml.train.preference import run_preference
 
     hooks = RecordingHooks()
     result = run_preference(spec(tiny_base, tmp_path, validation=pairs(4)), hooks)
@@ -144,7 +144,7 @@ def test_dpo_learns_to_prefer_the_chosen_answers(tiny_base, tmp_path):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_base, tmp_path_factory):
-    from training.preference import run_preference
+    from ml.train.preference import run_preference
 
     tmp = tmp_path_factory.mktemp("dpo-full")
     hooks = RecordingHooks()
@@ -156,7 +156,7 @@ def uninterrupted(tiny_base, tmp_path_factory):
 def test_pause_then_resume_continues_a_dpo_run_exactly(tiny_base, tmp_path, uninterrupted, pause_at):
     from safetensors.torch import load_file
 
-    from training.preference import run_preference
+    from ml.train.preference import run_preference
 
     full, full_hooks = uninterrupted
     first = RecordingHooks(stop_at=(pause_at, "pause"))
@@ -178,7 +178,7 @@ def test_pause_then_resume_continues_a_dpo_run_exactly(tiny_base, tmp_path, unin
 
 
 def test_resume_with_another_beta_is_refused(tiny_base, tmp_path):
-    from training.preference import run_preference
+    from ml.train.preference import run_preference
 
     paused = run_preference(spec(tiny_base, tmp_path), RecordingHooks(stop_at=(1, "pause")))
     with pytest.raises(TrainingError) as err:
@@ -187,15 +187,15 @@ def test_resume_with_another_beta_is_refused(tiny_base, tmp_path):
 
 
 def test_cancel_stops_and_saves_nothing(tiny_base, tmp_path):
-    from training.preference import run_preference
+    from ml.train.preference import run_preference
 
     result = run_preference(spec(tiny_base, tmp_path), RecordingHooks(stop_at=(2, "cancel")))
     assert result.status == "cancelled" and result.adapter_dir is None and not (tmp_path / "adapter").exists()
 
 
 def test_dpo_from_an_sft_adapter_uses_it_as_reference_and_keeps_its_shape(tiny_base, tmp_path):
-    from training.preference import run_preference
-    from training.recipe import RunSpec, run_training
+    from ml.train.preference import run_preference
+    from ml.train.sft import RunSpec, run_training
 
     sft = run_training(RunSpec(base_model_path=tiny_base, train=chat_records(8),
                                params={"n_epochs": 2, "batch_size": 4, "learning_rate": 1e-2, "lora_r": 4,
@@ -215,7 +215,7 @@ def test_dpo_from_an_sft_adapter_uses_it_as_reference_and_keeps_its_shape(tiny_b
 
 
 def test_preference_scores_follow_dpo_implicit_rewards():
-    from training.preference import preference_scores
+    from ml.train.preference import preference_scores
 
     scores = preference_scores([(-1.0, -3.0), (-2.0, -1.0)], [(-2.0, -2.0), (-2.0, -2.0)], beta=0.1)
     assert scores["reward_accuracy"] == 0.5 and scores["pairs"] == 2

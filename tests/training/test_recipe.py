@@ -14,16 +14,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from tests.training.tiny import (  # noqa: E402
-    RecordingHooks,
-    build_model,
-    build_tokenizer,
-    chat_records,
-    save_tiny_model,
-    write_jsonl,
-)
-from training import checkpoints as ckpt  # noqa: E402
-from training.data import (  # noqa: E402
+from ml.data import (  # noqa: E402
     IGNORE_INDEX,
     Collator,
     LengthGroupedSampler,
@@ -34,14 +25,23 @@ from training.data import (  # noqa: E402
     padding_fraction,
     to_item,
 )
-from training.errors import TrainingError, classify  # noqa: E402
-from training.params import resolve_params  # noqa: E402
-from training.recipe import (  # noqa: E402
+from ml.errors import TrainingError, classify  # noqa: E402
+from ml.hparams import resolve_params  # noqa: E402
+from ml.train import checkpoints as ckpt  # noqa: E402
+from ml.train.sft import (  # noqa: E402
     VARLEN_ATTENTION,
     RunSpec,
     enable_flat_batches,
     run_training,
     token_loss_sums,
+)
+from tests.training.tiny import (  # noqa: E402
+    RecordingHooks,
+    build_model,
+    build_tokenizer,
+    chat_records,
+    save_tiny_model,
+    write_jsonl,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -469,7 +469,7 @@ def test_nf4_quantization_trains_on_cpu(tiny_base, tmp_path):
 
 
 def test_nan_loss_is_a_classified_error(tiny_base, tmp_path, monkeypatch):
-    import training.recipe as recipe
+    import ml.train.sft as recipe
 
     real = recipe.token_loss_sums
 
@@ -514,7 +514,7 @@ def test_adapter_folder_is_written_atomically(tmp_path):
 
 
 def test_recipe_modules_do_not_import_django():
-    code = ("import sys; import training.recipe, training.params, training.checkpoints, training.data; "
+    code = ("import sys; import ml.train.sft, ml.hparams, ml.train.checkpoints, ml.data; "
             "assert not [m for m in sys.modules if m == 'django' or m.startswith('django.')], 'django imported'")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
 

@@ -13,10 +13,10 @@ from datasets_app import services as dataset_services
 from datasets_app.models import DatasetVersion
 from jobs import runtime
 from jobs.models import JobStatus
+from ml.hparams import MemoryEstimate
 from tests.training.tiny import chat_records
 from training import services
 from training.models import TrainingTask
-from training.params import MemoryEstimate
 
 pytestmark = pytest.mark.django_db
 
@@ -129,7 +129,7 @@ def test_the_run_refuses_when_the_memory_available_shrank_since_creation(alice, 
 
 
 def test_a_preference_pair_counts_as_its_longer_sequence():
-    from datasets_app import render
+    from ml import data as render
     from tests.training.tiny import build_tokenizer
 
     tokenizer = build_tokenizer()
@@ -143,8 +143,8 @@ def test_a_preference_pair_counts_as_its_longer_sequence():
 def test_weights_missing_from_a_known_architecture_are_model_missing(tmp_path, tiny_model_dir):
     import shutil
 
-    from training.errors import TrainingError
-    from training.recipe import load_base_model
+    from ml.errors import TrainingError
+    from ml.model import load_base_model
 
     folder = tmp_path / "no-weights"
     folder.mkdir()

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from ml.train.sft import RunSpec, run_training
+from ml.train.tracking import MLFLOW_RUN_FILE, TENSORBOARD_DIR
 from tests.training.tiny import chat_records
-from training.recipe import RunSpec, run_training
-from training.tracking import MLFLOW_RUN_FILE, TENSORBOARD_DIR
 
 FAST = {"n_epochs": 2, "batch_size": 4, "learning_rate": 1e-2, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
         "save_steps": 1000, "eval_steps": 2, "max_seq_length": 128}

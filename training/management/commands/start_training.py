@@ -5,7 +5,7 @@ from core.commands import ServiceCommand
 from core.errors import ApplicationError
 from core.params import parse_param_options
 from jobs.cli import wait_with_progress
-from training.params import MemoryEstimate
+from ml.hparams import MemoryEstimate
 from training.recipes import training_recipe_task_create
 from training.services import training_task_create
 

@@ -1,75 +1,110 @@
-"""From normalised records to training batches: rendering, label masking, truncation, batching.
+"""From normalised records to tokens and labels: the one renderer, label masking, truncation, packing, batching.
 
-Plain module (no Django). Records are the normalised dataset lines:
+Plain module: no Django, and no torch at import (the dataset preview and the token statistics of the web process
+use it; the collator imports torch when it builds a batch). Training, the preview, token statistics, evaluation
+and the model server's prompts all render here, by one rule, so the preview shows exactly what is trained.
+
+Records are the normalised dataset lines:
 
 - chat: ``{"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str, "weight"?: 0|1,
   "tool_calls"?: [...], "tool_call_id"?: str}, ...], "tools"?: [...]}``
-- plain corpus: ``{"text": str}``
+- plain corpus: ``{"text": str}`` (every token trained, EOS appended); a classification row ``{"text", "label"}``
+  renders the same way with nothing trained
 - prompt/completion: ``{"prompt": str, "completion": str}``: the prompt (with the tokenizer's special tokens)
   then the completion and EOS, no template; the loss is on the completion and EOS only.
+- preference and KTO rows are shown (``encode_record``) as their prompt followed by the chosen / given answer;
+  supervised training refuses them (``check_record``).
 
-Tool calls are rendered through the template's own tool support when it has one, else through the fallback
-of ``datasets_app.formats.template_messages`` (the preview uses the same function); the loss is on the
-assistant's calls and answers, never on the tool results.
+A conversation is rendered with a chat template chosen by one rule (``ml.templates.resolve_template``): the
+model's own, else the named fallback (alpaca). Training installs its template as the tokenizer's chat template,
+so the saved adapter's tokenizer renders prompts the same way at inference; the preview passes it per call and
+never changes a cached tokenizer. Tool calls go through the template's own tool support when it has one, else
+through the fallback of ``ml.templates.template_messages``; the loss is on the assistant's calls and answers,
+never on the tool results.
 
-A conversation is rendered with the tokenizer's chat template (or a named fallback template installed as
-the tokenizer's chat template, so the saved adapter's tokenizer renders prompts the same way at inference).
-The loss covers only assistant turns by default: each assistant turn's character span is found by
-rendering the conversation prefix-by-prefix (the prefix rendered with the generation prompt ends where the
-answer starts; the prefix including the turn ends where it stops), then mapped onto tokens through the fast
-tokenizer's offsets. That works for any template, including SmolLM2's, which has no ``{% generation %}`` tags.
+The loss covers only assistant turns by default: each assistant turn's character span is found by rendering the
+conversation prefix-by-prefix (the prefix rendered with the generation prompt ends where the answer starts; the
+prefix including the turn ends where it stops), then mapped onto tokens through the fast tokenizer's offsets.
+That works for any template, including SmolLM2's, which has no ``{% generation %}`` tags.
 
-Batching (issue 9): no padding to ``max_seq_length``. Batches group examples of similar length (a
-deterministic per-epoch shuffle, so resuming replays the same batches) and are padded only to their own
-longest member (or, on CPU, not padded at all: ``Collator(flat=True)`` concatenates them into one row that
-attention splits back per example); labels arrive pre-shifted (``shift_labels``) so the loss can be computed at
-the target positions only. Optional packing concatenates examples into rows with ``position_ids`` restarting at 0 for
-each example; transformers then builds a block-diagonal mask (no attention across examples) on every
-backend, CPU included.
+Batching: no padding to ``max_seq_length``. Batches group examples of similar length (a deterministic per-epoch
+shuffle, so resuming replays the same batches) and are padded only to their own longest member (or, on CPU, not
+padded at all: ``Collator(flat=True)`` concatenates them into one row that attention splits back per example);
+labels arrive pre-shifted (``shift_labels``) so the loss can be computed at the target positions only. Optional
+packing concatenates examples into rows with ``position_ids`` restarting at 0 for each example; transformers then
+builds a block-diagonal mask (no attention across examples) on every backend, CPU included.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import random
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from datasets_app.formats import template_messages, template_supports_tools
-from datasets_app.prompt_templates import FALLBACK_TEMPLATES
-from training.errors import TrainingError
-
-# see training/recipe.py: must be set before torch is first imported (this module imports it)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from ml.errors import TrainingError
+from ml.templates import FALLBACK_TEMPLATES, resolve_template, template_messages, template_supports_tools
 
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant", "tool")
 
+
 def install_template(tokenizer, template: str) -> None:
-    """Make ``tokenizer.chat_template`` the template training renders with."""
-    if template == "chat_template":
-        if not getattr(tokenizer, "chat_template", None):
+    """Make ``tokenizer.chat_template`` the template training renders with (so the saved tokenizer carries it)."""
+    tokenizer.chat_template = template_source(tokenizer, template)
+
+
+def template_source(tokenizer, template: str = "auto") -> str:
+    """The Jinja source of a template name (``auto``, ``chat_template`` or a fallback name) for this tokenizer."""
+    name = resolve_template(template, has_chat_template=has_chat_template(tokenizer))
+    if name == "chat_template":
+        if not has_chat_template(tokenizer):
             raise TrainingError("dataset_error", "The base model has no chat template; choose a named template "
                                 "(chatml, alpaca, alpaca_zh).")
-        return
-    if template not in FALLBACK_TEMPLATES:
+        return tokenizer.chat_template
+    if name not in FALLBACK_TEMPLATES:
         raise TrainingError("dataset_error", f"Unknown prompt template {template!r}.")
-    tokenizer.chat_template = FALLBACK_TEMPLATES[template]
+    return FALLBACK_TEMPLATES[name]
+
+
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+@dataclass
+class Rendered:
+    """A record as the model sees it: its text, the character spans that are trained, and how it was rendered."""
+
+    text: str
+    trained_spans: list[tuple[int, int]] = field(default_factory=list)
+    template: str = "none"  # "chat_template" (the model's own), a fallback's name ("alpaca"), or "none"
+    kind: str = "chat"  # chat | completion | text | classification
 
 
 @dataclass
 class Example:
-    """One tokenised training sequence; ``labels`` are aligned with ``input_ids`` (not shifted)."""
+    """One tokenised sequence; ``labels`` are aligned with ``input_ids`` (not shifted), ``IGNORE_INDEX`` where the
+    loss is not. ``offsets`` (each token's character span in ``rendered.text``) and ``rendered`` are kept only when
+    asked for (``encode_record(..., with_offsets=True)``: the preview)."""
 
     input_ids: list[int]
     labels: list[int]
+    offsets: list[tuple[int, int]] | None = field(default=None, repr=False)
+    rendered: Rendered | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.input_ids)
+
+    @property
+    def trained(self) -> list[bool]:
+        return [label != IGNORE_INDEX for label in self.labels]
+
+    @property
+    def n_trained(self) -> int:
+        return sum(self.trained)
 
     @property
     def n_targets(self) -> int:
@@ -149,29 +184,52 @@ def check_record(record: Any, index: int) -> None:
 # Rendering and label masking
 
 
-def _render(tokenizer, messages: list[dict], add_generation_prompt: bool, tools: list[dict] | None = None) -> str:
+def _render(tokenizer, messages: list[dict], add_generation_prompt: bool, tools: list[dict] | None = None,
+            template: str | None = None) -> str:
+    """One ``apply_chat_template`` call: ``weight`` dropped, ``template`` (Jinja) instead of the tokenizer's own
+    when given."""
     clean = [{k: v for k, v in m.items() if k != "weight"} for m in messages]
-    kwargs = {"tools": tools} if tools else {}
+    kwargs: dict[str, Any] = {"tools": tools} if tools else {}
+    if template is not None:
+        kwargs["chat_template"] = template
     return tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=add_generation_prompt,
                                          **kwargs)
 
 
-def template_conversation(tokenizer, record: dict) -> tuple[list[dict], list[dict] | None]:
-    """The record's messages (and tools) as the tokenizer's chat template takes them: natively when the template
-    renders tools, else with the documented text fallback for tool calls and results."""
-    native = template_supports_tools(getattr(tokenizer, "chat_template", None))
-    return template_messages(record, native_tools=native)
+def _as_chat(record: dict) -> dict:
+    """Preference and KTO rows are shown (and counted) as their prompt followed by the chosen / given answer."""
+    if "chosen" in record:
+        return {"messages": record["prompt"] + record["chosen"]}
+    if isinstance(record.get("completion"), list):
+        return {"messages": record["prompt"] + record["completion"]}
+    return record
 
 
-def assistant_spans(tokenizer, messages: list[dict], tools: list[dict] | None = None
+def _kind(record: dict) -> str:
+    if "messages" in record or "chosen" in record or isinstance(record.get("completion"), list):
+        return "chat"
+    if isinstance(record.get("completion"), str):
+        return "completion"
+    return "classification" if "label" in record else "text"
+
+
+def template_conversation(tokenizer, record: dict, template: str | None = None
+                          ) -> tuple[list[dict], list[dict] | None]:
+    """The record's messages (and tools) as the chat template takes them: natively when the template renders
+    tools, else with the documented text fallback for tool calls and results."""
+    native = template_supports_tools(template if template is not None else getattr(tokenizer, "chat_template", None))
+    return template_messages(_as_chat(record), native_tools=native)
+
+
+def assistant_spans(tokenizer, messages: list[dict], tools: list[dict] | None = None, *, template: str | None = None
                     ) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans ``[start, end)`` of its trained assistant turns.
 
     A span covers the answer (or the tool calls) and the template's end-of-turn marker (so the model learns to
-    stop), with trailing whitespace dropped. Turns with ``weight: 0`` are left out. ``messages`` and ``tools``
-    are as ``template_conversation`` gives them.
+    stop), with trailing whitespace dropped. Turns with ``weight: 0`` are located (to keep the order) but left
+    out. ``messages`` and ``tools`` are as ``template_conversation`` gives them.
     """
-    full = _render(tokenizer, messages, add_generation_prompt=False, tools=tools)
+    full = _render(tokenizer, messages, add_generation_prompt=False, tools=tools, template=template)
     spans: list[tuple[int, int]] = []
     cursor = 0
     for i, m in enumerate(messages):
@@ -179,8 +237,10 @@ def assistant_spans(tokenizer, messages: list[dict], tools: list[dict] | None = 
             continue
         span = None
         try:
-            start_text = _render(tokenizer, messages[:i], add_generation_prompt=True, tools=tools) if i else None
-            end_text = _render(tokenizer, messages[: i + 1], add_generation_prompt=False, tools=tools)
+            start_text = _render(tokenizer, messages[:i], add_generation_prompt=True, tools=tools,
+                                 template=template) if i else None
+            end_text = _render(tokenizer, messages[: i + 1], add_generation_prompt=False, tools=tools,
+                               template=template)
         except Exception:  # templates may refuse a prefix (e.g. an assistant turn first)
             start_text = end_text = None
         if start_text is not None and end_text is not None and full.startswith(start_text) \
@@ -203,40 +263,142 @@ def assistant_spans(tokenizer, messages: list[dict], tools: list[dict] | None = 
     return full, spans
 
 
-def encode_record(tokenizer, record: dict, *, loss_on: str = "assistant") -> Example:
-    """Tokenise one record; labels are ``IGNORE_INDEX`` outside the trained tokens."""
-    if "text" in record:
-        ids = tokenizer(record["text"], add_special_tokens=True)["input_ids"]
-        if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
-            ids = ids + [tokenizer.eos_token_id]
-        return Example(input_ids=list(ids), labels=list(ids))
-    if isinstance(record.get("completion"), str):
-        prompt = list(tokenizer(record["prompt"], add_special_tokens=True)["input_ids"])
-        completion = list(tokenizer(record["completion"], add_special_tokens=False)["input_ids"])
-        if tokenizer.eos_token_id is not None:
-            completion.append(tokenizer.eos_token_id)
+def _template_name(tokenizer, template: str) -> str:
+    return resolve_template(template, has_chat_template=has_chat_template(tokenizer))
+
+
+def render_record(tokenizer, record: dict, *, template: str = "auto") -> Rendered:
+    """The record's text as the model sees it and the character spans the loss is on (assistant turns for chat,
+    the completion for prompt/completion, everything for plain text, nothing for a classification text)."""
+    kind = _kind(record)
+    if kind == "completion":
+        text = record["prompt"] + record["completion"]
+        return Rendered(text=text, trained_spans=[(len(record["prompt"]), len(text))], kind=kind)
+    if kind in ("text", "classification"):
+        text = record.get("text", "")
+        return Rendered(text=text, trained_spans=[(0, len(text))] if kind == "text" else [], kind=kind)
+    source = template_source(tokenizer, template)
+    messages, tools = template_conversation(tokenizer, record, source)
+    full, spans = assistant_spans(tokenizer, messages, tools, template=source)
+    return Rendered(text=full, trained_spans=spans, template=_template_name(tokenizer, template))
+
+
+def _ids(tokenizer, text: str, *, special: bool, offsets: bool) -> tuple[list[int], list[tuple[int, int]]]:
+    enc = tokenizer(text, add_special_tokens=special, return_offsets_mapping=offsets)
+    return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]] if offsets else []
+
+
+def encode_record(tokenizer, record: dict, *, loss_on: str = "assistant", template: str = "auto",
+                  with_offsets: bool = False) -> Example:
+    """Tokenise one record; labels are ``IGNORE_INDEX`` outside the trained tokens. ``loss_on="all"`` trains
+    every token of a chat or prompt/completion record. ``with_offsets`` keeps each token's character span and the
+    rendering (the preview cuts the text at the trained tokens with them)."""
+    eos = getattr(tokenizer, "eos_token_id", None)
+    kind = _kind(record)
+    if kind == "completion":
+        prompt, prompt_offsets = _ids(tokenizer, record["prompt"], special=True, offsets=with_offsets)
+        completion, completion_offsets = _ids(tokenizer, record["completion"], special=False, offsets=with_offsets)
+        shift = len(record["prompt"])
+        offsets = prompt_offsets + [(a + shift, b + shift) for a, b in completion_offsets]
+        if eos is not None:
+            completion.append(eos)
+            offsets.append((shift + len(record["completion"]),) * 2)
         labels = prompt + completion if loss_on == "all" else [IGNORE_INDEX] * len(prompt) + completion
-        return Example(input_ids=prompt + completion, labels=labels)
+        rendered = render_record(tokenizer, record) if with_offsets else None
+        return Example(prompt + completion, labels, offsets if with_offsets else None, rendered)
+    if kind in ("text", "classification"):
+        text = record.get("text", "")
+        ids, offsets = _ids(tokenizer, text, special=True, offsets=with_offsets)
+        if kind == "text" and eos is not None and (not ids or ids[-1] != eos):
+            ids.append(eos)
+            offsets.append((len(text), len(text)))
+        labels = list(ids) if kind == "text" else [IGNORE_INDEX] * len(ids)
+        rendered = render_record(tokenizer, record) if with_offsets else None
+        return Example(ids, labels, offsets if with_offsets else None, rendered)
 
-    messages, tools = template_conversation(tokenizer, record)
     if loss_on == "all":
-        full = _render(tokenizer, messages, add_generation_prompt=False, tools=tools)
-        ids = tokenizer(full, add_special_tokens=False)["input_ids"]
-        return Example(input_ids=list(ids), labels=list(ids))
+        source = template_source(tokenizer, template)
+        messages, tools = template_conversation(tokenizer, record, source)
+        full = _render(tokenizer, messages, add_generation_prompt=False, tools=tools, template=source)
+        rendered = Rendered(text=full, trained_spans=[(0, len(full))], template=_template_name(tokenizer, template))
+    else:
+        rendered = render_record(tokenizer, record, template=template)
+    ids, offsets = _ids(tokenizer, rendered.text, special=False, offsets=True)
+    if loss_on == "all":
+        labels = list(ids)
+    else:
+        labels = [IGNORE_INDEX] * len(ids)
+        for k, (a, b) in enumerate(offsets):
+            if b <= a:
+                continue
+            for s, e in rendered.trained_spans:
+                if a < e and b > s:  # the token overlaps a trained span
+                    labels[k] = ids[k]
+                    break
+    return Example(ids, labels, offsets if with_offsets else None, rendered if with_offsets else None)
 
-    full, spans = assistant_spans(tokenizer, messages, tools)
-    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-    ids = list(enc["input_ids"])
-    offsets = enc["offset_mapping"]
-    labels = [IGNORE_INDEX] * len(ids)
-    for k, (a, b) in enumerate(offsets):
-        if b <= a:
+
+def count_tokens(tokenizer, record: dict, *, template: str = "auto") -> int:
+    """The length in tokens of the rendered record (``len(encode_record(...))`` without finding the spans); a
+    preference pair counts as its longer sequence (prompt and chosen, or prompt and rejected), the longest that
+    trains."""
+    if "chosen" in record and "rejected" in record:
+        return max(count_tokens(tokenizer, {"messages": record["prompt"] + record[key]}, template=template)
+                   for key in ("chosen", "rejected"))
+    kind = _kind(record)
+    if kind != "chat":
+        return len(encode_record(tokenizer, record))
+    source = template_source(tokenizer, template)
+    messages, tools = template_conversation(tokenizer, record, source)
+    text = _render(tokenizer, messages, add_generation_prompt=False, tools=tools, template=source)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def prompt_ids(tokenizer, messages: list[dict], *, chat_template: str | None = None,
+               tools: list[dict] | None = None) -> list[int]:
+    """A prompt's token ids, ending with the generation prompt: ``chat_template`` (an adapter's saved template)
+    when given, else the one rule (the model's own, else the fallback). The tokenizer is not changed."""
+    source = chat_template or template_source(tokenizer, "auto")
+    shown = messages
+    if tools or any("tool_calls" in m or m.get("role") == "tool" for m in messages):
+        shown, tools = template_conversation(tokenizer, {"messages": messages, "tools": tools}, source)
+    text = _render(tokenizer, shown, add_generation_prompt=True, tools=tools, template=source)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def segments(example: Example) -> list[dict]:
+    """The rendered text cut at the trained spans, each piece with its number of tokens (the preview).
+
+    ``example`` comes from ``encode_record(..., with_offsets=True)``. A token belongs to the piece its first
+    character is in (a trained token overlapping the start of a trained piece belongs to that piece), so the
+    trained pieces' counts add up to the trained tokens.
+    """
+    assert example.rendered is not None and example.offsets is not None, "encode_record(..., with_offsets=True)"
+    text = example.rendered.text
+    pieces: list[tuple[int, int, bool]] = []
+    cursor = 0
+    for start, end in sorted(example.rendered.trained_spans):
+        if start > cursor:
+            pieces.append((cursor, start, False))
+        if end > start:
+            pieces.append((start, end, True))
+        cursor = max(cursor, end)
+    if cursor < len(text) or not pieces:
+        pieces.append((cursor, len(text), False))
+    counts = [0] * len(pieces)
+    index = 0
+    for (start, end), trained in zip(example.offsets, example.trained, strict=True):
+        if end <= start:
+            counts[len(pieces) - 1 if start >= len(text) else index] += 1  # e.g. an appended EOS
             continue
-        for s, e in spans:
-            if a < e and b > s:  # the token overlaps a trained span
-                labels[k] = ids[k]
-                break
-    return Example(input_ids=ids, labels=labels)
+        while index < len(pieces) - 1 and start >= pieces[index][1]:
+            index += 1
+        # A trained token that starts just before its span (overlap) is counted with the span.
+        if trained and not pieces[index][2] and index + 1 < len(pieces) and pieces[index + 1][2]:
+            counts[index + 1] += 1
+        else:
+            counts[index] += 1
+    return [{"text": text[s:e], "trained": t, "tokens": n} for (s, e, t), n in zip(pieces, counts, strict=True)]
 
 
 def encode_records(tokenizer, records: Iterable[dict] | str | Path, *, loss_on: str = "assistant",
@@ -327,7 +489,7 @@ class Collator:
 
     ``flat`` (issue 9): the batch's examples are concatenated into one row of shape ``[1, total tokens]`` with
     ``position_ids`` restarting at 0 for each example and ``cu_seq_lens_q`` = the example boundaries, which
-    ``training.recipe``'s attention uses to attend within each example only. Every matmul then runs on real
+    ``ml.train.sft``'s attention uses to attend within each example only. Every matmul then runs on real
     tokens only, as one large matrix; the all-ones ``attention_mask`` is kept only so that the Trainer counts
     non-padding tokens (the pad id may be a real token, e.g. SmolLM2's ``<|im_end|>``).
     """
@@ -339,7 +501,7 @@ class Collator:
     def __call__(self, items: list[dict]) -> dict:
         if self.flat:
             return self._flat(items)
-        import torch
+        import torch  # only when a batch is built: importing this module loads no torch
 
         width = max(len(it["input_ids"]) for it in items)
         packed = "position_ids" in items[0]
@@ -364,7 +526,7 @@ class Collator:
 
     @staticmethod
     def _flat(items: list[dict]) -> dict:
-        import torch
+        import torch  # only when a batch is built: importing this module loads no torch
 
         ids: list[int] = []
         labels: list[int] = []
@@ -390,20 +552,15 @@ class Collator:
         }
 
 
-def _sampler_base():
-    import torch
-
-    return torch.utils.data.Sampler
-
-
-class LengthGroupedSampler(_sampler_base()):  # type: ignore[misc]
+class LengthGroupedSampler:
     """Indices ordered so that each consecutive ``batch_size`` chunk holds examples of similar length
     (or, with ``grouped=False``, simply shuffled).
 
     The order depends only on (seed, epoch): examples are shuffled, split into mega-batches, sorted by a
     jittered length inside each (so batch membership still varies between epochs), cut into batches, and
     the batches shuffled (the short last batch stays last). Resuming mid-epoch therefore replays exactly the
-    batches the interrupted run would have seen.
+    batches the interrupted run would have seen. A sampler as torch's ``DataLoader`` takes one (``__iter__`` and
+    ``__len__``), without subclassing torch's (this module must import without torch).
     """
 
     def __init__(self, lengths: list[int], batch_size: int, seed: int, mega_batches: int = 16, *,

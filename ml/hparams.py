@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from datasets_app.prompt_templates import DEFAULT_FALLBACK
+from ml.templates import resolve_template
 
 Auto = Literal["auto"]
 AUTO = "auto"
@@ -417,16 +417,14 @@ def resolve_params(
     else:
         packing = bool(p.packing)
 
+    template = resolve_template(p.template, has_chat_template=has_chat_template)
     if p.template == AUTO:
-        template = "chat_template" if has_chat_template else DEFAULT_FALLBACK
         why["template"] = "the base model's chat template" if has_chat_template else (
             "the base model has no chat template: '### Instruction / ### Response' (alpaca)"
         )
-    else:
-        template = p.template
-        if template == "chat_template" and not has_chat_template:
-            raise InvalidParams("template: the base model has no chat template; choose chatml, alpaca or alpaca_zh",
-                                "template")
+    elif template == "chat_template" and not has_chat_template:
+        raise InvalidParams("template: the base model has no chat template; choose chatml, alpaca or alpaca_zh",
+                            "template")
 
     beta = DEFAULT_BETA
     loss_type = ""

@@ -1,7 +1,7 @@
 """The device-aware LoRA/QLoRA recipe: load, train with progress/checkpoints/cancel/pause/resume, save.
 
 Plain module (no Django); the worker's child process calls ``run_training(spec, hooks)``. Web-process code
-should import ``training.params``, ``training.checkpoints`` and ``training.errors`` instead: this module
+should import ``ml.hparams``, ``ml.train.checkpoints`` and ``ml.errors`` instead: this module
 imports torch and transformers.
 
 Why ``transformers.Trainer`` and not TRL's ``SFTTrainer``: what SFTTrainer adds is dataset preparation
@@ -34,13 +34,10 @@ own masks. The chosen path and why is in the run's summary (``device.attention``
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
-import platform
-import resource
 import shutil
 import time
 import warnings
@@ -58,34 +55,29 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
 
-from training import checkpoints as ckpt  # noqa: E402
-from training.data import (
+from ml.data import (
     IGNORE_INDEX,
     Collator,
-    EncodeReport,
     LengthGroupedSampler,
     encode_records,
     eval_batches,
+    has_chat_template,
     install_template,
     length_stats,
     pack_items,
     to_item,
     truncate_examples,
 )
-from training.errors import (
+from ml.errors import (
     CHECKPOINT_INVALID,
-    DATASET_ERROR,
-    DEVICE_UNAVAILABLE,
     INSUFFICIENT_MEMORY,
     INVALID_PARAMS,
     MODEL_MISSING,
     NAN_LOSS,
-    UNSUPPORTED_MODEL,
     TrainingError,
     classify,
 )
-from training.hooks import Hooks, NullHooks
-from training.params import (  # noqa: F401
+from ml.hparams import (  # noqa: F401
     InvalidParams,
     MemoryCheck,
     ResolvedParams,
@@ -93,7 +85,12 @@ from training.params import (  # noqa: F401
     parse_params,
     resolve_params,
 )
-from training.tracking import tracking_callbacks
+from ml.model import load_base_model, load_tokenizer
+from ml.probe import compute_dtype, device_info, library_versions, peak_memory, resolve_device
+from ml.templates import resolve_template
+from ml.train import checkpoints as ckpt  # noqa: E402
+from ml.train.hooks import Hooks, NullHooks
+from ml.train.tracking import tracking_callbacks
 
 logger = logging.getLogger(__name__)
 
@@ -167,197 +164,7 @@ class RunResult:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Environment
-
-
-def available_cpus() -> int:
-    """CPU cores this process may use (affinity and cgroup quota)."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        n = os.cpu_count() or 1
-    with contextlib.suppress(OSError, ValueError):
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            n = min(n, max(1, math.floor(int(quota) / int(period))))
-    return max(1, n)
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(DEVICE_UNAVAILABLE, "A CUDA GPU was requested but none is available on this host.")
-    if device not in ("cpu", "cuda"):
-        raise TrainingError(DEVICE_UNAVAILABLE, f"Unknown device {device!r}.")
-    return device
-
-
-def compute_dtype(device: str) -> torch.dtype:
-    if device == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
-def library_versions() -> dict[str, str]:
-    import accelerate
-    import peft
-    import transformers
-
-    versions = {"python": platform.python_version(), "torch": torch.__version__,
-                "transformers": transformers.__version__, "peft": peft.__version__,
-                "accelerate": accelerate.__version__}
-    for name in ("bitsandbytes", "trl"):
-        with contextlib.suppress(Exception):
-            versions[name] = __import__(name).__version__
-    return versions
-
-
-def device_info(device: str) -> dict[str, Any]:
-    info: dict[str, Any] = {"device": device, "host": platform.node()}
-    if device == "cuda":
-        props = torch.cuda.get_device_properties(torch.cuda.current_device())
-        info.update(name=props.name, memory_gb=round(props.total_memory / 1024**3, 1),
-                    bf16=torch.cuda.is_bf16_supported(), cuda=torch.version.cuda, gpus=torch.cuda.device_count())
-    else:
-        name = platform.processor()
-        with contextlib.suppress(OSError):
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-        info.update(name=name, threads=torch.get_num_threads())
-    return info
-
-
-def peak_memory() -> dict[str, int]:
-    out = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        out["peak_gpu_bytes"] = int(torch.cuda.max_memory_allocated())
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Model
-
-
-def load_tokenizer(path: str | Path):
-    from transformers import AutoTokenizer
-
-    path = Path(path)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path.resolve()), local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise TrainingError(MODEL_MISSING, f"Cannot load the tokenizer of {path}: {exc}") from exc
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    return tokenizer
-
-
-def _model_config(path: Path):
-    """The model's transformers config, or ``unsupported_model`` when no causal-LM class exists for it."""
-    from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
-
-    try:
-        raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise TrainingError(MODEL_MISSING, f"Cannot read {path / 'config.json'}: {exc}") from exc
-    model_type = raw.get("model_type")
-    try:
-        config = AutoConfig.from_pretrained(str(path.resolve()), local_files_only=True)
-    except (KeyError, ValueError) as exc:
-        raise TrainingError(UNSUPPORTED_MODEL, f"{path.name}: the architecture {model_type!r} is not one that "
-                            f"transformers {_transformers_version()} knows ({exc}).") from exc
-    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
-        raise TrainingError(UNSUPPORTED_MODEL, f"{path.name}: {model_type!r} models have no causal language-model "
-                            "head in transformers, so this recipe cannot fine-tune them as chat or text models.")
-    return config
-
-
-def _transformers_version() -> str:
-    import transformers
-
-    return transformers.__version__
-
-
-def attention_implementation(path_or_config) -> tuple[str, str]:
-    """The attention implementation a model is loaded with, and why.
-
-    SDPA wherever transformers supports it for the architecture and the model needs nothing SDPA lacks; eager
-    where attention scores are soft-capped (Gemma 2's ``attn_logit_softcapping``: SDPA cannot apply it and
-    transformers refuses SDPA for such models) or the architecture has no SDPA support at all.
-    """
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
-
-    config = _model_config(Path(path_or_config)) if isinstance(path_or_config, (str, Path)) else path_or_config
-    softcap = getattr(config, "attn_logit_softcapping", None)
-    if softcap:
-        return "eager", f"attention scores are soft-capped at {softcap}, which SDPA cannot compute"
-    model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
-    if model_class is not None and not getattr(model_class, "_supports_sdpa", False):
-        return "eager", f"{model_class.__name__} has no SDPA attention in transformers"
-    return "sdpa", "SDPA supports this architecture"
-
-
-def load_base_model(path: str | Path, *, quantization: str, device: str, dtype: torch.dtype | None = None,
-                    gradient_checkpointing: bool | None = None):
-    """Load a causal LM for LoRA training, prepared for the device.
-
-    CUDA: NF4 4-bit with double quantisation (or int8, or none), bf16/fp16 compute, gradient checkpointing.
-    CPU: fp32 compute, no checkpointing, ``torch.set_num_threads(available cores)``; nf4/int8 work too.
-    """
-    from peft import prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise TrainingError(MODEL_MISSING, f"The base model folder {path} is missing or has no config.json.")
-    device = resolve_device(device)
-    if device == "cpu":
-        torch.set_num_threads(available_cpus())
-    dtype = dtype or compute_dtype(device)
-    if gradient_checkpointing is None:
-        gradient_checkpointing = device == "cuda"
-
-    implementation, _ = attention_implementation(path)
-    kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True, "attn_implementation": implementation}
-    if quantization == "nf4":
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype,
-        )
-    elif quantization == "int8":
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
-    elif quantization != "none":
-        raise TrainingError(DATASET_ERROR, f"Unknown quantization {quantization!r}.")
-    if device == "cuda":
-        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
-    else:
-        kwargs["device_map"] = {"": "cpu"}
-
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(path.resolve()), **kwargs)
-    except OSError as exc:
-        if getattr(exc, "errno", None) is not None:
-            raise  # disk errors are classified by the caller
-        # transformers' way of saying that the weights are missing or unreadable
-        raise TrainingError(MODEL_MISSING, f"Cannot load the base model from {path}: {exc}") from exc
-    except (ValueError, ImportError) as exc:
-        # The files are there: transformers refuses an attention, quantisation or layer it cannot run for this
-        # architecture, or a package it needs for it is not installed.
-        raise TrainingError(UNSUPPORTED_MODEL, f"{path.name} cannot be trained by this recipe: {exc}") from exc
-
-    if quantization in ("nf4", "int8"):
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
-        )
-    elif gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    model.config.use_cache = False
-    return model
 
 
 def add_lora(model, params: ResolvedParams):
@@ -895,9 +702,33 @@ def _message(hooks, level: str, message: str, data: dict | None = None) -> None:
 
 
 def _run(spec: RunSpec, hooks: Hooks) -> RunResult:
-    from transformers import set_seed
-
+    """data → params → model → trainer → save, each a step below."""
     device = resolve_device(spec.device)
+    base, run_dir, resume = check_folders(spec)
+    data = prepare_data(spec, hooks, base=base, device=device)
+    params = data.params
+    if resume is not None:
+        check_resume(resume, params, data.fingerprint["fingerprint"], RESUME_INVARIANTS)
+    stopped = stopped_before_training(hooks, resume, params, data.report, device)
+    if stopped is not None:
+        return stopped
+    check_memory(spec.memory_check, params, device, max(len(item["input_ids"]) for item in data.train_items), hooks)
+    model, plan = prepare_model(base, params, device, hooks)
+    bridge = _HooksBridge(hooks)
+    trainer = build_trainer(spec, data, model, plan, device, hooks, bridge)
+    if resume is not None:
+        _message(hooks, "info", f"Resuming from {resume.name}.")
+    t0 = time.monotonic()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
+        trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    return save_result(spec, data, trainer, bridge, plan, device, base=base, run_dir=run_dir,
+                       wall=time.monotonic() - t0)
+
+
+def check_folders(spec: RunSpec) -> tuple[Path, Path, Path | None]:
+    """The base model folder, the run folder (its ``checkpoints/`` made, stale temporaries removed) and the
+    checkpoint to resume from, checked."""
     base = Path(spec.base_model_path)
     if not (base / "config.json").is_file():
         raise TrainingError(MODEL_MISSING, f"The base model folder {base} is missing or has no config.json.")
@@ -910,54 +741,86 @@ def _run(spec: RunSpec, hooks: Hooks) -> RunResult:
         problem = ckpt.checkpoint_problem(resume)
         if problem:
             raise TrainingError(CHECKPOINT_INVALID, f"Cannot resume from {resume}: {problem}.")
+    return base, run_dir, resume
 
-    # data: tokenise once untruncated (the lengths feed "auto"), then truncate
-    tokenizer = load_tokenizer(base)
+
+@dataclass
+class RunData:
+    """The run's tokenizer (its template installed), resolved parameters and dataset items."""
+
+    tokenizer: Any
+    template: str
+    params: ResolvedParams
+    train_items: list[dict]
+    valid_items: list[dict] | None
+    report: dict[str, Any]
+    fingerprint: dict[str, Any]
+
+
+def install_run_template(tokenizer, template: str = "auto") -> str:
+    """Install the run's chat template as the tokenizer's (``ml.templates.resolve_template``: the model's own, else
+    the fallback) and return its name. The saved adapter's tokenizer keeps it, so inference renders alike."""
+    name = resolve_template(template, has_chat_template=has_chat_template(tokenizer))
+    install_template(tokenizer, name)
+    return name
+
+
+def _parse(params: ResolvedParams | TrainingParams | dict) -> ResolvedParams | TrainingParams:
     try:
-        params_in = spec.params if isinstance(spec.params, ResolvedParams) else parse_params(spec.params)
+        return params if isinstance(params, ResolvedParams) else parse_params(params)
     except InvalidParams as exc:
         raise TrainingError(INVALID_PARAMS, exc.message) from exc
-    has_template = bool(getattr(tokenizer, "chat_template", None))
-    template, loss_on = params_in.template, params_in.loss_on
-    if template == "auto":
-        template = "chat_template" if has_template else "alpaca"
-    install_template(tokenizer, template)
+
+
+def resolve_run_params(params_in: TrainingParams, train_full: list, *, base: Path, device: str,
+                       has_chat_template: bool, has_validation: bool) -> ResolvedParams:
+    """``auto`` parameters resolved from the real token lengths and the device."""
+    mean_len, max_len = length_stats(train_full)
+    gpu_gb = torch.cuda.get_device_properties(0).total_memory / 1024**3 if device == "cuda" else None
+    model_config = json.loads((base / "config.json").read_text(encoding="utf-8"))
+    try:
+        return resolve_params(
+            params_in, n_examples=len(train_full), n_tokens_mean=mean_len, n_tokens_max=max_len, device=device,
+            gpu_memory_gb=gpu_gb, has_chat_template=has_chat_template,
+            model_max_length=model_config.get("max_position_embeddings"), has_validation=has_validation,
+        )
+    except InvalidParams as exc:
+        raise TrainingError(INVALID_PARAMS, exc.message) from exc
+
+
+def prepare_data(spec: RunSpec, hooks: Hooks, *, base: Path, device: str) -> RunData:
+    """Tokenise once untruncated (the lengths feed "auto"), resolve the parameters, then truncate and batch."""
+    params_in = _parse(spec.params)
+    tokenizer = load_tokenizer(base)
+    had_template = has_chat_template(tokenizer)
+    template = install_run_template(tokenizer, params_in.template)
+    loss_on = params_in.loss_on
     train_full, _ = encode_records(tokenizer, spec.train, loss_on=loss_on)
     valid_full = None
     if spec.validation is not None:
         valid_full, _ = encode_records(tokenizer, spec.validation, loss_on=loss_on)
-
     if isinstance(params_in, ResolvedParams):
         params = params_in
     else:
-        mean_len, max_len = length_stats(train_full)
-        gpu_gb = torch.cuda.get_device_properties(0).total_memory / 1024**3 if device == "cuda" else None
-        model_config = json.loads((base / "config.json").read_text(encoding="utf-8"))
-        try:
-            params = resolve_params(
-                params_in, n_examples=len(train_full), n_tokens_mean=mean_len, n_tokens_max=max_len, device=device,
-                gpu_memory_gb=gpu_gb, has_chat_template=has_template,
-                model_max_length=model_config.get("max_position_embeddings"), has_validation=valid_full is not None,
-            )
-        except InvalidParams as exc:
-            raise TrainingError(INVALID_PARAMS, exc.message) from exc
+        params = resolve_run_params(params_in, train_full, base=base, device=device, has_chat_template=had_template,
+                                    has_validation=valid_full is not None)
     if params.device != device:
         _message(hooks, "warning", f"Parameters were resolved for {params.device} but the run uses {device}.")
 
     train_examples, train_report = truncate_examples(train_full, params.max_seq_length)
-    data_report: dict[str, Any] = {"train": train_report.to_dict()}
+    report: dict[str, Any] = {"train": train_report.to_dict()}
     valid_examples = None
     if valid_full is not None:
         valid_examples, valid_report = truncate_examples(valid_full, params.max_seq_length)
-        data_report["validation"] = valid_report.to_dict()
+        report["validation"] = valid_report.to_dict()
     _message(hooks, "info", f"Tokenised {train_report.examples} training examples: {train_report.tokens:,} tokens, "
-             f"{train_report.target_tokens:,} of them trained (loss on {loss_on}, template {template}).", data_report)
+             f"{train_report.target_tokens:,} of them trained (loss on {loss_on}, template {template}).", report)
     if train_report.truncated:
         _message(hooks, "warning", f"{train_report.truncated} of {len(train_full)} training examples were longer "
-                 f"than {params.max_seq_length} tokens and were truncated.", data_report)
+                 f"than {params.max_seq_length} tokens and were truncated.", report)
     if train_report.dropped_no_target:
         _message(hooks, "warning", f"{train_report.dropped_no_target} examples had no trained tokens left and were "
-                 "skipped.", data_report)
+                 "skipped.", report)
 
     if params.packing:
         train_items = pack_items(train_examples, params.max_seq_length, seed=params.seed)
@@ -967,36 +830,42 @@ def _run(spec: RunSpec, hooks: Hooks) -> RunResult:
         valid_items = [to_item(e) for e in valid_examples] if valid_examples else None
     fingerprint = {"train_examples": len(train_examples), "train_tokens": train_report.tokens,
                    "fingerprint": _fingerprint(train_examples)}
+    return RunData(tokenizer=tokenizer, template=template, params=params, train_items=train_items,
+                   valid_items=valid_items or None, report=report, fingerprint=fingerprint)
 
-    if resume is not None:
-        check_resume(resume, params, fingerprint["fingerprint"], RESUME_INVARIANTS)
-    stopped = stopped_before_training(hooks, resume, params, data_report, device)
-    if stopped is not None:
-        return stopped
-    check_memory(spec.memory_check, params, device, max(len(item["input_ids"]) for item in train_items), hooks)
 
-    # model
+def prepare_model(base: Path, params: ResolvedParams, device: str, hooks: Hooks):
+    """The base model with LoRA attached and its attention path chosen (``attention_plan``)."""
+    from transformers import set_seed
+
     cdtype = compute_dtype(device)
     model = load_base_model(base, quantization=params.quantization, device=device, dtype=cdtype)
     set_seed(params.seed)  # LoRA initialisation depends on it
     model = add_lora(model, params)
     plan = attention_plan(model, device)
-    flat = bool(plan["flat"])
-    if flat:
+    if plan["flat"]:
         enable_flat_batches(model)
     _message(hooks, "info", f"Attention: {plan['path']} ({plan['reason']}).", {"attention": plan})
     trainable, total_params = model.get_nb_trainable_parameters()
     _message(hooks, "info", f"Loaded {base.name} on {device} ({params.quantization}, {str(cdtype).split('.')[-1]}); "
              f"{trainable:,} trainable LoRA parameters of {total_params:,}.",
              {"trainable_parameters": trainable, "parameters": total_params})
+    return model, plan
 
-    bridge = _HooksBridge(hooks)
+
+def build_trainer(spec: RunSpec, data: RunData, model, plan: dict, device: str, hooks: Hooks,
+                  bridge: _HooksBridge) -> RecipeTrainer:
+    """The Trainer of the run: its arguments from the resolved parameters, the hooks bridged, tracking attached."""
+    params = data.params
+    cdtype = compute_dtype(device)
+    run_dir = Path(spec.run_dir)
+    checkpoints_dir = run_dir / "checkpoints"
     bridge_metrics = bridge.last_metrics
 
     def on_checkpoint(step: int, path: Path) -> None:
         hooks.on_checkpoint(step, path, dict(bridge_metrics))
 
-    has_valid = bool(valid_items)
+    has_valid = data.valid_items is not None
     train_args = TrainingArguments(
         output_dir=str(checkpoints_dir),
         per_device_train_batch_size=params.batch_size,
@@ -1028,33 +897,34 @@ def _run(spec: RunSpec, hooks: Hooks) -> RunResult:
         include_num_input_tokens_seen="non_padding",
         ddp_find_unused_parameters=False,  # LoRA: every adapter gets a gradient; required with checkpointing
     )
+    flat = bool(plan["flat"])
     recipe = {
         "packed": params.packing, "direct_head": uses_direct_head(model), "flat": flat,
         "checkpoints_dir": str(checkpoints_dir),
         "run_dir": str(run_dir), "keep_checkpoints": spec.keep_checkpoints, "params": params.to_dict(),
-        "data_fingerprint": fingerprint, "on_checkpoint": on_checkpoint,
+        "data_fingerprint": data.fingerprint, "on_checkpoint": on_checkpoint,
     }
-    trainer = RecipeTrainer(
-        model=model, args=train_args, train_dataset=_ListDataset(train_items),
-        eval_dataset=_ListDataset(valid_items) if has_valid else None, processing_class=tokenizer,
-        data_collator=Collator(tokenizer.pad_token_id, flat=flat), recipe=recipe,
+    return RecipeTrainer(
+        model=model, args=train_args, train_dataset=_ListDataset(data.train_items),
+        eval_dataset=_ListDataset(data.valid_items) if has_valid else None, processing_class=data.tokenizer,
+        data_collator=Collator(data.tokenizer.pad_token_id, flat=flat), recipe=recipe,
         callbacks=[bridge, *tracking_callbacks(run_dir, params, spec.summary_extra)],
     )
-    if resume is not None:
-        _message(hooks, "info", f"Resuming from {resume.name}.")
-    t0 = time.monotonic()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
-        trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
-    wall = time.monotonic() - t0
 
+
+def save_result(spec: RunSpec, data: RunData, trainer: RecipeTrainer, bridge: _HooksBridge, plan: dict,
+                device: str, *, base: Path, run_dir: Path, wall: float) -> RunResult:
+    """How the run ended, its metrics and, when it succeeded, the adapter written with its summary."""
+    params, model = data.params, trainer.model
     state = trainer.state
     status = {"cancel": "cancelled", "pause": "paused"}.get(bridge.stop_reason or "", "succeeded")
     metrics = dict(bridge.last_metrics)
-    if status == "succeeded" and has_valid and (not bridge.history or "valid_loss" not in bridge.history[-1]
-                                                or bridge.history[-1]["step"] != state.global_step):
+    if status == "succeeded" and data.valid_items is not None and (
+            not bridge.history or "valid_loss" not in bridge.history[-1]
+            or bridge.history[-1]["step"] != state.global_step):
         trainer.evaluate()
         metrics.update(bridge.last_metrics)
+    trainable, _ = model.get_nb_trainable_parameters()
     session_tokens = state.num_input_tokens_seen - bridge._tokens0
     metrics.update({
         "trainable_parameters": float(trainable),
@@ -1067,22 +937,24 @@ def _run(spec: RunSpec, hooks: Hooks) -> RunResult:
         metrics["train_loss_mean"] = bridge.final_logs["train_loss"]
 
     versions = library_versions()
+    cdtype = compute_dtype(device)
     info = device_info(device) | {"quantization": params.quantization, "compute_dtype": str(cdtype).split(".")[-1],
-                                  "direct_head": trainer.direct_head, "flat_batches": flat, "attention": plan}
+                                  "direct_head": trainer.direct_head, "flat_batches": bool(plan["flat"]),
+                                  "attention": plan}
     adapter_dir = None
     if status == "succeeded":
         summary = {
             "base_model": str(base.resolve()), "params": params.to_dict(), "metrics": metrics,
             "global_step": state.global_step, "trained_tokens": int(state.num_input_tokens_seen),
-            "data": data_report | {"fingerprint": fingerprint}, "versions": versions, "device": info,
-            "template": template, "trainable_parameters": trainable, "history": bridge.history,
+            "data": data.report | {"fingerprint": data.fingerprint}, "versions": versions, "device": info,
+            "template": data.template, "trainable_parameters": trainable, "history": bridge.history,
             **spec.summary_extra,
         }
-        adapter_dir = ckpt.save_adapter(model, tokenizer, spec.adapter_dir, summary, base_model_path=base)
+        adapter_dir = ckpt.save_adapter(model, data.tokenizer, spec.adapter_dir, summary, base_model_path=base)
     return RunResult(
         status=status, global_step=state.global_step, total_steps=state.max_steps, metrics=metrics,
         trained_tokens=int(state.num_input_tokens_seen), adapter_dir=adapter_dir,
-        checkpoint=ckpt.latest_good_checkpoint(run_dir), params=params, data_report=data_report,
+        checkpoint=ckpt.latest_good_checkpoint(run_dir), params=params, data_report=data.report,
         versions=versions, device_info=info, history=bridge.history,
     )
 
@@ -1092,13 +964,3 @@ def result_to_dict(result: RunResult) -> dict:
     for key in ("adapter_dir", "checkpoint"):
         out[key] = str(out[key]) if out[key] is not None else None
     return out
-
-
-__all__ = [
-    "RunSpec", "RunResult", "run_training", "load_base_model", "load_tokenizer", "add_lora", "token_loss_sums",
-    "enable_flat_batches", "uses_flat_batches", "varlen_sdpa", "attention_plan", "attention_implementation",
-    "latest_good_checkpoint", "save_adapter", "TrainingError", "EncodeReport", "available_cpus",
-]
-
-latest_good_checkpoint = ckpt.latest_good_checkpoint
-save_adapter = ckpt.save_adapter

@@ -1,7 +1,7 @@
 """Preference tuning — DPO, ORPO, KTO — through TRL's trainers, with the SFT recipe's hooks contract.
 
 Plain module (no Django); the worker's child process calls ``run_preference(spec, hooks)`` when the task's
-``method`` is not ``sft``. Like ``training.recipe`` it imports torch, transformers and TRL: web-process code must
+``method`` is not ``sft``. Like ``ml.train.sft`` it imports torch, transformers and TRL: web-process code must
 not import it.
 
 What comes from TRL 1.16 as is: the losses and their parameter names (``DPOTrainer`` with every ``loss_type`` of
@@ -12,7 +12,7 @@ What comes from TRL 1.16 as is: the losses and their parameter names (``DPOTrain
 What is ours, so that a preference run behaves like an SFT run:
 
 - **Data**: the ``preference`` rows (``{"prompt": [...], "chosen": [...], "rejected": [...]}``) and ``kto`` rows
-  (``{"prompt": [...], "completion": [...], "label": bool}``) are rendered by ``training.data.assistant_spans``,
+  (``{"prompt": [...], "completion": [...], "label": bool}``) are rendered by ``ml.data.assistant_spans``,
   the SFT code: the same chat template (or named fallback template), the answer tokens found the same way, prompt
   tokens (earlier assistant turns included) never trained. Sequences longer than ``max_seq_length`` keep their start
   and lose the end of the answer; pairs whose prompt alone fills ``max_seq_length`` are dropped. Both are counted
@@ -25,7 +25,7 @@ What is ours, so that a preference run behaves like an SFT run:
   (``start_adapter``), the reference is that SFT policy: TRL keeps a frozen copy of the adapter's LoRA weights
   (adapter ``"ref"``, a few MB) on the same base weights; it is dropped before the adapter is saved. ORPO has no
   reference model at all.
-- **Checkpoints**: ``step-N`` folders published atomically with a manifest (``training.checkpoints``), holding the
+- **Checkpoints**: ``step-N`` folders published atomically with a manifest (``ml.train.checkpoints``), holding the
   adapter, optimizer, scheduler and RNG state; ``trainer.train(resume_from_checkpoint=...)`` replays the seeded data
   order, so a paused run continues exactly.
 - **Output**: a plain PEFT adapter folder (``adapter_config.json`` pointing at the local base folder), as SFT's.
@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# see training/recipe.py: must be set before torch is first imported
+# see ml/train/sft.py: must be set before torch is first imported
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
@@ -51,9 +51,8 @@ from datasets import Dataset as HFDataset  # noqa: E402
 from transformers import Trainer  # noqa: E402
 from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer  # noqa: E402
 
-from training import checkpoints as ckpt  # noqa: E402
-from training.data import EncodeReport, assistant_spans, install_template, read_records  # noqa: E402
-from training.errors import (  # noqa: E402
+from ml.data import EncodeReport, assistant_spans, install_template, read_records  # noqa: E402
+from ml.errors import (  # noqa: E402
     CHECKPOINT_INVALID,
     DATASET_ERROR,
     INVALID_PARAMS,
@@ -61,15 +60,19 @@ from training.errors import (  # noqa: E402
     TrainingError,
     classify,
 )
-from training.hooks import Hooks, NullHooks  # noqa: E402
-from training.params import (  # noqa: E402
+from ml.hparams import (  # noqa: E402
     PREFERENCE_METHODS,
     InvalidParams,
     ResolvedParams,
     parse_params,
     resolve_params,
 )
-from training.recipe import (  # noqa: E402
+from ml.model import load_base_model, load_tokenizer, tokenizer_source  # noqa: E402
+from ml.probe import compute_dtype, device_info, library_versions, peak_memory, resolve_device  # noqa: E402
+from ml.templates import resolve_template  # noqa: E402
+from ml.train import checkpoints as ckpt  # noqa: E402
+from ml.train.hooks import Hooks, NullHooks  # noqa: E402
+from ml.train.sft import (
     RESUME_INVARIANTS,
     RunResult,
     RunSpec,
@@ -78,13 +81,6 @@ from training.recipe import (  # noqa: E402
     add_lora,
     check_memory,
     check_resume,
-    compute_dtype,
-    device_info,
-    library_versions,
-    load_base_model,
-    load_tokenizer,
-    peak_memory,
-    resolve_device,
     stopped_before_training,
 )
 
@@ -216,7 +212,7 @@ def sequence_lengths(rows: list[dict], method: str) -> list[int]:
 
 
 def truncate_rows(rows: list[dict], max_seq_length: int, method: str) -> tuple[list[dict], EncodeReport]:
-    """SFT's rule (``training.data.truncate_examples``): keep the start; drop a row left with no answer token."""
+    """SFT's rule (``ml.data.truncate_examples``): keep the start; drop a row left with no answer token."""
     report = EncodeReport()
     out = []
     for r in rows:
@@ -247,7 +243,7 @@ def truncate_rows(rows: list[dict], max_seq_length: int, method: str) -> tuple[l
 
 
 class _OurCheckpoints:
-    """Atomic ``step-N`` checkpoints (as ``training.recipe.RecipeTrainer``'s) and TRL's tokenisation skipped for
+    """Atomic ``step-N`` checkpoints (as ``ml.train.sft.RecipeTrainer``'s) and TRL's tokenisation skipped for
     rows we tokenised. Mixed in before a TRL trainer class."""
 
     recipe: dict
@@ -411,15 +407,13 @@ def _run(spec: PreferenceSpec, hooks: Hooks) -> RunResult:
             raise TrainingError(CHECKPOINT_INVALID, f"Cannot resume from {resume}: {problem}.")
 
     # The start adapter's tokenizer carries the template its SFT run installed: render the pairs the same way.
-    tokenizer = load_tokenizer(start if start is not None and (start / "tokenizer_config.json").is_file() else base)
+    tokenizer = load_tokenizer(tokenizer_source(start, base) if start is not None else base)
     try:
         params_in = spec.params if isinstance(spec.params, ResolvedParams) else parse_params(spec.params)
     except InvalidParams as exc:
         raise TrainingError(INVALID_PARAMS, exc.message) from exc
     has_template = bool(getattr(tokenizer, "chat_template", None))
-    template = params_in.template
-    if template == "auto":
-        template = "chat_template" if has_template else "alpaca"
+    template = resolve_template(params_in.template, has_chat_template=has_template)
     install_template(tokenizer, template)
 
     train_records = list(read_records(spec.train))
