@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,21 @@ from ml.probe import available_cpus, compute_dtype, resolve_device
 # ---------------------------------------------------------------------------------------------------------------
 # Tokenizers
 
+# transformers resolves its names lazily on first use; two threads of a web worker taking their first tokenizer at
+# once (the start form asks for its plan and its preview together) could see the half-initialised module and fail
+# with "cannot import name 'AutoTokenizer'". The first import is taken under this lock.
+_IMPORT_LOCK = threading.Lock()
+
+
+def _auto_tokenizer():
+    with _IMPORT_LOCK:
+        from transformers import AutoTokenizer
+    return AutoTokenizer
+
 
 def load_tokenizer(path: str | Path):
     """The tokenizer of a local model (or adapter) folder, with a pad token."""
-    from transformers import AutoTokenizer
+    AutoTokenizer = _auto_tokenizer()  # noqa: N806
 
     path = Path(path)
     try:
