@@ -201,7 +201,7 @@ def main() -> None:
     fastest = min(rows, key=lambda r: r["run_s"])
     lines += ["", f"Answers identical in the three runs: {'yes' if same else 'NO'}. Model server peak RSS "
               f"{server_rss / mb:.0f} MB. Fastest: {fastest['label']} "
-              f"({rows[0]['run_s'] / fastest['run_s']:.1f}× the in-process run's time).", END]
+              f"({rows[0]['run_s'] / fastest['run_s']:.1f}× faster than in-process).", END]
     text = "\n".join(lines)
     print(text)
     if not args.no_write:

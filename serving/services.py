@@ -382,7 +382,7 @@ def _pairs_of(user: Actor, team: Team | str | int | None, pairs) -> tuple[Team, 
                            code="preference_pair_not_found", param="pairs")
         pairs = found
     if pairs is not None:
-        teams = {p.team for p in pairs}
+        teams = set(Team.objects.filter(pk__in=pairs.values("team_id")))
         if len(teams) > 1:
             raise ApplicationError("The pairs belong to several teams (" + ", ".join(sorted(t.name for t in teams))
                                    + "): build one team's set at a time.", code="invalid_parameter", param="pairs")
