@@ -6,9 +6,11 @@
     .venv/bin/python benchmarks/api_load.py load --clients 10 --duration 5 --no-write
 
 ``load`` builds a private installation (a temporary DATA_DIR, a fresh database, a team, a token, a tiny
-base model and a dataset version), starts ``manage.py runserver`` as ``make serve`` does (threaded), and
-runs N client threads for D seconds, each looping over: list tasks, list datasets, list fine-tuning
-jobs (``/v1/``), read a task, create a task, cancel one of its tasks, upload a small file. It reports
+base model and a dataset version), starts the model server and gunicorn in front of it as ``make serve`` does
+(``--web-workers`` processes of 4 threads; both stopped by their process groups), and runs N client threads for
+D seconds, each looping over: list tasks, list datasets, list fine-tuning jobs (``/v1/``), read a task, create a
+task, cancel one of its tasks, a short chat completion (``/v1/``, 8 tokens of the tiny base model, decoded by the
+model server), upload a small file. The queue quota and the chat rate limits are lifted. It reports
 requests/s, the status counts (5xx must be zero) and p50/p95/p99 latency per operation, then checks the
 database: every task and version a client was told was created exists once, every task it cancelled is
 cancelled, nothing else was created.
@@ -28,6 +30,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -106,9 +109,9 @@ def _multipart(fields: dict[str, str], filename: str, content: bytes) -> tuple[b
 
 class _Client(threading.Thread):
     def __init__(self, n: int, host: str, port: int, token: str, base_model: str, train_version: int,
-                 until: float, result: LoadResult) -> None:
+                 until: float, result: LoadResult, chat: bool = False) -> None:
         super().__init__(daemon=True)
-        self.n, self.host, self.port, self.token = n, host, port, token
+        self.n, self.host, self.port, self.token, self.chat = n, host, port, token, chat
         self.base_model, self.train_version, self.until, self.result = base_model, train_version, until, result
         self.conn: http.client.HTTPConnection | None = None
         self.mine: list[int] = []
@@ -183,17 +186,22 @@ class _Client(threading.Thread):
                 if status == 201 and data:
                     with self.result.lock:
                         self.result.uploaded_versions.add(data["id"])
+            if step == 5 and self.chat:  # a short chat with the base model, decoded by the model server
+                body = json.dumps({"model": self.base_model, "max_tokens": 8,
+                                   "messages": [{"role": "user", "content": f"Hello from client {self.n}"}]}).encode()
+                self.request("chat", "POST", "/v1/chat/completions", body)
         if self.conn is not None:
             self.conn.close()
 
 
 def run_load(url: str, token: str, *, base_model: str, train_version: int, clients: int = 50,
-             duration: float = 60.0) -> LoadResult:
-    """``clients`` threads against ``url`` for ``duration`` seconds (a bounded loop, no think time)."""
+             duration: float = 60.0, chat: bool = False) -> LoadResult:
+    """``clients`` threads against ``url`` for ``duration`` seconds (a bounded loop, no think time); with ``chat``,
+    each loop of ten requests also sends a short chat completion of ``base_model``."""
     host, _, port = url.removeprefix("http://").rstrip("/").partition(":")
     result = LoadResult(clients=clients, duration=duration)
     until = time.monotonic() + duration
-    threads = [_Client(n, host, int(port or 80), token, base_model, train_version, until, result)
+    threads = [_Client(n, host, int(port or 80), token, base_model, train_version, until, result, chat)
                for n in range(clients)]
     started = time.monotonic()
     for t in threads:
@@ -386,37 +394,100 @@ def _fixtures(data_dir: Path):
     return team, user, base, version, secret
 
 
+def _wait_listening(port: int, proc: subprocess.Popen, what: str, log: Path) -> None:
+    for _ in range(600):
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited; see {log}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"{what} did not start; see {log}")
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """Stop a server we started in its own session by its process group (gunicorn's workers with it)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def _warm_up(port: int, token: str, *, base_model: str, workers: int) -> None:
+    """Each gunicorn worker imports the project on its first request and the model server loads the base model on
+    its first chat: done before the clock starts (2 concurrent rounds per worker, reads and one chat each)."""
+    def one(n: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        for method, path, body in (("GET", "/api/training/tasks?limit=20", None),
+                                   ("POST", "/v1/chat/completions", json.dumps(
+                                       {"model": base_model, "max_tokens": 2,
+                                        "messages": [{"role": "user", "content": f"warm-up {n}"}]}))):
+            conn.request(method, path, body=body, headers=headers)
+            response = conn.getresponse()
+            response.read()
+            if response.status != 200:
+                raise SystemExit(f"warm-up {method} {path}: HTTP {response.status}")
+        conn.close()
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(2 * workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def cmd_load(args) -> str:
     data_dir = Path(tempfile.mkdtemp(prefix="api-load-"))
+    load = os.getloadavg()[0]
     env = _environment(args.database_url, data_dir)
     _prepare_database(env)
     _setup_django(env)
     _team, _user, base, version, token = _fixtures(data_dir)
-    port = _free_port()
-    # The request log goes to a file: a pipe nobody reads fills up and stalls the server.
-    server_log = open(data_dir / "server.log", "wb")  # noqa: SIM115 - closed after the server stops
-    server = subprocess.Popen([sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
-                              cwd=ROOT, env=env, stdout=server_log, stderr=subprocess.STDOUT)
+    # The team's queue quota and chat rate limits are rules of their own, tested elsewhere: lifted here, where
+    # thousands of requests measure the servers and the database.
+    env.update({"TEAM_MAX_ACTIVE_JOBS": "1000000", "INFERENCE_TEAM_REQUESTS_PER_MINUTE": "1000000",
+                "INFERENCE_TEAM_TOKENS_PER_MINUTE": "1000000000", "SERVING_TORCH_THREADS": "1"})
+    models_port, port = _free_port(), _free_port()
+    env["SERVING_URL"] = f"http://127.0.0.1:{models_port}"
+    # As `make serve` runs them: the model server, then gunicorn (gthread, 4 threads a worker) pointed at it, each
+    # in its own session so that stopping its process group stops all of it. Logs go to files: a pipe nobody reads
+    # fills up and stalls a server.
+    models_log, web_log = data_dir / "serve_models.log", data_dir / "gunicorn.log"
+    with open(models_log, "wb") as log:
+        models = subprocess.Popen([sys.executable, "manage.py", "serve_models", "--port", str(models_port)],
+                                  cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    web = None
     try:
-        for _ in range(300):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.2)
+        _wait_listening(models_port, models, "the model server", models_log)
+        with open(web_log, "wb") as log:
+            web = subprocess.Popen([sys.executable, "-m", "gunicorn", "config.wsgi:application", "--workers",
+                                    str(args.web_workers), "--worker-class", "gthread", "--threads", "4", "--bind",
+                                    f"127.0.0.1:{port}", "--timeout", "600", "--graceful-timeout", "30"],
+                                   cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        _wait_listening(port, web, "gunicorn", web_log)
+        _warm_up(port, token, base_model=base.name, workers=args.web_workers)
         result = run_load(f"http://127.0.0.1:{port}", token, base_model=base.name, train_version=version.pk,
-                          clients=args.clients, duration=args.duration)
+                          clients=args.clients, duration=args.duration, chat=True)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-        server_log.close()
+        if web is not None:
+            _stop_group(web)
+        _stop_group(models)
     problems = check_rows(result)
     summary = result.summary()
     print(json.dumps(summary, indent=1))
     print("row checks:", problems or "ok")
     shutil.rmtree(data_dir, ignore_errors=True)
     engine = "MariaDB" if env["DATABASE_URL"].startswith("mysql") else "SQLite (WAL)"
-    lines = [f"### Load: {args.clients} clients for {args.duration:.0f} s, runserver (threaded), {engine}", "",
+    lines = [f"### Load: {args.clients} clients for {args.duration:.0f} s, gunicorn ({args.web_workers} workers × 4 "
+             f"threads) + the model server, {engine}", "",
+             f"Load average before the run: {load:.1f} on {os.cpu_count()} cores"
+             + (" (shared with other work running at the same time)." if load > 1.5 else "."),
+             "",
              f"{summary['requests']} requests, {summary['requests_per_s']} req/s; statuses {summary['statuses']}; "
              f"transport errors {summary['transport_errors']}; 5xx: {len(result.server_errors())}. "
              f"{summary['created_tasks']} tasks created, {summary['cancelled_tasks']} cancelled, "
@@ -478,8 +549,9 @@ def write_results(key: str, section: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    load = sub.add_parser("load", help="concurrent clients against runserver")
+    load = sub.add_parser("load", help="concurrent clients against gunicorn + the model server")
     load.add_argument("--clients", type=int, default=50)
+    load.add_argument("--web-workers", type=int, default=3, help="gunicorn workers (make serve's WEB_WORKERS)")
     load.add_argument("--duration", type=float, default=60.0)
     scale = sub.add_parser("scale", help="bulk insert tasks and events, time pagination")
     scale.add_argument("--tasks", type=int, default=10_000)

@@ -20,6 +20,7 @@ from openai_compat.chat import router as chat_v1_router
 from openai_compat.files import router as files_v1_router
 from openai_compat.fine_tuning import router as fine_tuning_v1_router
 from openai_compat.model_list import router as models_v1_router
+from serving.api import router as serving_router
 from training.api import router as training_router
 
 
@@ -145,6 +146,7 @@ api.add_router("/", datasets_router)
 api.add_router("/", catalog_router)
 api.add_router("/", training_router)
 api.add_router("/", classifier_router)
+api.add_router("/", serving_router)
 api.add_router("/", evaluation_router)
 api.add_router("/", notifications_router)
 v1.add_router("/", files_v1_router)

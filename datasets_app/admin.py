@@ -301,8 +301,11 @@ class DatasetVersionAdmin(TeamScopedAdmin):
 
     @admin.display(description="Where the rows came from")
     def lineage(self, obj: DatasetVersion) -> str:
-        """Versions built from a blind A/B review: the review, the two models, and every pair's vote."""
+        """Versions built from judged pairs: a blind A/B review (the review, the two models, every pair's vote) or the
+        chat playground (every pair, its two models, who chose and when)."""
         lineage = (obj.report or {}).get("lineage") or {}
+        if lineage.get("source") == "playground":
+            return self._playground_lineage(lineage)
         if lineage.get("source") != "review":
             return "—"
         models = lineage.get("models") or {}
@@ -317,6 +320,21 @@ class DatasetVersionAdmin(TeamScopedAdmin):
               (r.get("prompt") or "")[:120]) for r in lineage.get("pairs") or []))
         return format_html('{}<table><thead><tr><th>row</th><th>pair</th><th>vote</th><th>reviewer</th>'
                            '<th>chosen (winner)</th><th>prompt</th></tr></thead><tbody>{}</tbody></table>', head, rows)
+
+    def _playground_lineage(self, lineage: dict) -> str:
+        counts = lineage.get("counts") or {}
+        head = format_html("Chat-playground pairs of team {}: {} of {} pairs used; left out: {} tie(s), {} incomplete, "
+                           "{} with identical answers.", lineage.get("team", "?"), counts.get("used", 0),
+                           counts.get("pairs", 0), counts.get("ties_left_out", 0),
+                           counts.get("incomplete_left_out", 0), counts.get("identical_left_out", 0))
+        rows = format_html_join(
+            "", '<tr><td>{}</td><td><a href="{}">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>',
+            ((r.get("row"), reverse("admin:serving_preferencepair_change", args=[r.get("pair")]), r.get("pair"),
+              r.get("chosen_model"), r.get("rejected_model"), r.get("chosen_by") or "—", r.get("chosen_at", "")[:19],
+              (r.get("prompt") or "")[:120]) for r in lineage.get("pairs") or []))
+        return format_html('{}<table><thead><tr><th>row</th><th>pair</th><th>chosen model</th><th>rejected model</th>'
+                           '<th>chosen by</th><th>when</th><th>prompt</th></tr></thead><tbody>{}</tbody></table>',
+                           head, rows)
 
     @admin.display(description="Used by")
     def used_by(self, obj: DatasetVersion) -> str:

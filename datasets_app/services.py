@@ -335,6 +335,35 @@ def dataset_upload(*, user, team: Team | str | int | None, name: str, fileobj: I
     return version
 
 
+# Where a preference version built from people's judgements came from (``report["lineage"]["source"]``).
+PREFERENCE_SOURCES = ("review", "playground")
+
+
+def preference_version_create(*, user, team: Team, name: str, rows: list[dict], lineage: dict, filename: str,
+                              description: str, too_few: str, param: str) -> DatasetVersion:
+    """The one way a preference dataset version is built from judged pairs (blind-review votes, playground pairs):
+    ``rows`` (``{"prompt": [msgs], "chosen": [msgs], "rejected": [msgs]}``) are uploaded as a ``preference`` file
+    and ``lineage`` (``source`` one of ``PREFERENCE_SOURCES``, its ``counts`` and one entry per row under ``pairs``)
+    is stored on the version as ``report["lineage"]``. Fewer usable rows than a dataset needs is a Conflict
+    (``too_few_pairs``): ``too_few`` says what was found, e.g. "The review has 3 decided votes (...)"."""
+    if lineage.get("source") not in PREFERENCE_SOURCES or len(lineage.get("pairs") or []) != len(rows):
+        raise ValueError("lineage needs a known source and one entry per row")
+    needed = validation_limits().min_examples
+    if len(rows) < needed:
+        raise Conflict(f"{too_few}; a preference dataset needs at least {needed} pairs.", code="too_few_pairs",
+                       param=param)
+    body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+    version = dataset_upload(user=user, team=team, name=name, fileobj=io.BytesIO(body), filename=filename,
+                             format=formats.PREFERENCE, description=description)
+    if not version.is_ready:  # cannot happen with rows we wrote, but never hand back a failed version silently
+        errors = "; ".join(e.get("message", "") for e in (version.report.get("errors") or [])[:5])
+        raise ApplicationError(f"The pairs did not validate: {errors}", code="invalid_dataset", param=param)
+    report = {**(version.report or {}), "lineage": lineage}
+    DatasetVersion.objects.filter(pk=version.pk).update(report=report)
+    version.report = report
+    return version
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Versions
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from django.conf import settings
 from django.db import transaction
 
 from classifier.recipe import classification_metrics, load_for_inference, predict_texts
+from core.errors import RateLimited
 from datasets_app.services import iter_records
 from evaluation import metrics as m
 from evaluation.models import EvaluationRun, EvaluationSample
@@ -23,6 +26,7 @@ from jobs.runner import Cancelled, Outcome
 from ml.hparams import DEFAULT_BETA
 from ml.model import load_tokenizer, load_with_adapter, tokenizer_source
 from ml.probe import resolve_device
+from serving.client import engine_generate
 from serving.inference import GenerationRequest, generate
 from training.models import Adapter
 from training.runner import RecipeRunner
@@ -105,24 +109,67 @@ def compute_perplexity(run: EvaluationRun, records: list[dict], gen: dict, progr
 
 
 def generate_samples(run: EvaluationRun, records: list[dict], gen: dict, progress: Progress) -> list[dict]:
-    rows = []
+    """Both answers (baseline and adapter) to the first ``n_samples`` prompts: through the model server when
+    ``SERVING_URL`` is set (no second copy of the model in this process; ``batch_size`` requests in flight, batched
+    there with everyone else's), else in this process one after another. Greedy answers are the same either way."""
     prompts = [p for p in (split_prompt(r) for r in records) if p is not None][: int(gen["n_samples"])]
+    other = run.other_adapter if run.other_adapter_id else None
+    sides = [(f"adapter-{other.pk}", other.path) if other else (None, None),
+             (f"adapter-{run.adapter.pk}", run.adapter.path)]
+    jobs = [(i, side, GenerationRequest(messages=messages, max_new_tokens=int(gen["max_new_tokens"]),
+                                        temperature=float(gen["temperature"]), top_p=float(gen["top_p"]),
+                                        seed=gen.get("seed")))
+            for i, (messages, _reference) in enumerate(prompts) for side in (0, 1)]
     base_path = run.adapter.base_model.path
+    answers: dict[tuple[int, int], str] = {}
+    if settings.SERVING_URL:
+        _generate_on_server(base_path, sides, jobs, answers, progress, in_flight=int(gen["batch_size"]))
+    else:
+        for i, side, req in jobs:
+            answers[i, side] = generate(base_path, *sides[side], req).text
+            if side == 1:
+                progress.advance()
+    rows = []
     for i, (messages, reference) in enumerate(prompts):
-        req = GenerationRequest(messages=messages, max_new_tokens=int(gen["max_new_tokens"]),
-                                temperature=float(gen["temperature"]), top_p=float(gen["top_p"]),
-                                seed=gen.get("seed"))
-        if run.other_adapter_id:
-            other = run.other_adapter
-            baseline = generate(base_path, f"adapter-{other.pk}", other.path, req).text
-        else:
-            baseline = generate(base_path, None, None, req).text
-        answer = generate(base_path, f"adapter-{run.adapter.pk}", run.adapter.path, req).text
+        baseline, answer = answers[i, 0], answers[i, 1]
         rows.append({"index": i, "prompt": prompt_text(messages), "reference": reference, "base_answer": baseline,
                      "adapter_answer": answer,
                      "metrics": {"base": m.overlap(baseline, reference), "adapter": m.overlap(answer, reference)}})
-        progress.advance()
     return rows
+
+
+def _generate_on_server(base_path: str, sides: list[tuple[str | None, str | None]], jobs: list[tuple],
+                        answers: dict, progress: Progress, *, in_flight: int) -> None:
+    """``jobs`` sent to the model server ``in_flight`` at a time; a full server (429) is waited for, as its
+    ``Retry-After`` says, while the run can still be cancelled (checked every few seconds)."""
+    stop = threading.Event()
+
+    def one(side: int, req: GenerationRequest) -> str:
+        key, path = sides[side]
+        while True:
+            try:
+                return engine_generate(base_path=base_path, adapter_key=key, adapter_path=path, request=req).text
+            except RateLimited as exc:
+                if stop.wait(exc.retry_after):
+                    raise Cancelled from None
+
+    pool = ThreadPoolExecutor(max_workers=max(1, in_flight), thread_name_prefix="eval-samples")
+    try:
+        pending = {pool.submit(one, side, req): (i, side) for i, side, req in jobs}
+        done_sides: dict[int, int] = {}
+        while pending:
+            finished, _ = wait(pending, timeout=5, return_when=FIRST_COMPLETED)
+            for future in finished:
+                i, side = pending.pop(future)
+                answers[i, side] = future.result()  # a model server error fails the run with its message
+                done_sides[i] = done_sides.get(i, 0) + 1
+                if done_sides[i] == 2:
+                    progress.advance()
+            if not finished:
+                progress.advance(0)  # raises Cancelled when the run was cancelled meanwhile
+    finally:
+        stop.set()
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def compute_preference(run: EvaluationRun, records: list[dict], gen: dict, progress: Progress) -> dict:
@@ -216,8 +263,11 @@ class EvaluationRunner(RecipeRunner):
                           data=ppl)
             samples = []
             if needs_samples:
-                ctx.event(f"Generating answers for {n_prompts} prompts.")
+                where = (f"through the model server at {settings.SERVING_URL}, {gen['batch_size']} at a time"
+                         if settings.SERVING_URL else "in this process")
+                ctx.event(f"Generating answers for {n_prompts} prompts {where}.")
                 samples = generate_samples(run, records, gen, progress)
+                results["samples_generated_by"] = "model_server" if settings.SERVING_URL else "in_process"
                 with transaction.atomic():
                     EvaluationSample.objects.filter(run=run).delete()
                     EvaluationSample.objects.bulk_create([EvaluationSample(run=run, **row) for row in samples])

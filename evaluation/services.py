@@ -11,8 +11,6 @@ owner who also reviews stays blind.
 
 from __future__ import annotations
 
-import io
-import json
 import random
 from collections import Counter, defaultdict
 
@@ -24,7 +22,7 @@ from accounts.visibility import acting_user, as_principal, get_visible, require_
 from core.csv_export import to_csv
 from core.errors import ApplicationError, Conflict, NotFound
 from datasets_app.models import DatasetVersion
-from datasets_app.services import dataset_upload, dataset_version_get, iter_records, validation_limits
+from datasets_app.services import dataset_version_get, iter_records, preference_version_create
 from evaluation import metrics as m
 from evaluation.models import METRIC_CHOICES, PAIR_METRICS, EvaluationRun, EvaluationSample, Review, ReviewPair, Vote
 from evaluation.runner import split_prompt
@@ -34,7 +32,7 @@ from jobs.models import JobStatus
 from jobs.services import job_check_priority, job_check_quota
 from training.lifecycle import origin_task
 from training.models import Adapter, TrainingTask
-from training.services import adapter_get, training_task_create
+from training.services import adapter_get, preference_task_create
 
 DEFAULT_METRICS = ("perplexity", "samples", "style", "overlap")
 GENERATION_KEYS = {"max_new_tokens": int, "temperature": float, "top_p": float, "seed": int, "n_samples": int,
@@ -382,27 +380,18 @@ def review_preference_version_create(*, user, review: Review, name: str | None =
         raise Conflict("Close the review first: its votes become training data only once voting has ended.",
                        code="invalid_state", param="review")
     rows, lineage, counts = review_preference_rows(review=review)
-    needed = validation_limits().min_examples
-    if len(rows) < needed:
-        raise Conflict(f"The review has {len(rows)} decided votes (ties and identical answers are left out); a "
-                       f"preference dataset needs at least {needed} pairs.", code="too_few_pairs", param="review")
     run = review.run
-    body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
-    version = dataset_upload(user=user, team=run.team, name=name or f"review-{review.pk}-preferences",
-                             fileobj=io.BytesIO(body), filename=f"review-{review.pk}.jsonl", format="preference",
-                             description=f"Preference pairs from the votes of review {review.pk} of evaluation run "
-                                         f"{run.name!r}.")
-    if not version.is_ready:  # cannot happen with rows we wrote, but never hand back a failed version silently
-        errors = "; ".join(e.get("message", "") for e in (version.report.get("errors") or [])[:5])
-        raise ApplicationError(f"The pairs did not validate: {errors}", code="invalid_dataset", param="review")
-    report = {**(version.report or {}), "lineage": {
-        "source": "review", "review": review.pk, "run": run.pk, "run_name": run.name,
-        "dataset_version": run.dataset_version_id, "closed_at": review.closed_at.isoformat() if review.closed_at
-        else None, "models": {"adapter": _model_info(run, "adapter"), "baseline": _model_info(run, "baseline")},
-        "counts": counts, "pairs": lineage}}
-    DatasetVersion.objects.filter(pk=version.pk).update(report=report)
-    version.report = report
-    return version
+    return preference_version_create(
+        user=user, team=run.team, name=name or f"review-{review.pk}-preferences", rows=rows,
+        filename=f"review-{review.pk}.jsonl",
+        description=f"Preference pairs from the votes of review {review.pk} of evaluation run {run.name!r}.",
+        lineage={"source": "review", "review": review.pk, "run": run.pk, "run_name": run.name,
+                 "dataset_version": run.dataset_version_id,
+                 "closed_at": review.closed_at.isoformat() if review.closed_at else None,
+                 "models": {"adapter": _model_info(run, "adapter"), "baseline": _model_info(run, "baseline")},
+                 "counts": counts, "pairs": lineage},
+        too_few=f"The review has {len(rows)} decided votes (ties and identical answers are left out)",
+        param="review")
 
 
 def review_preference_task_create(*, user, version: DatasetVersion, train: str = "adapter", name: str | None = None,
@@ -420,10 +409,10 @@ def review_preference_task_create(*, user, version: DatasetVersion, train: str =
     start = run.adapter if train == "adapter" else run.other_adapter
     base = run.adapter.base_model
     label = start.name if start else base.name
-    return training_task_create(user=user, team=run.team, name=name or f"{label}-{method}-review-{lineage['review']}",
-                                base_model=base, train_version=version, params=params or {}, method=method,
-                                start_adapter=start,
-                                metadata={"review": str(lineage["review"]), "evaluation_run": str(run.pk), "trained": train})
+    return preference_task_create(user=user, version=version, base_model=base, start_adapter=start,
+                                  name=name or f"{label}-{method}-review-{lineage['review']}", params=params,
+                                  method=method, metadata={"review": str(lineage["review"]),
+                                                           "evaluation_run": str(run.pk), "trained": train})
 
 
 def review_to_preferences(*, user, review: Review, name: str | None = None, train: str | None = None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.template.response import TemplateResponse
@@ -43,16 +43,45 @@ def _body(request: HttpRequest) -> dict:
 
 @admin.register(PreferencePair)
 class PreferencePairAdmin(TeamScopedAdmin):
-    list_display = ("created_at", "team", "prompt_short", "chosen_model", "rejected_model", "created_by")
-    list_filter = (VisibleTeamFilter, "created_at")
+    list_display = ("created_at", "team", "prompt_short", "chosen_model", "rejected_model", "verdict", "created_by")
+    list_filter = (VisibleTeamFilter, "tie", "created_at")
     list_select_related = ("team", "created_by")
     search_fields = ("chosen_model", "rejected_model", "chosen", "rejected")
-    readonly_fields = ("team", "created_by", "messages", "chosen_model", "chosen", "rejected_model", "rejected",
-                       "params", "created_at")
+    readonly_fields = ("team", "created_by", "messages", "chosen_model", "chosen", "chosen_finish_reason",
+                       "rejected_model", "rejected", "rejected_finish_reason", "tie", "params", "created_at")
+    actions = ["build_preferences", "build_preferences_and_train"]
 
     @admin.display(description="Prompt")
     def prompt_short(self, obj: PreferencePair) -> str:
         return obj.prompt[:80]
+
+    @admin.display(description="Verdict")
+    def verdict(self, obj: PreferencePair) -> str:
+        return "tie" if obj.tie else "chosen > rejected" if obj.is_complete else "incomplete answer"
+
+    def _preferences(self, request, queryset, train: str | None) -> None:
+        result = self.call_service(request, services.preference_pair_dataset_create, user=request.user,
+                                   pairs=queryset, train=train)
+        if result is None:
+            return
+        version, task = result
+        counts = version.report["lineage"]["counts"]
+        left = ", ".join(f"{counts[k]} {w}" for k, w in (("ties_left_out", "ties"),
+                                                        ("incomplete_left_out", "incomplete"),
+                                                        ("identical_left_out", "identical")) if counts[k])
+        link = reverse("admin:datasets_app_datasetversion_change", args=[version.pk])
+        self.message_user(request, format_html(
+            'Preference dataset <a href="{}">{}</a>: {} of {} pairs{}{}', link, version.ref, version.row_count,
+            counts["pairs"], f" ({left} left out)" if left else "",
+            f"; DPO task {task.name!r} queued." if task else "."), level=messages.SUCCESS)
+
+    @admin.action(description="Build a preference dataset from the selected pairs")
+    def build_preferences(self, request, queryset):
+        self._preferences(request, queryset, None)
+
+    @admin.action(description="Build a preference dataset and queue DPO on the adapter")
+    def build_preferences_and_train(self, request, queryset):
+        self._preferences(request, queryset, "adapter")
 
     def has_add_permission(self, request) -> bool:
         return False  # pairs come from the playground
@@ -121,7 +150,9 @@ class PreferencePairAdmin(TeamScopedAdmin):
             pair = services.preference_pair_create(
                 user=request.user, messages=body.get("messages"), chosen_model=str(body.get("chosen_model") or ""),
                 chosen=str(body.get("chosen") or ""), rejected_model=str(body.get("rejected_model") or ""),
-                rejected=str(body.get("rejected") or ""), params=body.get("params") or {})
+                rejected=str(body.get("rejected") or ""), params=body.get("params") or {},
+                tie=body.get("tie") is True, chosen_finish_reason=body.get("chosen_finish_reason"),
+                rejected_finish_reason=body.get("rejected_finish_reason"))
         except ApplicationError as exc:
             return _error(exc)
         return JsonResponse({"id": pair.pk, "team": pair.team.name}, status=201)

@@ -11,7 +11,8 @@ from accounts.models import Team
 
 
 class PreferencePair(models.Model):
-    """Two answers to one conversation, one marked better by a member (DPO-style ``chosen`` / ``rejected``)."""
+    """Two answers to one conversation, one marked better by a member (DPO-style ``chosen`` / ``rejected``), or
+    marked a tie (neither better: ``chosen`` and ``rejected`` are then only the first and second answer)."""
 
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="preference_pairs")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
@@ -21,6 +22,10 @@ class PreferencePair(models.Model):
     chosen = models.TextField(help_text="The answer judged better.")
     rejected_model = models.CharField(max_length=300)
     rejected = models.TextField()
+    tie = models.BooleanField(default=False, help_text="Neither answer was judged better.")
+    chosen_finish_reason = models.CharField(max_length=20, blank=True, default="",
+                                            help_text="Why the chosen answer ended: stop, or length (cut off).")
+    rejected_finish_reason = models.CharField(max_length=20, blank=True, default="")
     params = models.JSONField(default=dict, blank=True, help_text="Sampling parameters of both answers.")
     created_at = models.DateTimeField(default=timezone.now, editable=False, db_index=True)
 
@@ -28,7 +33,13 @@ class PreferencePair(models.Model):
         ordering = ["-created_at", "-pk"]
 
     def __str__(self) -> str:
-        return f"{self.chosen_model} > {self.rejected_model}"
+        return f"{self.chosen_model} {'=' if self.tie else '>'} {self.rejected_model}"
+
+    @property
+    def is_complete(self) -> bool:
+        """Both answers are there and ended on their own (an answer cut off at max_tokens is incomplete)."""
+        return bool(self.chosen.strip() and self.rejected.strip()) and "length" not in (
+            self.chosen_finish_reason, self.rejected_finish_reason)
 
     @property
     def prompt(self) -> str:

@@ -25,6 +25,7 @@ from datetime import datetime
 from pathlib import Path
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import QuerySet
 
 from accounts.models import Team
@@ -33,12 +34,14 @@ from catalog.models import BaseModel
 from catalog.services import base_model_get, base_model_list
 from core.errors import ApplicationError, NotFound, RateLimited
 from core.ratelimit import consume
+from datasets_app.models import DatasetVersion
+from datasets_app.services import preference_version_create
 from serving import vllm
 from serving.client import engine_count_prompt_tokens, engine_generate_stream
 from serving.inference import GenerationRequest, GenerationResult
 from serving.models import PreferencePair
 from training.models import Adapter, Checkpoint, TrainingTask
-from training.services import training_task_list
+from training.services import preference_task_create, training_task_list
 
 PRODUCTION_REF_RE = re.compile(r"^(?P<team>[^/:\s]+)/(?P<name>[^/:\s]+):production$")
 ADAPTER_REF_RE = re.compile(r"^adapter:(?P<team>[^/:\s]+)/(?P<name>.+)$")
@@ -314,9 +317,24 @@ def chat_completion_stream(*, user: Actor, model: str, messages: list[dict], max
 
 # ---------------------------------------------------------------------------------------------- preferences
 
+FINISH_REASONS = ("stop", "length")
+
+
+def _finish_reason(value: str | None, param: str) -> str:
+    if value in (None, ""):
+        return ""
+    if value not in FINISH_REASONS:
+        raise ApplicationError(f"{param} must be one of {', '.join(FINISH_REASONS)}.", code="invalid_parameter",
+                               param=param)
+    return value
+
+
 def preference_pair_create(*, user: Actor, messages: list[dict], chosen_model: str, chosen: str,
-                           rejected_model: str, rejected: str, params: dict | None = None) -> PreferencePair:
-    """Store "``chosen`` is better than ``rejected``" for ``messages``; both models must be the user's to chat with.
+                           rejected_model: str, rejected: str, params: dict | None = None, tie: bool = False,
+                           chosen_finish_reason: str | None = None,
+                           rejected_finish_reason: str | None = None) -> PreferencePair:
+    """Store "``chosen`` is better than ``rejected``" for ``messages`` (with ``tie``: neither is); both models must be
+    the user's to chat with. The finish reasons (``stop``, ``length``) tell later whether an answer was cut off.
 
     The pair belongs to the team of the adapter judged (the first team-owned model of the two), else to the
     user's only writable team.
@@ -326,11 +344,14 @@ def preference_pair_create(*, user: Actor, messages: list[dict], chosen_model: s
         raise ApplicationError("The conversation needs a user turn.", code="invalid_messages", param="messages")
     if chosen_model == rejected_model and chosen == rejected:
         raise ApplicationError("The two answers are the same.", code="invalid_pair", param="chosen")
+    reasons = (_finish_reason(chosen_finish_reason, "chosen_finish_reason"),
+               _finish_reason(rejected_finish_reason, "rejected_finish_reason"))
     owners = [chat_model_resolve(user=user, name=n).team for n in (chosen_model, rejected_model)]
     team = resolve_team(user, next((t for t in owners if t is not None), None), write=True)
     return PreferencePair.objects.create(team=team, created_by=acting_user(user), messages=cleaned,
                                          chosen_model=chosen_model, chosen=chosen, rejected_model=rejected_model,
-                                         rejected=rejected, params=params or {})
+                                         rejected=rejected, params=params or {}, tie=bool(tie),
+                                         chosen_finish_reason=reasons[0], rejected_finish_reason=reasons[1])
 
 
 def preference_pair_list(*, user: Actor, team: Team | str | int | None = None) -> QuerySet[PreferencePair]:
@@ -339,3 +360,155 @@ def preference_pair_list(*, user: Actor, team: Team | str | int | None = None) -
     if team is not None:
         pairs = pairs.filter(team=resolve_team(user, team, write=False))
     return pairs
+
+
+# ---------------------------------------------------------------------------------------------- pairs -> DPO
+
+def _pairs_of(user: Actor, team: Team | str | int | None, pairs) -> tuple[Team, list[PreferencePair]]:
+    """The team (one, writable) and its pairs: ``pairs`` ids or a queryset, else every pair of the team."""
+    if pairs is not None and not isinstance(pairs, QuerySet):
+        try:
+            ids = sorted({int(p) for p in pairs})
+        except (TypeError, ValueError):
+            raise ApplicationError("pairs must be a list of preference pair ids.", code="invalid_parameter",
+                                   param="pairs") from None
+        if not ids:
+            raise ApplicationError("pairs is empty: give pair ids, or leave it out for every pair of the team.",
+                                   code="invalid_parameter", param="pairs")
+        found = preference_pair_list(user=user).filter(pk__in=[i for i in ids if 0 < i < 2**63])
+        missing = sorted(set(ids) - {p.pk for p in found})
+        if missing:
+            raise NotFound(f"Preference pair(s) {', '.join(map(str, missing[:10]))} not found.",
+                           code="preference_pair_not_found", param="pairs")
+        pairs = found
+    if pairs is not None:
+        teams = set(Team.objects.filter(pk__in=pairs.values("team_id")))
+        if len(teams) > 1:
+            raise ApplicationError("The pairs belong to several teams (" + ", ".join(sorted(t.name for t in teams))
+                                   + "): build one team's set at a time.", code="invalid_parameter", param="pairs")
+        if team is None and teams:
+            team = teams.pop()
+    team = resolve_team(user, team, write=True)
+    chosen = list((pairs if pairs is not None else preference_pair_list(user=user)).filter(team=team)
+                  .select_related("team", "created_by").order_by("created_at", "pk"))
+    return team, chosen
+
+
+def preference_pair_rows(*, pairs: list[PreferencePair]) -> tuple[list[dict], list[dict], dict]:
+    """(rows, their lineage, counts): each judged pair a row, the conversation as the prompt, the preferred answer
+    chosen and the other rejected; ties, pairs with an empty or cut-off answer (``incomplete``) and pairs whose two
+    answers are the same text are left out and counted."""
+    rows: list[dict] = []
+    lineage: list[dict] = []
+    counts = {"pairs": len(pairs), "used": 0, "ties_left_out": 0, "incomplete_left_out": 0, "identical_left_out": 0}
+    for pair in pairs:
+        if pair.tie:
+            counts["ties_left_out"] += 1
+            continue
+        if not pair.is_complete:
+            counts["incomplete_left_out"] += 1
+            continue
+        if pair.chosen.strip() == pair.rejected.strip():
+            counts["identical_left_out"] += 1
+            continue
+        rows.append({"prompt": pair.messages, "chosen": [{"role": "assistant", "content": pair.chosen}],
+                     "rejected": [{"role": "assistant", "content": pair.rejected}]})
+        lineage.append({"row": len(rows), "pair": pair.pk, "chosen_model": pair.chosen_model,
+                        "rejected_model": pair.rejected_model,
+                        "chosen_by": pair.created_by.get_username() if pair.created_by else None,
+                        "chosen_at": pair.created_at.isoformat(), "prompt": pair.prompt})
+    counts["used"] = len(rows)
+    return rows, lineage, counts
+
+
+def _left_out(counts: dict) -> str:
+    parts = [f"{counts[k]} {w}" for k, w in (("ties_left_out", "tie(s)"), ("incomplete_left_out", "incomplete"),
+                                             ("identical_left_out", "with identical answers")) if counts[k]]
+    return ", ".join(parts) or "none left out"
+
+
+def preference_pair_version_create(*, user: Actor, team: Team | str | int | None = None, pairs=None,
+                                   name: str | None = None) -> DatasetVersion:
+    """A preference dataset version built from the playground's pairs of one team (``pairs``: ids or a queryset;
+    default every pair of the team), through the same builder as a review's votes, with its lineage on the version
+    (``report["lineage"]``: each row's pair, its two models, who chose and when)."""
+    team, chosen = _pairs_of(user, team, pairs)
+    rows, lineage, counts = preference_pair_rows(pairs=chosen)
+    models: dict[str, dict[str, int]] = {}
+    for entry in lineage:
+        for side in ("chosen", "rejected"):
+            tally = models.setdefault(entry[f"{side}_model"], {"chosen": 0, "rejected": 0})
+            tally[side] += 1
+    if not chosen:
+        found = f"Team {team.name!r} has no preference pairs (mark answers in the chat playground)"
+    else:
+        found = f"{len(rows)} of the {len(chosen)} pairs of team {team.name!r} are usable ({_left_out(counts)})"
+    return preference_version_create(
+        user=user, team=team, name=name or "playground-preferences", rows=rows,
+        filename="playground-pairs.jsonl",
+        description=f"Preference pairs marked in the chat playground ({len(rows)} of {len(chosen)} pairs).",
+        lineage={"source": "playground", "team": team.name, "models": models, "counts": counts, "pairs": lineage},
+        too_few=found, param="pairs")
+
+
+def _adapter_key(user: Actor, name: str) -> str | None:
+    """The cache key of the adapter ``name`` means for ``user`` (None: a base model, a checkpoint, or gone)."""
+    try:
+        key = chat_model_resolve(user=user, name=name).key
+    except NotFound:
+        return None
+    return key if key and key.startswith("adapter-") else None
+
+
+def preference_pair_task_create(*, user: Actor, version: DatasetVersion, train: str = "adapter",
+                                name: str | None = None, params: dict | None = None,
+                                method: str = "dpo") -> TrainingTask:
+    """Queue a preference task (DPO by default) on a version built from playground pairs. ``train`` is a model
+    name the user can chat with (an adapter is trained further, a base model gets a fresh adapter), or
+    ``"adapter"``: the one adapter the pairs judged (refused, naming them, when there are several or none)."""
+    lineage = (version.report or {}).get("lineage") or {}
+    if lineage.get("source") != "playground":
+        raise ApplicationError(f"Dataset version {version.ref} was not built from playground pairs.",
+                               code="invalid_parameter", param="dataset")
+    train = (train or "").strip()
+    if not train:
+        raise ApplicationError("train must be 'adapter' or a model name.", code="invalid_parameter", param="train")
+    if train == "adapter":
+        by_key: dict[str, str] = {}
+        for model in sorted(lineage.get("models") or {}):
+            key = _adapter_key(user, model)
+            if key is not None:
+                by_key.setdefault(key, model)  # two names of one adapter (ft:..., adapter:...) are one adapter
+        judged = sorted(by_key.values())
+        if len(judged) != 1:
+            raise ApplicationError(
+                ("The pairs judged several adapters (" + ", ".join(judged) + ")" if judged
+                 else "The pairs judged no adapter") + ": name the model to train (train=<model name>).",
+                code="invalid_parameter", param="train")
+        train = judged[0]
+    try:
+        resolved = chat_model_resolve(user=user, name=train)
+    except NotFound:
+        raise NotFound(f"The model {train!r} does not exist or you do not have access to it.",
+                       code="model_not_found", param="train") from None
+    start = None
+    if resolved.key is not None:
+        if not resolved.key.startswith("adapter-"):
+            raise ApplicationError(f"{train!r} is a checkpoint; train an adapter or a base model.",
+                                   code="invalid_parameter", param="train")
+        start = Adapter.objects.select_related("base_model").get(pk=int(resolved.key.removeprefix("adapter-")))
+    label = start.name if start else resolved.base.name
+    return preference_task_create(user=user, version=version, base_model=resolved.base, start_adapter=start,
+                                  name=name or f"{label}-{method}-playground-v{version.number}", params=params,
+                                  method=method, metadata={"trained": train})
+
+
+def preference_pair_dataset_create(*, user: Actor, team: Team | str | int | None = None, pairs=None,
+                                   name: str | None = None, train: str | None = None, params: dict | None = None,
+                                   ) -> tuple[DatasetVersion, TrainingTask | None]:
+    """The playground's feedback loop in one action: the team's pairs -> a preference version (-> a DPO task)."""
+    with transaction.atomic():
+        version = preference_pair_version_create(user=user, team=team, pairs=pairs, name=name)
+        task = preference_pair_task_create(user=user, version=version, train=train, params=params) if train \
+            else None
+    return version, task

@@ -20,7 +20,7 @@ from catalog.services import base_model_get
 from core.commands import format_bytes
 from core.errors import ApplicationError, NotFound
 from datasets_app.models import DatasetVersion
-from datasets_app.services import dataset_version_get, version_stats
+from datasets_app.services import PREFERENCE_SOURCES, dataset_version_get, version_stats
 from jobs import runtime
 from jobs.models import JobStatus
 from jobs.requirements import Requirements, requirements_parse
@@ -47,6 +47,7 @@ METADATA_MAX_VALUE = 512
 SUFFIX_RE = re.compile(r"^[A-Za-z0-9_-]{0,64}$")
 # The dataset kinds each training method trains on (datasets_app.formats.kind_of)
 METHOD_KINDS = {"sft": TRAINABLE_KINDS, "dpo": {"preference"}, "orpo": {"preference"}, "kto": {"kto"}}
+PAIR_METHODS = ("dpo", "orpo")  # the methods that train on preference pairs
 KIND_WORDS = {"chat": "chat data", "text": "plain text", "preference": "preference pairs", "kto": "labelled answers",
               "classification": "classification data"}
 
@@ -432,6 +433,24 @@ def training_task_clone(*, user: Actor, task: TrainingTask, name: str | None = N
 def training_task_reproduce(*, user: Actor, job: TrainingTask, name: str | None = None) -> TrainingTask:
     """The ``reproduce`` of the training kind: the same inputs and seed, a new run."""
     return training_task_clone(user=user, task=job, name=name or f"{job.name}-repro")
+
+
+def preference_task_create(*, user: Actor, version: DatasetVersion, base_model: BaseModel,
+                           start_adapter: Adapter | None, name: str, params: dict | None = None, method: str = "dpo",
+                           metadata: dict | None = None) -> TrainingTask:
+    """Queue a preference task (DPO by default) on a version built from judged pairs (a blind review's votes or the
+    playground's pairs, ``datasets_app.services.preference_version_create``): on ``start_adapter``, or a fresh
+    adapter of ``base_model``. The source's own rules (which adapter a review's ``train`` means) are its caller's."""
+    source = ((version.report or {}).get("lineage") or {}).get("source")
+    if source not in PREFERENCE_SOURCES:
+        raise ApplicationError(f"Dataset version {version.ref} was not built from judged pairs (a review or the "
+                               "playground).", code="invalid_parameter", param="dataset")
+    if method not in PAIR_METHODS:
+        raise ApplicationError(f"method must be one of {', '.join(PAIR_METHODS)} (they train on pairs).",
+                               code="invalid_parameter", param="method")
+    return training_task_create(user=user, team=version.dataset.team, name=name, base_model=base_model,
+                                train_version=version, params=params or {}, method=method,
+                                start_adapter=start_adapter, metadata={"source": source, **(metadata or {})})
 
 
 def training_task_latest_checkpoint(task: TrainingTask) -> str | None:

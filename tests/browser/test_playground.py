@@ -56,4 +56,14 @@ def test_the_playground_streams_two_models_side_by_side_and_stores_the_better_on
     assert pair.chosen.strip() == adapter_answer.strip() and pair.rejected.strip() == base_answer.strip()
     assert pair.messages[0] == {"role": "system", "content": "You answer questions about our shop."}
     assert pair.params["max_tokens"] == 24
+    # both answers ran into max_tokens: stored as cut off, so the pair is left out of a preference set
+    assert (pair.chosen_finish_reason, pair.rejected_finish_reason, pair.tie) == ("length", "length", False)
+
+    # the same conversation again, judged a tie
+    page.click("#pg-send")
+    expect(page.locator("#pg-tie")).to_be_enabled(timeout=60_000)
+    page.click("#pg-tie")
+    expect(page.locator("#pg-saved")).to_contain_text("tiny-llama = adapter:alpha/faq")
+    tie = PreferencePair.objects.get(tie=True)
+    assert (tie.chosen_model, tie.rejected_model) == ("tiny-llama", "adapter:alpha/faq")
     c.assert_clean()

@@ -115,6 +115,9 @@ API = {
     "POST /api/evaluation/reviews/{review_id}/close": ("write", None),
     "POST /api/evaluation/reviews/{review_id}/preferences": ("write", {}),
     "GET /api/evaluation/reviews/{review_id}/results": ("read", None),
+    "GET /api/serving/preference-pairs": ("authenticated", None),
+    # Team alpha has no playground pairs in this world: a writer gets the 409 "no usable pairs".
+    "POST /api/serving/preference-pairs/preferences": ("write", {"team": "alpha"}),
     "GET /api/evaluation/reviews/{review_id}/votes.csv": ("read", None),
     # Webhooks send a team's events to outside URLs: its admins manage them, every member reads them.
     "GET /api/webhooks/event-types": ("authenticated", None),
