@@ -69,9 +69,11 @@ from training.data import (
     install_template,
     length_stats,
     pack_items,
+    pad_item,
     to_item,
     truncate_examples,
 )
+from training.distributed import Group, GroupHooks, backend_for, current_group, group_devices, init_group
 from training.errors import (
     CHECKPOINT_INVALID,
     DATASET_ERROR,
@@ -115,7 +117,8 @@ WINDOW_AWARE_MODEL_TYPES = {
 
 # Parameters that must not change between a checkpoint and its resumption (the schedule and data order).
 RESUME_INVARIANTS = ("batch_size", "gradient_accumulation_steps", "n_epochs", "learning_rate", "lr_scheduler",
-                     "warmup_ratio", "lora_r", "lora_alpha", "seed", "max_steps", "max_seq_length", "packing")
+                     "warmup_ratio", "lora_r", "lora_alpha", "seed", "max_steps", "max_seq_length", "packing",
+                     "num_processes", "strategy")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -306,7 +309,8 @@ def load_base_model(path: str | Path, *, quantization: str, device: str, dtype: 
         raise TrainingError(MODEL_MISSING, f"The base model folder {path} is missing or has no config.json.")
     device = resolve_device(device)
     if device == "cpu":
-        torch.set_num_threads(available_cpus())
+        # the ranks of one run on this host share its cores
+        torch.set_num_threads(max(1, available_cpus() // current_group().local_world_size))
     dtype = dtype or compute_dtype(device)
     if gradient_checkpointing is None:
         gradient_checkpointing = device == "cuda"
@@ -610,13 +614,18 @@ def token_loss_sums(model, batch: dict, *, direct: bool, packed: bool):
 
 
 class _ListDataset(torch.utils.data.Dataset):
-    def __init__(self, items: list[dict]):
+    """The items; index ``len(items)`` is ``pad``, the filler of a short last batch on several ranks."""
+
+    def __init__(self, items: list[dict], pad: dict | None = None):
         self.items = items
+        self.pad = pad
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict:
+        if i == len(self.items) and self.pad is not None:
+            return self.pad
         return self.items[i]
 
 
@@ -634,6 +643,8 @@ class RecipeTrainer(Trainer):
         self.packed: bool = recipe["packed"]
         self.flat: bool = recipe.get("flat", False)
         self.direct_head: bool = recipe["direct_head"] and self.args.world_size <= 1
+        # validation runs without gradients: past DDP's wrapper is fine, past FSDP's (sharded weights) it is not
+        self.eval_direct_head: bool = recipe["direct_head"] and not self.is_fsdp_enabled
         self.loss_is_scaled_for_ga = True  # compute_loss divides by the tokens of the whole accumulated batch
         self._acc_correct = 0.0
         self._acc_count = 0.0
@@ -644,8 +655,10 @@ class RecipeTrainer(Trainer):
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         lengths = [len(it["input_ids"]) for it in dataset.items]
-        return LengthGroupedSampler(lengths, self.args.per_device_train_batch_size, self.args.seed,
-                                    grouped=not self.flat)
+        # the global micro-batch: several ranks train the batches one process would (accelerate slices each one)
+        world = self.args.world_size
+        return LengthGroupedSampler(lengths, self.args.per_device_train_batch_size * world, self.args.seed,
+                                    grouped=not self.flat, ranks=world)
 
     def _get_num_items_in_batch(self, batch_samples, device):
         count = sum(int((b["shift_labels"] != IGNORE_INDEX).sum()) for b in batch_samples)
@@ -693,7 +706,7 @@ class RecipeTrainer(Trainer):
             for idx in eval_batches(lengths, self.args.per_device_eval_batch_size):
                 batch = self._prepare_inputs(self.data_collator([dataset.items[i] for i in idx]))
                 with self.accelerator.autocast():
-                    s, n, c = token_loss_sums(model, batch, direct=self.recipe["direct_head"], packed=self.packed)
+                    s, n, c = token_loss_sums(model, batch, direct=self.eval_direct_head, packed=self.packed)
                 total += s.double().cpu()
                 correct += float(c)
                 count += n
@@ -827,6 +840,28 @@ def _logging_steps(total_steps: int, requested: int | None) -> int:
 
 
 
+def check_group(params, group: Group) -> None:
+    """Refuse a run whose processes are not the ones its parameters ask for (a group is started by the worker,
+    through torchrun, with ``num_processes`` ranks)."""
+    if params.num_processes != group.world_size:
+        raise TrainingError(INVALID_PARAMS, f"The parameters ask for {params.num_processes} process"
+                            f"{'es' if params.num_processes != 1 else ''} but this run has {group.world_size}: "
+                            "torchrun must start it with --nproc-per-node=num_processes.")
+
+
+def fsdp_arguments(model) -> dict[str, Any]:
+    """TrainingArguments for FSDP (torch's FSDP2 through accelerate): every decoder layer is its own shard unit;
+    checkpoints hold whole tensors (rank 0 writes them), so they have the format of a one-process run's."""
+    layers = sorted(set(getattr(_causal_lm(model), "_no_split_modules", None) or []))
+    if not layers:
+        raise TrainingError(UNSUPPORTED_MODEL, "strategy fsdp: the model names no decoder layer class to shard by; "
+                            "use strategy ddp.")
+    return {"fsdp": "full_shard", "fsdp_config": {"version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                                                  "transformer_layer_cls_to_wrap": layers,
+                                                  "state_dict_type": "FULL_STATE_DICT",
+                                                  "reshard_after_forward": True}}
+
+
 def check_resume(resume: Path, params, fingerprint: str, invariants) -> None:
     """Refuse to resume from a checkpoint saved with other parameters (``invariants``) or on other data."""
     manifest = json.loads((resume / ckpt.MANIFEST).read_text(encoding="utf-8"))
@@ -874,13 +909,17 @@ def _run(spec: RunSpec, hooks: Hooks) -> RunResult:
     from transformers import set_seed
 
     device = resolve_device(spec.device)
+    group = current_group()
+    backend = init_group(group, device)
+    hooks = GroupHooks(hooks, group, device) if group.distributed else hooks
     base = Path(spec.base_model_path)
     if not (base / "config.json").is_file():
         raise TrainingError(MODEL_MISSING, f"The base model folder {base} is missing or has no config.json.")
     run_dir = Path(spec.run_dir)
     checkpoints_dir = run_dir / "checkpoints"
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
-    ckpt.remove_stale_temp(checkpoints_dir)
+    if group.is_main:
+        ckpt.remove_stale_temp(checkpoints_dir)
     resume = Path(spec.resume_from) if spec.resume_from else None
     if resume is not None:
         problem = ckpt.checkpoint_problem(resume)
@@ -914,9 +953,11 @@ def _run(spec: RunSpec, hooks: Hooks) -> RunResult:
                 params_in, n_examples=len(train_full), n_tokens_mean=mean_len, n_tokens_max=max_len, device=device,
                 gpu_memory_gb=gpu_gb, has_chat_template=has_template,
                 model_max_length=model_config.get("max_position_embeddings"), has_validation=valid_full is not None,
+                gpu_count=group.world_size,
             )
         except InvalidParams as exc:
             raise TrainingError(INVALID_PARAMS, exc.message) from exc
+    check_group(params, group)
     if params.device != device:
         _message(hooks, "warning", f"Parameters were resolved for {params.device} but the run uses {device}.")
 
@@ -964,6 +1005,13 @@ def _run(spec: RunSpec, hooks: Hooks) -> RunResult:
     _message(hooks, "info", f"Loaded {base.name} on {device} ({params.quantization}, {str(cdtype).split('.')[-1]}); "
              f"{trainable:,} trainable LoRA parameters of {total_params:,}.",
              {"trainable_parameters": trainable, "parameters": total_params})
+    world = {"world_size": group.world_size, "strategy": params.strategy if group.distributed else "single",
+             "backend": backend, "devices": group_devices(group, device)}
+    if group.distributed:
+        _message(hooks, "info", f"Training on {group.world_size} processes ({params.strategy} over {backend}): "
+                 f"{', '.join(world['devices'])}; global batch {params.effective_batch_size} = {params.batch_size} "
+                 f"per process x {group.world_size} x {params.gradient_accumulation_steps} accumulated.", world)
+    strategy_args = fsdp_arguments(model) if group.distributed and params.strategy == "fsdp" else {}
 
     bridge = _HooksBridge(hooks)
     bridge_metrics = bridge.last_metrics
@@ -1002,6 +1050,8 @@ def _run(spec: RunSpec, hooks: Hooks) -> RunResult:
         dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding",
         ddp_find_unused_parameters=False,  # LoRA: every adapter gets a gradient; required with checkpointing
+        ddp_backend=backend_for(device) if group.distributed else None,
+        **strategy_args,
     )
     recipe = {
         "packed": params.packing, "direct_head": uses_direct_head(model), "flat": flat,
@@ -1010,10 +1060,12 @@ def _run(spec: RunSpec, hooks: Hooks) -> RunResult:
         "data_fingerprint": fingerprint, "on_checkpoint": on_checkpoint,
     }
     trainer = RecipeTrainer(
-        model=model, args=train_args, train_dataset=_ListDataset(train_items),
+        model=model, args=train_args,
+        train_dataset=_ListDataset(train_items, pad=pad_item(tokenizer.pad_token_id, packed=params.packing)),
         eval_dataset=_ListDataset(valid_items) if has_valid else None, processing_class=tokenizer,
         data_collator=Collator(tokenizer.pad_token_id, flat=flat), recipe=recipe,
-        callbacks=[bridge, *tracking_callbacks(run_dir, params, spec.summary_extra)],
+        # rank 0 alone writes the run's TensorBoard and MLflow records
+        callbacks=[bridge, *(tracking_callbacks(run_dir, params, spec.summary_extra) if group.is_main else [])],
     )
     if resume is not None:
         _message(hooks, "info", f"Resuming from {resume.name}.")
@@ -1043,9 +1095,13 @@ def _run(spec: RunSpec, hooks: Hooks) -> RunResult:
 
     versions = library_versions()
     info = device_info(device) | {"quantization": params.quantization, "compute_dtype": str(cdtype).split(".")[-1],
-                                  "direct_head": trainer.direct_head, "flat_batches": flat, "attention": plan}
+                                  "direct_head": trainer.direct_head, "flat_batches": flat, "attention": plan,
+                                  **world}
     adapter_dir = None
-    if status == "succeeded":
+    # FSDP: the adapter's tensors are sharded over the ranks; every rank takes part in gathering them whole
+    state_dict = trainer.accelerator.get_state_dict(trainer.model) \
+        if status == "succeeded" and trainer.is_fsdp_enabled else None
+    if status == "succeeded" and group.is_main:
         summary = {
             "base_model": str(base.resolve()), "params": params.to_dict(), "metrics": metrics,
             "global_step": state.global_step, "trained_tokens": int(state.num_input_tokens_seen),
@@ -1053,7 +1109,8 @@ def _run(spec: RunSpec, hooks: Hooks) -> RunResult:
             "template": template, "trainable_parameters": trainable, "history": bridge.history,
             **spec.summary_extra,
         }
-        adapter_dir = ckpt.save_adapter(model, tokenizer, spec.adapter_dir, summary, base_model_path=base)
+        adapter_dir = ckpt.save_adapter(model, tokenizer, spec.adapter_dir, summary, base_model_path=base,
+                                        state_dict=state_dict)
     return RunResult(
         status=status, global_step=state.global_step, total_steps=state.max_steps, metrics=metrics,
         trained_tokens=int(state.num_input_tokens_seen), adapter_dir=adapter_dir,

@@ -131,6 +131,17 @@ def recipe_inputs(task, **summary) -> dict:
                                           "validation_version": task.validation_version_id}}}
 
 
+def device_label(info: dict) -> str:
+    """What the task trained on, for its ``device`` column: "cpu Intel Xeon ...", and for several processes
+    "cpu x 2 processes (ddp over gloo) Intel Xeon ..." (the summary lists each rank's device)."""
+    parts = [str(info["device"])] if info.get("device") else []
+    if int(info.get("world_size") or 1) > 1:
+        parts.append(f"x {info['world_size']} processes ({info.get('strategy')} over {info.get('backend')})")
+    if info.get("name"):
+        parts.append(str(info["name"]))
+    return " ".join(parts)[:200]
+
+
 def recipe_outcome(result, fields: dict) -> Outcome:
     """The ending a recipe reported (succeeded, paused at a checkpoint, or cancelled), with the fields to write."""
     status = {"succeeded": JobStatus.SUCCEEDED, "paused": JobStatus.PAUSED}.get(result.status, JobStatus.CANCELLED)
@@ -162,8 +173,7 @@ class TrainingRunner(RecipeRunner):
                   "trained_tokens": result.trained_tokens, "tokens_seen": result.trained_tokens,
                   "resolved_params": result.params.to_dict(), "auto_explanation": result.params.auto,
                   "library_versions": result.versions,
-                  "device": " ".join(str(v) for v in (result.device_info.get("device"),
-                                                      result.device_info.get("name")) if v) or "",
+                  "device": device_label(result.device_info),
                   "seed": result.params.seed}
         return recipe_outcome(result, fields)
 

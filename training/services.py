@@ -18,11 +18,11 @@ from core.errors import ApplicationError, NotFound
 from datasets_app.models import DatasetVersion
 from datasets_app.services import dataset_version_get
 from jobs import runtime
-from jobs.models import JobStatus
+from jobs.models import JobStatus, Worker
 from jobs.requirements import Requirements, requirements_parse
 from jobs.services import job_check_name, job_check_priority, job_check_quota, job_get, unique_name
 from training.checkpoints import checkpoint_problem
-from training.devices import available_memory_bytes, detect_device, gpu_memory_gb
+from training.devices import available_memory_bytes, detect_device, gpu_count, gpu_memory_gb
 from training.models import Adapter, TrainingTask
 from training.params import PREFERENCE_METHODS, InvalidParams, check_method, estimate_memory, resolve_params
 from training.signals import evaluation_metric_names
@@ -79,7 +79,10 @@ def _check_version(version, *, team: Team, param: str, method: str = "sft") -> s
     return _format_refusal(version, method)
 
 
-def _resolve(params: dict | None, *, base_model: BaseModel, version, has_validation: bool, method: str = "sft"):
+def _resolve(params: dict | None, *, base_model: BaseModel, version, has_validation: bool, method: str = "sft",
+             gpus: int | None = None):
+    """Resolve the parameters and estimate the run's memory; ``gpus``: the GPUs the task requires (what
+    ``num_processes="auto"`` is planned for, else this host's)."""
     device = detect_device()
     stats = version.stats or {}
     # Token statistics are kept per tokenizer (base model name) once computed at upload or inspection.
@@ -91,7 +94,8 @@ def _resolve(params: dict | None, *, base_model: BaseModel, version, has_validat
                                   n_tokens_max=tokens.get("max"), device=device, gpu_memory_gb=gpu_memory_gb(),
                                   has_chat_template=base_model.has_chat_template,
                                   model_max_length=base_model.max_position_embeddings,
-                                  has_validation=has_validation, method=method, label_counts=label_counts)
+                                  has_validation=has_validation, method=method, label_counts=label_counts,
+                                  gpu_count=gpus or gpu_count())
     except InvalidParams as exc:
         raise ApplicationError(exc.message, code="invalid_parameter", param=exc.field or "hyperparameters",
                                details=exc.errors and [{"param": str(e.get("loc", ("",))[0]), "message": e.get("msg")}
@@ -102,19 +106,36 @@ def _resolve(params: dict | None, *, base_model: BaseModel, version, has_validat
     estimate = estimate_memory(config=base_model.config, parameter_count=base_model.parameter_count or None,
                                quantization=resolved.quantization, batch_size=sequences,
                                max_seq_length=resolved.max_seq_length, device=device, lora_r=resolved.lora_r,
-                               target_modules=resolved.target_modules)
+                               target_modules=resolved.target_modules, num_processes=resolved.num_processes,
+                               strategy=resolved.strategy)
     refusal = estimate.refusal(available_memory_bytes(device))
     if refusal:
         raise ApplicationError(refusal, code="insufficient_memory", param="batch_size")
     return resolved, estimate
 
 
-def _requirements(requested: Requirements, *, device: str) -> dict:
+def _requirements(requested: Requirements, *, device: str, processes: int = 1) -> dict:
     """The worker the task needs: what the caller asked for, and by default the device the recipe planned the
-    task for (planned for CUDA: a CUDA worker; planned for the CPU: any worker can run it)."""
+    task for (planned for CUDA: a CUDA worker, with a GPU per process; planned for the CPU: any worker can run
+    it, its processes as gloo ranks)."""
     if requested.device is None and device == "cuda":
         requested = requirements_parse({**requested.to_dict(), "device": "cuda"})
+    if requested.device == "cuda" and processes > requested.gpu_count:
+        requested = requirements_parse({**requested.to_dict(), "gpus": processes})
     return requested.to_dict()
+
+
+def training_task_processes(task: TrainingTask, worker: Worker | None) -> int:
+    """How many processes run the task on ``worker`` (the kind's ``processes``): ``num_processes``, where
+    ``"auto"`` is every GPU of the worker (one process on a CPU worker)."""
+    wanted = (task.params or {}).get("num_processes", 1)
+    if task.method != TrainingTask.Method.SFT:
+        return 1
+    if wanted == "auto":
+        if worker is not None and worker.device == "cuda" and worker.gpus:
+            return len(worker.gpus)
+        return 1
+    return max(1, int(wanted))
 
 
 def _evaluation_request(evaluate, metrics) -> list[str]:
@@ -235,13 +256,13 @@ def training_task_create(*, user: Actor, name: str | None, base_model: BaseModel
             runtime.add_event(task, f"Validation failed: {file_problem[0]}", level="error")
             return task
         resolved, estimate = _resolve(params, base_model=model, version=train, has_validation=validation is not None,
-                                      method=method)
+                                      method=method, gpus=requested.gpus)
         task.resolved_params = resolved.to_dict()
         task.auto_explanation = resolved.auto
         task.estimated_memory_bytes = estimate.total_bytes
         task.seed = resolved.seed
         task.total_steps = resolved.total_steps
-        task.requirements = _requirements(requested, device=resolved.device)
+        task.requirements = _requirements(requested, device=resolved.device, processes=resolved.num_processes)
         task.status = JobStatus.QUEUED
         task.queued_at = now
         task.save()
@@ -251,8 +272,11 @@ def training_task_create(*, user: Actor, name: str | None, base_model: BaseModel
             f" from adapter {start.name}" if start else "") + ", "
         runtime.add_event(task, f"Created: {how}{train.row_count} {what}, {resolved.n_epochs} epochs, "
                              f"lr {resolved.learning_rate:g}, LoRA r={resolved.lora_r}, "
-                             f"quantization {resolved.quantization}, device {resolved.device}; "
-                             f"estimated peak memory {estimate.total_bytes / 1024**3:.1f} GiB.")
+                             f"quantization {resolved.quantization}, device {resolved.device}"
+                             + (f" x {resolved.num_processes} processes ({resolved.strategy})"
+                                if resolved.num_processes > 1 else "")
+                             + f"; estimated peak memory {estimate.total_bytes / 1024**3:.1f} GiB"
+                             + (" per GPU." if resolved.num_processes > 1 and resolved.device == "cuda" else "."))
         runtime.enqueue(task)
     return task
 
