@@ -11,7 +11,7 @@ from pathlib import Path
 from django.db import transaction
 
 from jobs.models import EventLevel, Job, JobStatus
-from jobs.runtime import JobContext, LostClaim, with_db_retry
+from jobs.runtime import GroupLost, JobContext, LostClaim, with_db_retry
 
 log = logging.getLogger(__name__)
 # How long a failing rank other than 0 waits for rank 0 to record the failure before it exits (and torchrun
@@ -73,7 +73,7 @@ class JobRunner:
         try:
             outcome = self.run()
             return self._end(outcome)
-        except LostClaim:
+        except (LostClaim, GroupLost):
             raise
         except Cancelled as exc:
             return self._end(Outcome(JobStatus.CANCELLED, message=str(exc) or "Cancelled."))
@@ -90,7 +90,7 @@ class JobRunner:
         group, and the worker recovers the job if rank 0 recorded nothing."""
         try:
             return self.run().status
-        except LostClaim:
+        except (LostClaim, GroupLost):
             raise
         except Exception:
             log.exception("%s %s failed on this rank", type(self.job).__name__, self.job.pk)

@@ -523,6 +523,11 @@ class LostClaim(Exception):
     """The run's claim was taken over (recovered elsewhere): stop without writing anything more."""
 
 
+class GroupLost(Exception):  # noqa: N818 - an ending, not an error of the job
+    """Another process of the job's group died: this one records nothing and exits with an error, so that the
+    launcher stops the group and the worker recovers the job from its last checkpoint."""
+
+
 class JobContext:
     """What a job's child process uses to report: progress, events, heartbeat and control flags."""
 
@@ -619,6 +624,8 @@ def _die_with_launcher() -> None:
 # Exit code of rank 0 after it recorded a failure: torchrun then stops the other ranks, which may be waiting
 # for it in a collective operation.
 GROUP_FAILED_EXIT = 5
+# Exit code of a rank whose group lost another rank (it recorded nothing; the worker recovers the job).
+GROUP_LOST_EXIT = 6
 
 
 def run_child(kind_name: str, pk: int, token: str) -> int:
@@ -641,6 +648,9 @@ def run_child(kind_name: str, pk: int, token: str) -> int:
     except LostClaim as exc:
         log.error("%s", exc)
         return 4
+    except GroupLost as exc:
+        log.error("rank %s: %s", rank, exc)
+        return GROUP_LOST_EXIT
     return GROUP_FAILED_EXIT if world > 1 and status == JobStatus.FAILED else 0
 
 

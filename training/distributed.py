@@ -18,6 +18,29 @@ from pathlib import Path
 
 from training.hooks import Hooks, NullHooks, StopRequest
 
+
+class GroupFailed(Exception):  # noqa: N818 - an ending, not this rank's error
+    """Another rank of the group failed (its connection broke in a collective operation): this rank's run
+    cannot go on, and its error is not the run's; the launcher stops the group and the run is recovered."""
+
+
+# What gloo and NCCL say when a peer is gone (torch raises them as RuntimeError or DistError).
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Read error", "Broken pipe", "NCCL error",
+             "ProcessGroupNCCL", "ProcessGroupGloo")
+
+
+def peer_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` (or its cause) is a collective operation that failed because another rank is gone."""
+    import torch.distributed as dist
+
+    while exc is not None:
+        if isinstance(exc, dist.DistError) or (isinstance(exc, RuntimeError)
+                                               and any(words in str(exc) for words in PEER_GONE)):
+            return True
+        exc = exc.__cause__
+    return False
+
+
 STOP_CODES: dict[StopRequest, int] = {None: 0, "cancel": 1, "pause": 2}
 STOP_REQUESTS = {code: request for request, code in STOP_CODES.items()}
 

@@ -73,7 +73,16 @@ from training.data import (
     to_item,
     truncate_examples,
 )
-from training.distributed import Group, GroupHooks, backend_for, current_group, group_devices, init_group
+from training.distributed import (
+    Group,
+    GroupFailed,
+    GroupHooks,
+    backend_for,
+    current_group,
+    group_devices,
+    init_group,
+    peer_failure,
+)
 from training.errors import (
     CHECKPOINT_INVALID,
     DATASET_ERROR,
@@ -888,14 +897,17 @@ def stopped_before_training(hooks, resume: Path | None, params, data_report: dic
                      device_info=device_info(device))
 
 def run_training(spec: RunSpec, hooks: Hooks | None = None) -> RunResult:
-    """Train one adapter. Returns succeeded/cancelled/paused; raises ``TrainingError`` on failure."""
+    """Train one adapter. Returns succeeded/cancelled/paused; raises ``TrainingError`` on failure, and
+    ``GroupFailed`` on a rank whose group lost another rank."""
     hooks = hooks or NullHooks()
     try:
         return _run(spec, hooks)
-    except TrainingError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - every failure leaves here classified
-        raise classify(exc) from exc
+    except Exception as exc:
+        if current_group().distributed and peer_failure(exc):
+            raise GroupFailed(f"another process of the group failed: {exc}") from exc
+        if isinstance(exc, TrainingError):
+            raise
+        raise classify(exc) from exc  # every failure leaves here classified
 
 
 def _message(hooks, level: str, message: str, data: dict | None = None) -> None:

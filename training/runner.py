@@ -157,9 +157,13 @@ class TrainingRunner(RecipeRunner):
         task = self.job
         # The recipes import torch: only this child process loads them, never the web or queue process.
         if task.method == TrainingTask.Method.SFT:
+            from training.distributed import GroupFailed
             from training.recipe import RunSpec, run_training
 
-            result = run_training(RunSpec(**recipe_inputs(task)), DbHooks(self.ctx))
+            try:
+                result = run_training(RunSpec(**recipe_inputs(task)), DbHooks(self.ctx))
+            except GroupFailed as exc:
+                raise runtime.GroupLost(str(exc)) from exc
         else:
             from training.preference import PreferenceSpec, run_preference
 

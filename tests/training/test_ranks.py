@@ -216,10 +216,10 @@ def test_pause_stops_both_ranks_at_one_checkpoint_and_resume_continues(team_user
                                                                        worker):
     team, alice = team_user
     task = services.training_task_create(user=alice, name="pause-me", base_model=tiny_base_model,
-                                         train_version=make_version(team), params={**LONG, "max_steps": 30})
+                                         train_version=make_version(team), params={**LONG, "max_steps": 16})
     worker.start()
     ranks = ranks_of(task)
-    wait_for(lambda: TrainingTask.objects.get(pk=task.pk).step >= 7, timeout=240, message="a few steps")
+    wait_for(lambda: TrainingTask.objects.get(pk=task.pk).step >= 5, timeout=240, message="a few steps")
     job_services.job_pause(user=alice, job=TrainingTask.objects.get(pk=task.pk))
     wait_for(lambda: status_of(task) == "paused", timeout=60, message="pause")
     wait_for(lambda: gone(ranks.values()), timeout=15, message="both ranks to stop")
@@ -230,7 +230,7 @@ def test_pause_stops_both_ranks_at_one_checkpoint_and_resume_continues(team_user
     wait_for(lambda: status_of(task) in {"succeeded", "failed"}, timeout=240, message="resumed run to finish")
     task.refresh_from_db()
     assert task.status == JobStatus.SUCCEEDED, task.error_message
-    assert task.step == 30 and task.attempts == 2
+    assert task.step == 16 and task.attempts == 2
     steps = [d["step"] for d in task.events.filter(type="metrics").values_list("data", flat=True)]
     assert min(s for s in steps if s > paused_step) == paused_step + 1
     assert steps == sorted(steps) and len(steps) == len(set(steps))
@@ -242,10 +242,10 @@ def test_kill_9_of_one_rank_stops_the_group_and_recovers_from_the_checkpoint(tea
                                                                              make_version, worker):
     team, alice = team_user
     task = services.training_task_create(user=alice, name="crashy", base_model=tiny_base_model,
-                                         train_version=make_version(team), params={**LONG, "max_steps": 30})
+                                         train_version=make_version(team), params={**LONG, "max_steps": 15})
     worker.start()
     ranks = ranks_of(task)
-    wait_for(lambda: TrainingTask.objects.get(pk=task.pk).checkpoints.filter(step__gte=10).exists(), timeout=240,
+    wait_for(lambda: TrainingTask.objects.get(pk=task.pk).checkpoints.filter(step__gte=5).exists(), timeout=240,
              message="a checkpoint")
     os.kill(ranks[1].pid, signal.SIGKILL)
     wait_for(lambda: gone(ranks.values()), timeout=30, message="the group to stop")
