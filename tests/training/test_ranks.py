@@ -216,7 +216,7 @@ def test_pause_stops_both_ranks_at_one_checkpoint_and_resume_continues(team_user
                                                                        worker):
     team, alice = team_user
     task = services.training_task_create(user=alice, name="pause-me", base_model=tiny_base_model,
-                                         train_version=make_version(team), params={**LONG, "max_steps": 16})
+                                         train_version=make_version(team), params={**LONG, "max_steps": 40})
     worker.start()
     ranks = ranks_of(task)
     wait_for(lambda: TrainingTask.objects.get(pk=task.pk).step >= 5, timeout=240, message="a few steps")
@@ -230,7 +230,7 @@ def test_pause_stops_both_ranks_at_one_checkpoint_and_resume_continues(team_user
     wait_for(lambda: status_of(task) in {"succeeded", "failed"}, timeout=240, message="resumed run to finish")
     task.refresh_from_db()
     assert task.status == JobStatus.SUCCEEDED, task.error_message
-    assert task.step == 16 and task.attempts == 2
+    assert task.step == 40 and task.attempts == 2
     steps = [d["step"] for d in task.events.filter(type="metrics").values_list("data", flat=True)]
     assert min(s for s in steps if s > paused_step) == paused_step + 1
     assert steps == sorted(steps) and len(steps) == len(set(steps))
