@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from django.utils.module_loading import import_string
 
 if TYPE_CHECKING:  # the runner module imports this one
-    from jobs.models import Job
+    from jobs.models import Job, Worker
     from jobs.runner import JobRunner
 
 
@@ -33,6 +33,9 @@ class JobKind:
     reproduce: Callable[..., Job] | None = None
     # What a job produced (its adapters, say), for pages that link a job's inputs to its outputs.
     outputs: Callable[[Job], list] = field(default=lambda job: [])
+    # How many processes run the job (given the worker that claimed it, None when unknown): more than one starts
+    # the child through torchrun, one rank per process.
+    processes: Callable[[Job, Worker | None], int] = field(default=lambda job, worker: 1)
 
     def runner_class(self) -> type[JobRunner]:
         return import_string(self.runner)

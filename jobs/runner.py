@@ -11,9 +11,12 @@ from pathlib import Path
 from django.db import transaction
 
 from jobs.models import EventLevel, Job, JobStatus
-from jobs.runtime import JobContext, LostClaim, with_db_retry
+from jobs.runtime import GroupLost, JobContext, LostClaim, with_db_retry
 
 log = logging.getLogger(__name__)
+# How long a failing rank other than 0 waits for rank 0 to record the failure before it exits (and torchrun
+# stops the group): a failure of the data or the parameters meets every rank at the same step.
+FOLLOWER_FAILURE_WAIT_SECONDS = 10.0
 
 
 class Cancelled(Exception):  # noqa: N818 - a stop signal, not an error
@@ -65,10 +68,12 @@ class JobRunner:
     # ---- every ending, in one place ----------------------------------------------------------------------
 
     def handle(self) -> str:
+        if not self.ctx.reports:
+            return self.follow()
         try:
             outcome = self.run()
             return self._end(outcome)
-        except LostClaim:
+        except (LostClaim, GroupLost):
             raise
         except Cancelled as exc:
             return self._end(Outcome(JobStatus.CANCELLED, message=str(exc) or "Cancelled."))
@@ -78,6 +83,19 @@ class JobRunner:
             log.exception("%s %s failed", type(self.job).__name__, self.job.pk)
             failure = exc if isinstance(exc, JobFailed) else self.classify(exc)
             return self.fail(failure.code, failure.message)
+
+    def follow(self) -> str:
+        """A rank other than 0 of a group: run the same work, record nothing (rank 0 records every ending). A
+        failure ends this rank with an error, once rank 0 has had a moment to record it: torchrun then stops the
+        group, and the worker recovers the job if rank 0 recorded nothing."""
+        try:
+            return self.run().status
+        except (LostClaim, GroupLost):
+            raise
+        except Exception:
+            log.exception("%s %s failed on this rank", type(self.job).__name__, self.job.pk)
+            self.ctx.wait_for_ending(FOLLOWER_FAILURE_WAIT_SECONDS)
+            raise
 
     def fail(self, code: str, message: str) -> str:
         self.ctx.finish(JobStatus.FAILED, error_code=code, error_message=message, eta_seconds=None)

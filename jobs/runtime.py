@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -217,15 +218,36 @@ def _child_preexec() -> None:  # pragma: no cover - runs in the child before exe
         pass
 
 
-def spawn_child(job: Job, token: str) -> subprocess.Popen:
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def child_command(job: Job, token: str, processes: int) -> list[str]:
+    """``manage.py run_job``; for several processes the same command as torchrun's entry point, one per rank
+    (``--standalone``: the group meets on a free local port; no restarts: a failed rank stops the whole group,
+    and recovery is ours, from the last checkpoint)."""
+    manage = Path(settings.BASE_DIR) / "manage.py"
+    args = [str(manage), "run_job", kind_of(job).name, str(job.pk), "--run-token", token]
+    if processes <= 1:
+        return [sys.executable, *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+            "--max-restarts=0", *args]
+
+
+def spawn_child(job: Job, token: str, processes: int = 1) -> subprocess.Popen:
     folder = run_dir(job)
     folder.mkdir(parents=True, exist_ok=True)
     log_path = folder / "log.txt"
-    manage = Path(settings.BASE_DIR) / "manage.py"
-    cmd = [sys.executable, str(manage), "run_job", kind_of(job).name, str(job.pk), "--run-token", token]
+    cmd = child_command(job, token, processes)
     # OMP_WAIT_POLICY must be set before torch loads in the child: passive OpenMP threads keep training fast
     # when another process shares the cores (measured on 2 cores: 93 vs 36 tokens/s with one core busy).
+    # Ranks share the host's cores (torchrun would give each one thread).
     env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "PYTHONUNBUFFERED": "1"}
+    if processes > 1:
+        env.setdefault("OMP_NUM_THREADS", str(max(1, _cpu_count() // processes)))
     logfile = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
     try:
         proc = subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
@@ -267,7 +289,10 @@ def _beat_quietly(running: list[dict]) -> None:
 
 def _supervise(job: Job, token: str) -> str:
     model = type(job)
-    proc = spawn_child(job, token)
+    processes = max(1, int(kind_of(job).processes(job, _me["worker"])))
+    if processes > 1:
+        add_event(job, f"Starting {processes} processes (torchrun, one rank each).")
+    proc = spawn_child(job, token, processes)
     cancel_seen_at: float | None = None
     last_beat = 0.0
     last_recover = time.monotonic()
@@ -305,14 +330,40 @@ def _supervise(job: Job, token: str) -> str:
                 recover_stale()
             except Exception as exc:  # pragma: no cover - best effort while busy
                 log.warning("recover_stale failed: %s", exc)
-    return _after_child_exit(job, token, returncode)
+    return _after_child_exit(job, token, returncode, processes)
 
 
-def _after_child_exit(job: Job, token: str, returncode: int) -> str:
-    return with_db_retry(lambda: _record_child_exit(job, token, returncode), what="recording the child's exit")
+def _after_child_exit(job: Job, token: str, returncode: int, processes: int = 1) -> str:
+    return with_db_retry(lambda: _record_child_exit(job, token, returncode, processes),
+                         what="recording the child's exit")
 
 
-def _record_child_exit(job: Job, token: str, returncode: int) -> str:
+# torchrun's report of the rank that failed first ("Root Cause (first observed failure)": rank, exitcode)
+ROOT_CAUSE = re.compile(r"Root Cause \(first observed failure\):.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", re.S)
+
+
+def group_failure(log_path: Path, processes: int) -> str | None:
+    """Which rank ended a group, from the report torchrun writes to the log when it stops one; None if absent."""
+    try:
+        with open(log_path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 64 * 1024))
+            tail = fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    found = ROOT_CAUSE.findall(tail)
+    if not found:
+        return None
+    rank, code = int(found[-1][0]), int(found[-1][1])
+    if code < 0:
+        what = f"was killed by signal {-code}" + (" (out of memory, or killed by an operator)"
+                                                  if -code == signal.SIGKILL else "")
+    else:
+        what = f"exited with code {code}"
+    return f"rank {rank} of {processes} {what}, so torchrun stopped the group"
+
+
+def _record_child_exit(job: Job, token: str, returncode: int, processes: int = 1) -> str:
     model = type(job)
     close_old_connections()
     row = model.objects.filter(pk=job.pk).first()
@@ -324,7 +375,10 @@ def _record_child_exit(job: Job, token: str, returncode: int) -> str:
         finish(row, token, JobStatus.CANCELLED)
         add_event(row, "Cancelled.")
         return JobStatus.CANCELLED
-    if returncode < 0:
+    group = group_failure(run_dir(job) / "log.txt", processes) if processes > 1 and returncode > 0 else None
+    if group:
+        reason = f"a training process failed: {group}"
+    elif returncode < 0:
         reason = f"the training process was killed by signal {-returncode}"
         if -returncode == signal.SIGKILL:
             reason += " (out of memory, or killed by an operator)"
@@ -469,8 +523,15 @@ class LostClaim(Exception):
     """The run's claim was taken over (recovered elsewhere): stop without writing anything more."""
 
 
+class GroupLost(Exception):  # noqa: N818 - an ending, not an error of the job
+    """Another process of the job's group died: this one records nothing and exits with an error, so that the
+    launcher stops the group and the worker recovers the job from its last checkpoint."""
+
+
 class JobContext:
     """What a job's child process uses to report: progress, events, heartbeat and control flags."""
+
+    reports = True  # rank 0 of a group (or the only process) writes the job's rows
 
     def __init__(self, job: Job, token: str) -> None:
         self.job = job
@@ -516,19 +577,81 @@ class JobContext:
             raise LostClaim("claim lost before the result was recorded")
 
 
+class FollowerContext(JobContext):
+    """The context of a rank other than 0 of a group: it writes nothing (rank 0 reports for the whole group) and
+    reads no control flags (rank 0 sends its stop decision to every rank)."""
+
+    reports = False
+
+    def update(self, **fields) -> None:
+        pass
+
+    def event(self, message: str, *, level: str = EventLevel.INFO, type: str = EventType.MESSAGE,
+              data: dict | None = None) -> None:
+        pass
+
+    def control(self, *, max_age: float = 1.0) -> str | None:
+        return None
+
+    def finish(self, status: str, **fields) -> None:
+        pass
+
+    def wait_for_ending(self, timeout: float) -> None:
+        """Give rank 0 a moment to record how the run ended (a failure that every rank meets at the same step)
+        before this rank's exit makes torchrun stop the group."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.model.objects.filter(pk=self.job.pk).values_list("status", flat=True).first()
+            if status != JobStatus.RUNNING:
+                return
+            time.sleep(0.5)
+
+
+def _die_with_launcher() -> None:
+    """A rank started by torchrun dies with it: torchrun starts each rank in a session of its own, so the
+    supervisor's kill of torchrun's process group would not reach the ranks."""
+    try:
+        import ctypes
+
+        parent = os.getppid()
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the launcher died before the line above
+            os._exit(1)
+    except OSError:
+        pass
+
+
+# Exit code of rank 0 after it recorded a failure: torchrun then stops the other ranks, which may be waiting
+# for it in a collective operation.
+GROUP_FAILED_EXIT = 5
+# Exit code of a rank whose group lost another rank (it recorded nothing; the worker recovers the job).
+GROUP_LOST_EXIT = 6
+
+
 def run_child(kind_name: str, pk: int, token: str) -> int:
-    """Body of ``manage.py run_job``: run one claimed job in this process; exit code for the supervisor."""
+    """Body of ``manage.py run_job``: run one claimed job in this process; exit code for the supervisor.
+
+    Under torchrun (several processes) every rank runs it: rank 0 with the job's context, the others with a
+    ``FollowerContext`` that writes nothing.
+    """
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1:
+        _die_with_launcher()
     kind = get_kind(kind_name)
     job = kind.model.objects.get(pk=pk)
     if job.run_token != token or job.status != JobStatus.RUNNING:
         log.error("%s %s is not claimed by token %s; refusing to run", kind.name, pk, token)
         return 3
+    ctx = JobContext(job, token) if rank == 0 else FollowerContext(job, token)
     try:
-        kind.runner_class()(job, JobContext(job, token)).handle()
+        status = kind.runner_class()(job, ctx).handle()
     except LostClaim as exc:
         log.error("%s", exc)
         return 4
-    return 0
+    except GroupLost as exc:
+        log.error("rank %s: %s", rank, exc)
+        return GROUP_LOST_EXIT
+    return GROUP_FAILED_EXIT if world > 1 and status == JobStatus.FAILED else 0
 
 
 def run_foreground(job: Job) -> str:

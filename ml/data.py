@@ -490,8 +490,8 @@ class Collator:
     ``flat`` (issue 9): the batch's examples are concatenated into one row of shape ``[1, total tokens]`` with
     ``position_ids`` restarting at 0 for each example and ``cu_seq_lens_q`` = the example boundaries, which
     ``ml.train.sft``'s attention uses to attend within each example only. Every matmul then runs on real
-    tokens only, as one large matrix; the all-ones ``attention_mask`` is kept only so that the Trainer counts
-    non-padding tokens (the pad id may be a real token, e.g. SmolLM2's ``<|im_end|>``).
+    tokens only, as one large matrix; the ``attention_mask`` (ones, zeros on a rank's filler) is kept only so that
+    the Trainer counts non-padding tokens (the pad id may be a real token, e.g. SmolLM2's ``<|im_end|>``).
     """
 
     def __init__(self, pad_token_id: int | None, *, flat: bool = False):
@@ -531,23 +531,24 @@ class Collator:
         ids: list[int] = []
         labels: list[int] = []
         pos: list[int] = []
+        mask: list[int] = []
         bounds = [0]
         for it in items:
             n = len(it["input_ids"])
             ids += it["input_ids"]
             labels += it["shift_labels"]
+            mask += [0 if it.get("pad") else 1] * n  # a rank's filler (pad_item) is not a token seen
             # packed rows (pack_items) already hold several examples: each restart of position_ids is a boundary
             p = list(it["position_ids"]) if "position_ids" in it else list(range(n))
             base = len(pos)
             bounds += [base + k for k in range(1, n) if p[k] == 0]
             bounds.append(base + n)
             pos += p
-        total = len(ids)
         return {
             "input_ids": torch.tensor([ids], dtype=torch.long),
             "shift_labels": torch.tensor([labels], dtype=torch.long),
             "position_ids": torch.tensor([pos], dtype=torch.long),
-            "attention_mask": torch.ones((1, total), dtype=torch.long),
+            "attention_mask": torch.tensor([mask], dtype=torch.long),
             "cu_seq_lens_q": torch.tensor(bounds, dtype=torch.int32),
         }
 
@@ -561,10 +562,16 @@ class LengthGroupedSampler:
     the batches shuffled (the short last batch stays last). Resuming mid-epoch therefore replays exactly the
     batches the interrupted run would have seen. A sampler as torch's ``DataLoader`` takes one (``__iter__`` and
     ``__len__``), without subclassing torch's (this module must import without torch).
+
+    Several ranks (``ranks`` > 1): ``batch_size`` is the global micro-batch (per-rank batch x ranks), so the order
+    is that of one process with the same global batch; accelerate hands each rank its consecutive slice of every
+    global batch. The short last batch is filled up with ``pad_index`` (an item with no trained token: it adds
+    nothing to the loss or its token count), because accelerate would otherwise repeat examples from the start of
+    the epoch to give every rank a full batch.
     """
 
     def __init__(self, lengths: list[int], batch_size: int, seed: int, mega_batches: int = 16, *,
-                 grouped: bool = True):
+                 grouped: bool = True, ranks: int = 1):
         self.lengths = list(lengths)
         self.batch_size = max(1, int(batch_size))
         self.seed = int(seed)
@@ -572,13 +579,17 @@ class LengthGroupedSampler:
         # Flat (padding-free) batches have no padding to save: grouping would only put the longest examples in
         # one batch, whose activations then set the run's peak memory. grouped=False: a plain seeded shuffle.
         self.grouped = grouped
+        self.ranks = max(1, int(ranks))
+        self.pad_index = len(self.lengths)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return len(self.lengths)
+        if self.ranks == 1:
+            return len(self.lengths)
+        return math.ceil(len(self.lengths) / self.batch_size) * self.batch_size
 
     def batches(self) -> list[list[int]]:
         rng = random.Random(self.seed * 1_000_003 + self.epoch)
@@ -602,6 +613,17 @@ class LengthGroupedSampler:
     def __iter__(self) -> Iterator[int]:
         for b in self.batches():
             yield from b
+            if self.ranks > 1:
+                yield from [self.pad_index] * (self.batch_size - len(b))
+
+
+def pad_item(pad_token_id: int | None, *, packed: bool = False) -> dict:
+    """The filler of a short last batch on several ranks: one token, nothing trained (see LengthGroupedSampler)."""
+    item = {"input_ids": [0 if pad_token_id is None else int(pad_token_id)], "shift_labels": [IGNORE_INDEX],
+            "pad": True}
+    if packed:
+        item["position_ids"] = [0]
+    return item
 
 
 def padding_fraction(lengths: list[int], batches: list[list[int]]) -> float:

@@ -51,6 +51,8 @@ DEFAULT_BETA = 0.1  # TRL's default for DPO, KTO and ORPO (ORPO's lambda, which 
 # Preference tuning moves a model that already answers well: a smaller step than SFT's (LoRA DPO recipes use
 # 5e-6..5e-5 on large sets; small review sets need more per step to move at all).
 PREFERENCE_LR_FACTOR = 0.2
+MAX_PROCESSES = 64  # ranks of one task (torchrun --nproc-per-node)
+STRATEGIES = ("ddp", "fsdp")
 
 
 class TrainingParams(BaseModel):
@@ -84,6 +86,9 @@ class TrainingParams(BaseModel):
     label_smoothing: Annotated[float, Field(ge=0, lt=0.5)] = 0.0
     desirable_weight: Annotated[float, Field(gt=0, le=100)] | Auto = AUTO
     undesirable_weight: Annotated[float, Field(gt=0, le=100)] | Auto = AUTO
+    # several processes per task (torchrun): "auto" = every GPU of the worker's host; gloo ranks on CPU
+    num_processes: Annotated[int, Field(ge=1, le=MAX_PROCESSES)] | Auto = 1
+    strategy: Literal["ddp", "fsdp"] = "ddp"
 
     @field_validator("target_modules")
     @classmethod
@@ -152,6 +157,9 @@ def check_method_params(params: TrainingParams, method: str) -> None:
             raise InvalidParams(f"loss_type: {params.loss_type!r} is not a {method.upper()} loss; choose from "
                                 f"{', '.join(allowed)}", "loss_type")
     if method in PREFERENCE_METHODS:
+        if params.num_processes not in (1, AUTO):
+            raise InvalidParams(f"num_processes: method {method} trains in one process (several are for sft)",
+                                "num_processes")
         if params.packing is True:
             raise InvalidParams(f"packing: not available for method {method} (pairs are compared whole)", "packing")
         if params.loss_on != "assistant":
@@ -197,10 +205,14 @@ class ResolvedParams:
     label_smoothing: float = 0.0
     desirable_weight: float = 1.0
     undesirable_weight: float = 1.0
+    # ranks of the run (global batch = batch_size x num_processes x gradient_accumulation_steps), and how they
+    # share the model: ddp (a full copy each) or fsdp (parameters, gradients and optimizer state sharded)
+    num_processes: int = 1
+    strategy: str = "ddp"
 
     @property
     def effective_batch_size(self) -> int:
-        return self.batch_size * self.gradient_accumulation_steps
+        return self.batch_size * self.num_processes * self.gradient_accumulation_steps
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -250,12 +262,15 @@ def resolve_params(
     has_validation: bool = False,
     method: str = "sft",
     label_counts: tuple[int, int] | None = None,
+    gpu_count: int | None = None,
 ) -> ResolvedParams:
     """Replace every ``"auto"`` by a concrete value for this dataset and device.
 
     ``n_examples``: training examples (preference pairs for dpo/orpo, labelled rows for kto);
     ``n_tokens_mean``/``n_tokens_max``: their token lengths when known (tokenised with the base model's tokenizer);
-    ``gpu_memory_gb``: total memory of the CUDA device; ``label_counts``: KTO's (desirable, undesirable) rows.
+    ``gpu_memory_gb``: total memory of the CUDA device; ``label_counts``: KTO's (desirable, undesirable) rows;
+    ``gpu_count``: what ``num_processes="auto"`` means: the GPUs of the host the run is planned for (in a running
+    group: its world size).
     """
     p = parse_params(params)
     check_method_params(p, method)
@@ -264,6 +279,24 @@ def resolve_params(
     n = max(1, int(n_examples))
     why: dict[str, str] = {}
     small = _small_set_factor(n)
+
+    if p.num_processes == AUTO and method in PREFERENCE_METHODS:
+        world = 1
+        why["num_processes"] = f"method {method} trains in one process"
+    elif p.num_processes == AUTO:
+        world = max(1, int(gpu_count or 1)) if device == "cuda" else 1
+        why["num_processes"] = (f"every GPU of the worker's host ({world})" if device == "cuda" else
+                                "CPU: one process uses every core (set a number to run several gloo ranks)")
+    else:
+        world = p.num_processes
+    if p.strategy == "fsdp" and world == 1:
+        raise InvalidParams("strategy: fsdp shards the model over several processes; set num_processes to 2 or more",
+                            "strategy")
+    if p.strategy == "fsdp" and device != "cuda":
+        # torch's FSDP2 itself runs on gloo, but accelerate enables its FSDP plugin on GPUs only: on CPU the run
+        # would silently be DDP
+        raise InvalidParams("strategy: fsdp needs CUDA GPUs (accelerate shards with FSDP on GPUs only); use ddp on "
+                            "CPU", "strategy")
 
     # quantization: 4-bit saves GPU memory at small cost; on CPU fp32 is faster and memory is plentiful
     if p.quantization == AUTO:
@@ -309,20 +342,22 @@ def resolve_params(
             # CPU throughput barely grows past a few sequences per batch; smaller batches = more steps
             tokens_budget = 2048
         per_seq = max(mean_len * 1.5, 32.0)
-        batch_size = int(max(1, min(eff, tokens_budget // per_seq)))
+        # per process: the ranks together make the effective batch
+        batch_size = int(max(1, min(max(1, eff // world), tokens_budget // per_seq)))
         batch_size = 2 ** int(math.log2(batch_size))
-        why["batch_size"] = f"{batch_size} sequences of ~{int(mean_len)} tokens fit the {device} token budget"
+        why["batch_size"] = f"{batch_size} sequences of ~{int(mean_len)} tokens fit the {device} token budget" + (
+            f" (per process, {world} processes)" if world > 1 else "")
     else:
         batch_size = p.batch_size
 
     if p.gradient_accumulation_steps == AUTO:
-        grad_accum = max(1, eff // batch_size)
+        grad_accum = max(1, eff // (batch_size * world))
         why["gradient_accumulation_steps"] = (
-            f"effective batch {batch_size * grad_accum} for {n} examples (small sets get more, smaller steps)"
+            f"effective batch {batch_size * world * grad_accum} for {n} examples (small sets get more, smaller steps)"
         )
     else:
         grad_accum = p.gradient_accumulation_steps
-    eff = batch_size * grad_accum
+    eff = batch_size * world * grad_accum
     steps_per_epoch = max(1, math.ceil(n / eff))
 
     if p.n_epochs == AUTO:
@@ -463,7 +498,7 @@ def resolve_params(
         max_steps=p.max_steps, template=template, device=device, steps_per_epoch=steps_per_epoch,
         total_steps=total_steps, learning_rate_multiplier=multiplier, auto=why, method=method, beta=beta,
         loss_type=loss_type, label_smoothing=float(p.label_smoothing), desirable_weight=desirable_weight,
-        undesirable_weight=undesirable_weight,
+        undesirable_weight=undesirable_weight, num_processes=world, strategy=p.strategy,
     )
 
 
@@ -482,12 +517,14 @@ class MemoryEstimate:
 
     total_bytes: int
     device: str
-    parts: dict[str, int] = field(default_factory=dict)
+    parts: dict[str, int] = field(default_factory=dict)  # of one process
     sequences_per_batch: int = 0
     tokens_per_sequence: int = 0
     batch_size: int = 0
     gradient_accumulation_steps: int = 1
     available_bytes: int | None = None  # the memory it was checked against
+    num_processes: int = 1
+    per_process_bytes: int = 0  # what each rank needs: on CPU the ranks share the host's memory (total = sum)
 
     def fits(self, available_bytes: int) -> bool:
         return self.total_bytes <= available_bytes
@@ -496,8 +533,11 @@ class MemoryEstimate:
         """E.g. ``1.2 GiB for 8 sequences x 512 tokens per micro-batch (batch 4 x 4 accumulation steps)``."""
         accumulation = f" x {self.gradient_accumulation_steps} accumulation steps" \
             if self.gradient_accumulation_steps > 1 else ""
+        ranks = ""
+        if self.num_processes > 1:
+            ranks = f" x {self.num_processes} processes" + (", per GPU" if self.device == "cuda" else "")
         return (f"{self.total_bytes / GiB:.2f} GiB for {self.sequences_per_batch} sequences x "
-                f"{self.tokens_per_sequence} tokens per micro-batch (batch {self.batch_size}{accumulation})")
+                f"{self.tokens_per_sequence} tokens per micro-batch (batch {self.batch_size}{ranks}{accumulation})")
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -516,6 +556,8 @@ class MemoryEstimate:
         where = "GPU memory" if self.device == "cuda" else "memory"
         batch = f" ({self.sequences_per_batch} sequences x {self.tokens_per_sequence} tokens per micro-batch)" \
             if self.sequences_per_batch else ""
+        if self.num_processes > 1:
+            where += " per GPU" if self.device == "cuda" else f" for its {self.num_processes} processes"
         return (
             f"This training run needs about {self.total_bytes / GiB:.1f} GiB of {where}{batch}, but only "
             f"{available_bytes / GiB:.1f} GiB is available. Lower the batch size or the max sequence length, "
@@ -578,11 +620,15 @@ def estimate_memory(
     target_modules: str | list[str] = "all-linear",
     gradient_checkpointing: bool | None = None,
     compute_dtype_bytes: int | None = None,
+    num_processes: int = 1,
+    strategy: str = "ddp",
 ) -> MemoryEstimate:
     """Estimated peak memory (bytes) of a LoRA/QLoRA run with this recipe.
 
-    Sized for the worst batch (``batch_size`` sequences of ``max_seq_length`` tokens). Deliberately a little
-    pessimistic: refusing at creation is cheap, an OOM an hour in is not.
+    Sized for the worst batch (``batch_size`` sequences of ``max_seq_length`` tokens, per process). Deliberately a
+    little pessimistic: refusing at creation is cheap, an OOM an hour in is not. With ``num_processes`` ranks, each
+    holds the whole model (``ddp``) or its share plus one gathered layer (``fsdp``); ``total_bytes`` is what one GPU
+    must hold on CUDA, and what the host must hold for all ranks on CPU.
     """
     d = _config_dims(config)
     n_params = int(parameter_count or parameter_count_from_config(config))
@@ -605,6 +651,12 @@ def estimate_memory(
     # fp32 weights + grads, AdamW 2 states (fp32; paged 8-bit on CUDA: 2 x 1 byte)
     optimizer_bytes = 2 if device == "cuda" else 8
     lora_bytes = lora * (4 + 4 + optimizer_bytes)
+    world = max(1, int(num_processes))
+    if strategy == "fsdp" and world > 1:
+        # each rank keeps 1/world of everything, and gathers one decoder layer at a time to run it
+        layer = max(0, weights - emb_params * (4 if quantization != "none" else act_bytes)) // max(d["layers"], 1)
+        weights = weights // world + layer
+        lora_bytes = lora_bytes // world
 
     tokens = batch_size * max_seq_length
     h, layers = d["hidden"], d["layers"]
@@ -628,8 +680,10 @@ def estimate_memory(
         "logits": int(logits),
         "overhead": overhead,
     }
-    total = int(sum(parts.values()) * 1.15)  # allocator fragmentation, temporary buffers
-    return MemoryEstimate(total_bytes=total, device=device, parts=parts)
+    per_process = int(sum(parts.values()) * 1.15)  # allocator fragmentation, temporary buffers
+    total = per_process * (world if device == "cpu" else 1)
+    return MemoryEstimate(total_bytes=total, device=device, parts=parts, num_processes=world,
+                          per_process_bytes=per_process)
 
 
 def estimate_run_memory(params: ResolvedParams, *, config: dict, parameter_count: int | None, device: str,
@@ -642,7 +696,8 @@ def estimate_run_memory(params: ResolvedParams, *, config: dict, parameter_count
     tokens = min(int(tokens_per_sequence or params.max_seq_length), params.max_seq_length)
     estimate = estimate_memory(config=config, parameter_count=parameter_count or None,
                                quantization=params.quantization, batch_size=sequences, max_seq_length=tokens,
-                               device=device, lora_r=params.lora_r, target_modules=params.target_modules)
+                               device=device, lora_r=params.lora_r, target_modules=params.target_modules,
+                               num_processes=params.num_processes, strategy=params.strategy)
     estimate.sequences_per_batch = sequences
     estimate.tokens_per_sequence = tokens
     estimate.batch_size = params.batch_size

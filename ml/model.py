@@ -188,7 +188,9 @@ def load_base_model(path: str | Path, *, quantization: str, device: str, dtype=N
 
     device = resolve_device(device)
     if device == "cpu":
-        torch.set_num_threads(available_cpus())  # the training child has the host (or its cgroup share) to itself
+        # The training child has the host (or its cgroup share) to itself; the ranks of one run on this host
+        # (torchrun's LOCAL_WORLD_SIZE) share its cores.
+        torch.set_num_threads(max(1, available_cpus() // int(os.environ.get("LOCAL_WORLD_SIZE") or 1)))
     if gradient_checkpointing is None:
         gradient_checkpointing = device == "cuda"
     model = load_causal_lm(path, device=device, dtype=dtype, quantization=quantization)

@@ -38,6 +38,15 @@ def available_memory_bytes(device: str) -> int:
     return int(psutil.virtual_memory().available)
 
 
+def gpu_count() -> int:
+    """CUDA GPUs this host shows (0 on CPU, or on a host that plans for CUDA without having a GPU)."""
+    if detect_device() != "cuda":
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
+
+
 def gpu_memory_gb() -> float | None:
     if detect_device() != "cuda":
         return None

@@ -53,7 +53,7 @@ UNSUPPORTED = {
     "logging_steps": "metrics are logged at every optimizer step",
     "plot_loss": "the task page charts the loss",
     "report_to": "every task writes its own logs",
-    "deepspeed": "one device per task",
+    "deepspeed": "several processes per task are num_processes with strategy ddp or fsdp",
     "bf16": "the compute precision follows the device",
     "fp16": "the compute precision follows the device",
     "resume_from_checkpoint": "pause and resume a task instead",

@@ -141,6 +141,15 @@ def memory_check(task: TrainingTask) -> MemoryCheck | None:
     return MemoryCheck(admitted=MemoryEstimate.from_dict(task.memory_estimate), config=task.base_model.config,
                        parameter_count=task.base_model.parameter_count or None,
                        available_bytes=available_memory_bytes(detect_device()))
+def device_label(info: dict) -> str:
+    """What the task trained on, for its ``device`` column: "cpu Intel Xeon ...", and for several processes
+    "cpu x 2 processes (ddp over gloo) Intel Xeon ..." (the summary lists each rank's device)."""
+    parts = [str(info["device"])] if info.get("device") else []
+    if int(info.get("world_size") or 1) > 1:
+        parts.append(f"x {info['world_size']} processes ({info.get('strategy')} over {info.get('backend')})")
+    if info.get("name"):
+        parts.append(str(info["name"]))
+    return " ".join(parts)[:200]
 
 
 def recipe_outcome(result, fields: dict) -> Outcome:
@@ -162,9 +171,13 @@ class TrainingRunner(RecipeRunner):
             inputs["params"] = ResolvedParams.from_dict(task.resolved_params)
         # The recipes import torch: only this child process loads them, never the web or queue process.
         if task.method == TrainingTask.Method.SFT:
+            from ml.train.distributed import GroupFailed
             from ml.train.sft import RunSpec, run_training
 
-            result = run_training(RunSpec(**inputs), DbHooks(self.ctx))
+            try:
+                result = run_training(RunSpec(**inputs), DbHooks(self.ctx))
+            except GroupFailed as exc:
+                raise runtime.GroupLost(str(exc)) from exc
         else:
             from ml.train.preference import PreferenceSpec, run_preference
 
@@ -178,8 +191,7 @@ class TrainingRunner(RecipeRunner):
                   "trained_tokens": result.trained_tokens, "tokens_seen": result.trained_tokens,
                   "resolved_params": result.params.to_dict(), "auto_explanation": result.params.auto,
                   "library_versions": result.versions,
-                  "device": " ".join(str(v) for v in (result.device_info.get("device"),
-                                                      result.device_info.get("name")) if v) or "",
+                  "device": device_label(result.device_info),
                   "seed": result.params.seed}
         return recipe_outcome(result, fields)
 

@@ -22,7 +22,7 @@ from core.errors import ApplicationError, NotFound
 from datasets_app.models import DatasetVersion
 from datasets_app.services import PREFERENCE_SOURCES, dataset_version_get, version_stats
 from jobs import runtime
-from jobs.models import JobStatus
+from jobs.models import JobStatus, Worker
 from jobs.requirements import Requirements, requirements_parse
 from jobs.services import job_check_name, job_check_priority, job_check_quota, job_get, unique_name
 from ml.hparams import (
@@ -36,7 +36,7 @@ from ml.hparams import (
     resolve_params,
 )
 from ml.train.checkpoints import checkpoint_problem
-from training.devices import available_memory_bytes, detect_device, gpu_memory_gb
+from training.devices import available_memory_bytes, detect_device, gpu_count, gpu_memory_gb
 from training.models import Adapter, TrainingTask
 from training.signals import evaluation_metric_names
 
@@ -143,9 +143,10 @@ class TrainingPlan:
 
 
 def _plan(params: dict | None, *, base_model: BaseModel, version, tokens: dict, has_validation: bool,
-          method: str = "sft", alternatives: bool = False) -> TrainingPlan:
+          method: str = "sft", alternatives: bool = False, gpus: int | None = None) -> TrainingPlan:
     """The parameters a task runs with (resolved once, from the data's real token lengths ``tokens``) and the
-    memory estimate of the batch they give."""
+    memory estimate of the batch they give; ``gpus``: the GPUs the task requires (what ``num_processes="auto"``
+    is planned for, else this host's)."""
     device = detect_device()
     labels = (version.stats or {}).get("labels") or {}
     label_counts = (int(labels.get("desirable", 0)), int(labels.get("undesirable", 0))) if labels else None
@@ -155,7 +156,8 @@ def _plan(params: dict | None, *, base_model: BaseModel, version, tokens: dict, 
                               n_tokens_max=tokens.get("max"), device=device, gpu_memory_gb=gpu_memory_gb(),
                               has_chat_template=base_model.has_chat_template,
                               model_max_length=base_model.max_position_embeddings,
-                              has_validation=has_validation, method=method, label_counts=label_counts)
+                              has_validation=has_validation, method=method, label_counts=label_counts,
+                              gpu_count=gpus or gpu_count())
 
     try:
         resolved = resolve(params)
@@ -184,21 +186,37 @@ def _plan(params: dict | None, *, base_model: BaseModel, version, tokens: dict, 
 
 
 def _resolve(params: dict | None, *, base_model: BaseModel, version, tokens: dict, has_validation: bool,
-             method: str = "sft") -> tuple[ResolvedParams, MemoryEstimate]:
+             method: str = "sft", gpus: int | None = None) -> tuple[ResolvedParams, MemoryEstimate]:
     """The resolved parameters and their estimate, refused when the estimate does not fit the device."""
     plan = _plan(params, base_model=base_model, version=version, tokens=tokens, has_validation=has_validation,
-                 method=method)
+                 method=method, gpus=gpus)
     if plan.refusal:
         raise ApplicationError(plan.refusal, code="insufficient_memory", param="batch_size")
     return plan.resolved, plan.estimate
 
 
-def _requirements(requested: Requirements, *, device: str) -> dict:
+def _requirements(requested: Requirements, *, device: str, processes: int = 1) -> dict:
     """The worker the task needs: what the caller asked for, and by default the device the recipe planned the
-    task for (planned for CUDA: a CUDA worker; planned for the CPU: any worker can run it)."""
+    task for (planned for CUDA: a CUDA worker, with a GPU per process; planned for the CPU: any worker can run
+    it, its processes as gloo ranks)."""
     if requested.device is None and device == "cuda":
         requested = requirements_parse({**requested.to_dict(), "device": "cuda"})
+    if requested.device == "cuda" and processes > requested.gpu_count:
+        requested = requirements_parse({**requested.to_dict(), "gpus": processes})
     return requested.to_dict()
+
+
+def training_task_processes(task: TrainingTask, worker: Worker | None) -> int:
+    """How many processes run the task on ``worker`` (the kind's ``processes``): ``num_processes``, where
+    ``"auto"`` is every GPU of the worker (one process on a CPU worker)."""
+    wanted = (task.params or {}).get("num_processes", 1)
+    if task.method != TrainingTask.Method.SFT:
+        return 1
+    if wanted == "auto":
+        if worker is not None and worker.device == "cuda" and worker.gpus:
+            return len(worker.gpus)
+        return 1
+    return max(1, int(wanted))
 
 
 def _evaluation_request(evaluate, metrics) -> list[str]:
@@ -356,14 +374,14 @@ def training_task_create(*, user: Actor, name: str | None, base_model: BaseModel
             runtime.add_event(task, f"Validation failed: {file_problem[0]}", level="error")
             return task
         resolved, estimate = _resolve(params, base_model=model, version=train, tokens=tokens,
-                                      has_validation=validation is not None, method=method)
+                                      has_validation=validation is not None, method=method, gpus=requested.gpus)
         task.resolved_params = resolved.to_dict()
         task.auto_explanation = resolved.auto
         task.estimated_memory_bytes = estimate.total_bytes
         task.memory_estimate = estimate.to_dict()
         task.seed = resolved.seed
         task.total_steps = resolved.total_steps
-        task.requirements = _requirements(requested, device=resolved.device)
+        task.requirements = _requirements(requested, device=resolved.device, processes=resolved.num_processes)
         task.status = JobStatus.QUEUED
         task.queued_at = now
         task.save()
@@ -373,8 +391,10 @@ def training_task_create(*, user: Actor, name: str | None, base_model: BaseModel
             f" from adapter {start.name}" if start else "") + ", "
         runtime.add_event(task, f"Created: {how}{train.row_count} {what}, {resolved.n_epochs} epochs, "
                              f"lr {resolved.learning_rate:g}, LoRA r={resolved.lora_r}, "
-                             f"quantization {resolved.quantization}, device {resolved.device}; "
-                             f"estimated peak memory {estimate.describe()}.")
+                             f"quantization {resolved.quantization}, device {resolved.device}"
+                             + (f" x {resolved.num_processes} processes ({resolved.strategy})"
+                                if resolved.num_processes > 1 else "")
+                             + f"; estimated peak memory {estimate.describe()}.")
         runtime.enqueue(task)
     return task
 

@@ -25,7 +25,9 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 SUMMARY = "training_summary.json"
 # what a checkpoint must hold to resume with optimizer, scheduler and RNG state
-CHECKPOINT_REQUIRED = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, TRAINER_STATE, "optimizer.pt", "scheduler.pt")
+CHECKPOINT_REQUIRED = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, TRAINER_STATE, "scheduler.pt")
+# the optimizer state: optimizer.pt (one process, DDP) or optimizer.bin (FSDP's whole-tensor optimizer state)
+OPTIMIZER_FILES = ("optimizer.pt", "optimizer.bin")
 
 
 def fsync_tree(folder: Path) -> None:
@@ -119,6 +121,8 @@ def checkpoint_problem(folder: Path) -> str | None:
     for name in CHECKPOINT_REQUIRED:
         if not (folder / name).is_file():
             return f"{name} is missing"
+    if not any((folder / name).is_file() for name in OPTIMIZER_FILES):
+        return "optimizer.pt is missing"
     try:
         state = json.loads((folder / TRAINER_STATE).read_text(encoding="utf-8"))
         json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
@@ -180,20 +184,22 @@ def remove_stale_temp(folder: Path) -> None:
 # Adapter output
 
 
-def save_adapter(model, tokenizer, out_dir: str | Path, summary: dict, *, base_model_path: str | Path | None = None) \
-        -> Path:
+def save_adapter(model, tokenizer, out_dir: str | Path, summary: dict, *, base_model_path: str | Path | None = None,
+                 state_dict: dict | None = None) -> Path:
     """Write a plain-PEFT adapter folder atomically: adapter_config.json, adapter_model.safetensors,
     tokenizer files and training_summary.json.
 
     ``adapter_config.json``'s ``base_model_name_or_path`` is the absolute local base model folder, so
     ``PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), out_dir)`` works offline.
+    ``state_dict``: the model's whole tensors when the model itself holds only shards (FSDP).
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(out_dir)
     try:
         tmp.mkdir()
-        model.save_pretrained(str(tmp), safe_serialization=True)
+        extra = {"state_dict": state_dict} if state_dict is not None else {}
+        model.save_pretrained(str(tmp), safe_serialization=True, **extra)
         config_path = tmp / ADAPTER_CONFIG
         config = json.loads(config_path.read_text(encoding="utf-8"))
         base = base_model_path or config.get("base_model_name_or_path")

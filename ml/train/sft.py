@@ -65,6 +65,7 @@ from ml.data import (
     install_template,
     length_stats,
     pack_items,
+    pad_item,
     to_item,
     truncate_examples,
 )
@@ -74,6 +75,7 @@ from ml.errors import (
     INVALID_PARAMS,
     MODEL_MISSING,
     NAN_LOSS,
+    UNSUPPORTED_MODEL,
     TrainingError,
     classify,
 )
@@ -89,6 +91,16 @@ from ml.model import load_base_model, load_tokenizer
 from ml.probe import compute_dtype, device_info, library_versions, peak_memory, resolve_device
 from ml.templates import resolve_template
 from ml.train import checkpoints as ckpt  # noqa: E402
+from ml.train.distributed import (
+    Group,
+    GroupFailed,
+    GroupHooks,
+    backend_for,
+    current_group,
+    group_devices,
+    init_group,
+    peer_failure,
+)
 from ml.train.hooks import Hooks, NullHooks
 from ml.train.tracking import tracking_callbacks
 
@@ -120,7 +132,8 @@ WINDOW_AWARE_MODEL_TYPES = {
 
 # Parameters that must not change between a checkpoint and its resumption (the schedule and data order).
 RESUME_INVARIANTS = ("batch_size", "gradient_accumulation_steps", "n_epochs", "learning_rate", "lr_scheduler",
-                     "warmup_ratio", "lora_r", "lora_alpha", "seed", "max_steps", "max_seq_length", "packing")
+                     "warmup_ratio", "lora_r", "lora_alpha", "seed", "max_steps", "max_seq_length", "packing",
+                     "num_processes", "strategy")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -428,13 +441,18 @@ def token_loss_sums(model, batch: dict, *, direct: bool, packed: bool):
 
 
 class _ListDataset(torch.utils.data.Dataset):
-    def __init__(self, items: list[dict]):
+    """The items; index ``len(items)`` is ``pad``, the filler of a short last batch on several ranks."""
+
+    def __init__(self, items: list[dict], pad: dict | None = None):
         self.items = items
+        self.pad = pad
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict:
+        if i == len(self.items) and self.pad is not None:
+            return self.pad
         return self.items[i]
 
 
@@ -452,6 +470,8 @@ class RecipeTrainer(Trainer):
         self.packed: bool = recipe["packed"]
         self.flat: bool = recipe.get("flat", False)
         self.direct_head: bool = recipe["direct_head"] and self.args.world_size <= 1
+        # validation runs without gradients: past DDP's wrapper is fine, past FSDP's (sharded weights) it is not
+        self.eval_direct_head: bool = recipe["direct_head"] and not self.is_fsdp_enabled
         self.loss_is_scaled_for_ga = True  # compute_loss divides by the tokens of the whole accumulated batch
         self._acc_correct = 0.0
         self._acc_count = 0.0
@@ -462,8 +482,10 @@ class RecipeTrainer(Trainer):
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         lengths = [len(it["input_ids"]) for it in dataset.items]
-        return LengthGroupedSampler(lengths, self.args.per_device_train_batch_size, self.args.seed,
-                                    grouped=not self.flat)
+        # the global micro-batch: several ranks train the batches one process would (accelerate slices each one)
+        world = self.args.world_size
+        return LengthGroupedSampler(lengths, self.args.per_device_train_batch_size * world, self.args.seed,
+                                    grouped=not self.flat, ranks=world)
 
     def _get_num_items_in_batch(self, batch_samples, device):
         count = sum(int((b["shift_labels"] != IGNORE_INDEX).sum()) for b in batch_samples)
@@ -511,7 +533,7 @@ class RecipeTrainer(Trainer):
             for idx in eval_batches(lengths, self.args.per_device_eval_batch_size):
                 batch = self._prepare_inputs(self.data_collator([dataset.items[i] for i in idx]))
                 with self.accelerator.autocast():
-                    s, n, c = token_loss_sums(model, batch, direct=self.recipe["direct_head"], packed=self.packed)
+                    s, n, c = token_loss_sums(model, batch, direct=self.eval_direct_head, packed=self.packed)
                 total += s.double().cpu()
                 correct += float(c)
                 count += n
@@ -645,6 +667,28 @@ def _logging_steps(total_steps: int, requested: int | None) -> int:
 
 
 
+def check_group(params, group: Group) -> None:
+    """Refuse a run whose processes are not the ones its parameters ask for (a group is started by the worker,
+    through torchrun, with ``num_processes`` ranks)."""
+    if params.num_processes != group.world_size:
+        raise TrainingError(INVALID_PARAMS, f"The parameters ask for {params.num_processes} process"
+                            f"{'es' if params.num_processes != 1 else ''} but this run has {group.world_size}: "
+                            "torchrun must start it with --nproc-per-node=num_processes.")
+
+
+def fsdp_arguments(model) -> dict[str, Any]:
+    """TrainingArguments for FSDP (torch's FSDP2 through accelerate): every decoder layer is its own shard unit;
+    checkpoints hold whole tensors (rank 0 writes them), so they have the format of a one-process run's."""
+    layers = sorted(set(getattr(_causal_lm(model), "_no_split_modules", None) or []))
+    if not layers:
+        raise TrainingError(UNSUPPORTED_MODEL, "strategy fsdp: the model names no decoder layer class to shard by; "
+                            "use strategy ddp.")
+    return {"fsdp": "full_shard", "fsdp_config": {"version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                                                  "transformer_layer_cls_to_wrap": layers,
+                                                  "state_dict_type": "FULL_STATE_DICT",
+                                                  "reshard_after_forward": True}}
+
+
 def check_resume(resume: Path, params, fingerprint: str, invariants) -> None:
     """Refuse to resume from a checkpoint saved with other parameters (``invariants``) or on other data."""
     manifest = json.loads((resume / ckpt.MANIFEST).read_text(encoding="utf-8"))
@@ -684,14 +728,17 @@ def check_memory(check: MemoryCheck | None, params: ResolvedParams, device: str,
 
 
 def run_training(spec: RunSpec, hooks: Hooks | None = None) -> RunResult:
-    """Train one adapter. Returns succeeded/cancelled/paused; raises ``TrainingError`` on failure."""
+    """Train one adapter. Returns succeeded/cancelled/paused; raises ``TrainingError`` on failure, and
+    ``GroupFailed`` on a rank whose group lost another rank."""
     hooks = hooks or NullHooks()
     try:
         return _run(spec, hooks)
-    except TrainingError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - every failure leaves here classified
-        raise classify(exc) from exc
+    except Exception as exc:
+        if current_group().distributed and peer_failure(exc):
+            raise GroupFailed(f"another process of the group failed: {exc}") from exc
+        if isinstance(exc, TrainingError):
+            raise
+        raise classify(exc) from exc  # every failure leaves here classified
 
 
 def _message(hooks, level: str, message: str, data: dict | None = None) -> None:
@@ -704,8 +751,11 @@ def _message(hooks, level: str, message: str, data: dict | None = None) -> None:
 def _run(spec: RunSpec, hooks: Hooks) -> RunResult:
     """data → params → model → trainer → save, each a step below."""
     device = resolve_device(spec.device)
-    base, run_dir, resume = check_folders(spec)
-    data = prepare_data(spec, hooks, base=base, device=device)
+    group = current_group()
+    backend = init_group(group, device)
+    hooks = GroupHooks(hooks, group, device) if group.distributed else hooks
+    base, run_dir, resume = check_folders(spec, group)
+    data = prepare_data(spec, hooks, base=base, device=device, group=group)
     params = data.params
     if resume is not None:
         check_resume(resume, params, data.fingerprint["fingerprint"], RESUME_INVARIANTS)
@@ -714,8 +764,14 @@ def _run(spec: RunSpec, hooks: Hooks) -> RunResult:
         return stopped
     check_memory(spec.memory_check, params, device, max(len(item["input_ids"]) for item in data.train_items), hooks)
     model, plan = prepare_model(base, params, device, hooks)
+    world = {"world_size": group.world_size, "strategy": params.strategy if group.distributed else "single",
+             "backend": backend, "devices": group_devices(group, device)}
+    if group.distributed:
+        _message(hooks, "info", f"Training on {group.world_size} processes ({params.strategy} over {backend}): "
+                 f"{', '.join(world['devices'])}; global batch {params.effective_batch_size} = {params.batch_size} "
+                 f"per process x {group.world_size} x {params.gradient_accumulation_steps} accumulated.", world)
     bridge = _HooksBridge(hooks)
-    trainer = build_trainer(spec, data, model, plan, device, hooks, bridge)
+    trainer = build_trainer(spec, data, model, plan, device, hooks, bridge, group=group)
     if resume is not None:
         _message(hooks, "info", f"Resuming from {resume.name}.")
     t0 = time.monotonic()
@@ -723,19 +779,20 @@ def _run(spec: RunSpec, hooks: Hooks) -> RunResult:
         warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
         trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     return save_result(spec, data, trainer, bridge, plan, device, base=base, run_dir=run_dir,
-                       wall=time.monotonic() - t0)
+                       wall=time.monotonic() - t0, group=group, world=world)
 
 
-def check_folders(spec: RunSpec) -> tuple[Path, Path, Path | None]:
-    """The base model folder, the run folder (its ``checkpoints/`` made, stale temporaries removed) and the
-    checkpoint to resume from, checked."""
+def check_folders(spec: RunSpec, group: Group) -> tuple[Path, Path, Path | None]:
+    """The base model folder, the run folder (its ``checkpoints/`` made, stale temporaries removed by rank 0) and
+    the checkpoint to resume from, checked."""
     base = Path(spec.base_model_path)
     if not (base / "config.json").is_file():
         raise TrainingError(MODEL_MISSING, f"The base model folder {base} is missing or has no config.json.")
     run_dir = Path(spec.run_dir)
     checkpoints_dir = run_dir / "checkpoints"
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
-    ckpt.remove_stale_temp(checkpoints_dir)
+    if group.is_main:
+        ckpt.remove_stale_temp(checkpoints_dir)
     resume = Path(spec.resume_from) if spec.resume_from else None
     if resume is not None:
         problem = ckpt.checkpoint_problem(resume)
@@ -773,7 +830,7 @@ def _parse(params: ResolvedParams | TrainingParams | dict) -> ResolvedParams | T
 
 
 def resolve_run_params(params_in: TrainingParams, train_full: list, *, base: Path, device: str,
-                       has_chat_template: bool, has_validation: bool) -> ResolvedParams:
+                       has_chat_template: bool, has_validation: bool, world_size: int = 1) -> ResolvedParams:
     """``auto`` parameters resolved from the real token lengths and the device."""
     mean_len, max_len = length_stats(train_full)
     gpu_gb = torch.cuda.get_device_properties(0).total_memory / 1024**3 if device == "cuda" else None
@@ -783,12 +840,13 @@ def resolve_run_params(params_in: TrainingParams, train_full: list, *, base: Pat
             params_in, n_examples=len(train_full), n_tokens_mean=mean_len, n_tokens_max=max_len, device=device,
             gpu_memory_gb=gpu_gb, has_chat_template=has_chat_template,
             model_max_length=model_config.get("max_position_embeddings"), has_validation=has_validation,
+            gpu_count=world_size,
         )
     except InvalidParams as exc:
         raise TrainingError(INVALID_PARAMS, exc.message) from exc
 
 
-def prepare_data(spec: RunSpec, hooks: Hooks, *, base: Path, device: str) -> RunData:
+def prepare_data(spec: RunSpec, hooks: Hooks, *, base: Path, device: str, group: Group) -> RunData:
     """Tokenise once untruncated (the lengths feed "auto"), resolve the parameters, then truncate and batch."""
     params_in = _parse(spec.params)
     tokenizer = load_tokenizer(base)
@@ -803,7 +861,8 @@ def prepare_data(spec: RunSpec, hooks: Hooks, *, base: Path, device: str) -> Run
         params = params_in
     else:
         params = resolve_run_params(params_in, train_full, base=base, device=device, has_chat_template=had_template,
-                                    has_validation=valid_full is not None)
+                                    has_validation=valid_full is not None, world_size=group.world_size)
+    check_group(params, group)
     if params.device != device:
         _message(hooks, "warning", f"Parameters were resolved for {params.device} but the run uses {device}.")
 
@@ -854,9 +913,11 @@ def prepare_model(base: Path, params: ResolvedParams, device: str, hooks: Hooks)
 
 
 def build_trainer(spec: RunSpec, data: RunData, model, plan: dict, device: str, hooks: Hooks,
-                  bridge: _HooksBridge) -> RecipeTrainer:
-    """The Trainer of the run: its arguments from the resolved parameters, the hooks bridged, tracking attached."""
+                  bridge: _HooksBridge, *, group: Group) -> RecipeTrainer:
+    """The Trainer of the run: its arguments from the resolved parameters, the hooks bridged, tracking attached
+    (by rank 0 alone), the ranks' strategy."""
     params = data.params
+    strategy_args = fsdp_arguments(model) if group.distributed and params.strategy == "fsdp" else {}
     cdtype = compute_dtype(device)
     run_dir = Path(spec.run_dir)
     checkpoints_dir = run_dir / "checkpoints"
@@ -896,6 +957,8 @@ def build_trainer(spec: RunSpec, data: RunData, model, plan: dict, device: str, 
         dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding",
         ddp_find_unused_parameters=False,  # LoRA: every adapter gets a gradient; required with checkpointing
+        ddp_backend=backend_for(device) if group.distributed else None,
+        **strategy_args,
     )
     flat = bool(plan["flat"])
     recipe = {
@@ -904,16 +967,19 @@ def build_trainer(spec: RunSpec, data: RunData, model, plan: dict, device: str, 
         "run_dir": str(run_dir), "keep_checkpoints": spec.keep_checkpoints, "params": params.to_dict(),
         "data_fingerprint": data.fingerprint, "on_checkpoint": on_checkpoint,
     }
+    tokenizer = data.tokenizer
     return RecipeTrainer(
-        model=model, args=train_args, train_dataset=_ListDataset(data.train_items),
-        eval_dataset=_ListDataset(data.valid_items) if has_valid else None, processing_class=data.tokenizer,
-        data_collator=Collator(data.tokenizer.pad_token_id, flat=flat), recipe=recipe,
-        callbacks=[bridge, *tracking_callbacks(run_dir, params, spec.summary_extra)],
+        model=model, args=train_args,
+        train_dataset=_ListDataset(data.train_items, pad=pad_item(tokenizer.pad_token_id, packed=params.packing)),
+        eval_dataset=_ListDataset(data.valid_items) if has_valid else None, processing_class=tokenizer,
+        data_collator=Collator(tokenizer.pad_token_id, flat=flat), recipe=recipe,
+        # rank 0 alone writes the run's TensorBoard and MLflow records
+        callbacks=[bridge, *(tracking_callbacks(run_dir, params, spec.summary_extra) if group.is_main else [])],
     )
 
 
 def save_result(spec: RunSpec, data: RunData, trainer: RecipeTrainer, bridge: _HooksBridge, plan: dict,
-                device: str, *, base: Path, run_dir: Path, wall: float) -> RunResult:
+                device: str, *, base: Path, run_dir: Path, wall: float, group: Group, world: dict) -> RunResult:
     """How the run ended, its metrics and, when it succeeded, the adapter written with its summary."""
     params, model = data.params, trainer.model
     state = trainer.state
@@ -940,9 +1006,12 @@ def save_result(spec: RunSpec, data: RunData, trainer: RecipeTrainer, bridge: _H
     cdtype = compute_dtype(device)
     info = device_info(device) | {"quantization": params.quantization, "compute_dtype": str(cdtype).split(".")[-1],
                                   "direct_head": trainer.direct_head, "flat_batches": bool(plan["flat"]),
-                                  "attention": plan}
+                                  "attention": plan, **world}
     adapter_dir = None
-    if status == "succeeded":
+    # FSDP: the adapter's tensors are sharded over the ranks; every rank takes part in gathering them whole
+    state_dict = trainer.accelerator.get_state_dict(trainer.model) \
+        if status == "succeeded" and trainer.is_fsdp_enabled else None
+    if status == "succeeded" and group.is_main:
         summary = {
             "base_model": str(base.resolve()), "params": params.to_dict(), "metrics": metrics,
             "global_step": state.global_step, "trained_tokens": int(state.num_input_tokens_seen),
@@ -950,7 +1019,8 @@ def save_result(spec: RunSpec, data: RunData, trainer: RecipeTrainer, bridge: _H
             "template": data.template, "trainable_parameters": trainable, "history": bridge.history,
             **spec.summary_extra,
         }
-        adapter_dir = ckpt.save_adapter(model, data.tokenizer, spec.adapter_dir, summary, base_model_path=base)
+        adapter_dir = ckpt.save_adapter(model, data.tokenizer, spec.adapter_dir, summary, base_model_path=base,
+                                        state_dict=state_dict)
     return RunResult(
         status=status, global_step=state.global_step, total_steps=state.max_steps, metrics=metrics,
         trained_tokens=int(state.num_input_tokens_seen), adapter_dir=adapter_dir,
