@@ -846,8 +846,9 @@ def resolve_run_params(params_in: TrainingParams, train_full: list, *, base: Pat
         raise TrainingError(INVALID_PARAMS, exc.message) from exc
 
 
-def prepare_data(spec: RunSpec, hooks: Hooks, *, base: Path, device: str, group: Group) -> RunData:
+def prepare_data(spec: RunSpec, hooks: Hooks, *, base: Path, device: str, group: Group | None = None) -> RunData:
     """Tokenise once untruncated (the lengths feed "auto"), resolve the parameters, then truncate and batch."""
+    group = group or current_group()
     params_in = _parse(spec.params)
     tokenizer = load_tokenizer(base)
     had_template = has_chat_template(tokenizer)

@@ -16,7 +16,7 @@ from jobs.models import Worker as WorkerRow
 from tests.jobkind.models import CountJob
 from tests.jobs.conftest import Worker, wait_for
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, pytest.mark.mysql]
 ENDED = {"succeeded", "failed", "cancelled"}
 
 

@@ -9,7 +9,7 @@ import pytest
 from tests.training.conftest import wait_for
 from tests.training.tiny import chat_records
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, pytest.mark.mysql]
 
 
 @pytest.fixture

@@ -43,6 +43,7 @@ def row(task) -> TrainingTask:
 
 
 @pytest.mark.slow
+@pytest.mark.mysql
 def test_qcluster_killed_and_restarted_recovers_the_task_without_running_it_twice(
         team_user, tiny_base_model, make_version, worker, settings):
     settings.JOB_STALE_SECONDS = 10
@@ -78,6 +79,7 @@ def test_qcluster_killed_and_restarted_recovers_the_task_without_running_it_twic
 
 
 @pytest.mark.slow
+@pytest.mark.mysql
 @pytest.mark.skipif(not mysql_env(), reason="restarts the MariaDB server: only in the MySQL pass of CI")
 def test_database_restart_under_a_running_worker_resumes_heartbeats_and_progress(
         team_user, tiny_base_model, make_version, worker):
@@ -225,6 +227,7 @@ def _run_dir(task):
 
 
 @pytest.mark.slow
+@pytest.mark.mysql
 def test_an_upload_cut_off_mid_file_creates_no_version_and_leaves_no_file(
         make_team, make_user, token_for, server, data_dir):
     from datasets_app.models import Dataset, DatasetVersion

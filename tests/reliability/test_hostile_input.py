@@ -51,6 +51,7 @@ def stored_files(data_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.mysql
 @pytest.mark.django_db(transaction=True)
 def test_oversized_upload_is_answered_413_before_the_body_is_sent(make_team, make_user, token_for, server):
     """A raw socket sends only the headers of a 5 GB upload: the 413 arrives without a byte of the body."""

@@ -28,6 +28,7 @@ def load_settings() -> tuple[int, float]:
 
 
 @pytest.mark.slow
+@pytest.mark.mysql
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_clients_get_no_server_error_and_lose_no_row(make_team, make_user, token_for, make_version,
                                                                  tiny_base_model, server):
@@ -195,6 +196,7 @@ def _uses_index(plan: str, index: str) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.mysql
 @pytest.mark.django_db(transaction=True)
 def test_ten_thousand_tasks_and_a_large_event_log_page_through_indexes(
         make_team, make_user, token_for, bearer, make_version, tiny_base_model, django_assert_max_num_queries):

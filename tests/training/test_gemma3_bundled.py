@@ -1,5 +1,5 @@
 """The bundled Gemma 3 270M (GGUF from chunk packages): assembled, converted once, trained on examples longer
-than its 512-token sliding window on the CPU fast path, exactly.
+than its 512-token sliding window on the CPU fast path, exactly, through the real worker.
 
 Gemma 3 270M has 18 layers, five of every six with a 512-token window, and no chat template (the fallback
 template renders the conversations). Dequantising takes about 40 s; each training step about half a minute.
@@ -15,9 +15,14 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from catalog import model_scan  # noqa: E402
+from catalog.models import BaseModel  # noqa: E402
+from jobs.models import JobStatus  # noqa: E402
 from ml.data import Collator, encode_records, install_template, to_item  # noqa: E402
 from ml.model import load_tokenizer  # noqa: E402
-from ml.train.sft import RunSpec, run_training, token_loss_sums  # noqa: E402
+from ml.train.sft import token_loss_sums  # noqa: E402
+from tests.training.conftest import wait_for  # noqa: E402
+from training import services  # noqa: E402
+from training.models import TrainingTask  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
@@ -68,16 +73,32 @@ def test_fast_path_equals_the_models_own_loss_beyond_the_window(gemma_dir):
     assert float(loss_sum / n) == pytest.approx(expected, rel=1e-4)
 
 
-def test_gemma3_trains_a_few_steps_on_examples_longer_than_its_window(gemma_dir, tmp_path):
-    result = run_training(RunSpec(
-        base_model_path=gemma_dir, train=long_records(4), run_dir=tmp_path / "run", adapter_dir=tmp_path / "adapter",
+@pytest.mark.django_db(transaction=True)
+def test_gemma3_trains_through_the_worker_on_examples_longer_than_its_window(gemma_dir, make_team, make_user,
+                                                                            make_version, worker):
+    info = model_scan.inspect_hf_dir(gemma_dir)
+    gemma = BaseModel.objects.create(name="gemma-3-270m", kind=info.kind, path=str(gemma_dir),
+                                     architecture=info.architecture, parameter_count=info.parameter_count,
+                                     size_bytes=info.size_bytes, tokenizer_present=True, has_chat_template=False,
+                                     config=info.config)
+    team = make_team("alpha")
+    alice = make_user("alice", team, "member")
+    task = services.training_task_create(
+        user=alice, name="gemma3", base_model=gemma, train_version=make_version(team, long_records(4)),
         params={"max_steps": 2, "batch_size": 2, "learning_rate": 1e-4, "lora_r": 8, "lora_alpha": 16,
-                "save_steps": 100, "max_seq_length": 1024}, device="cpu"))
-    assert result.status == "succeeded" and result.global_step == 2
-    assert result.params.template == "alpaca"  # no chat template: the fallback
-    attention = result.device_info["attention"]
-    assert attention["flat"] and attention["path"] == "flat varlen SDPA" and "512-token sliding window" in \
-        attention["reason"]
-    assert math.isfinite(result.metrics["train_loss"]) and result.data_report["train"]["truncated"] == 0
-    assert result.data_report["train"]["mean_tokens"] > 600  # every example reaches beyond the window
-    assert (result.adapter_dir / "adapter_model.safetensors").is_file()
+                "save_steps": 100, "max_seq_length": 1024})
+    assert task.resolved_params["template"] == "alpaca"  # no chat template: the fallback
+    worker.start()
+    wait_for(lambda: TrainingTask.objects.get(pk=task.pk).status in {"succeeded", "failed"}, timeout=900,
+             interval=2, message="Gemma 3 training")
+    task.refresh_from_db()
+    assert task.status == JobStatus.SUCCEEDED, (task.error_code, task.error_message, worker.log()[-3000:])
+    assert task.step == 2 and math.isfinite(task.metrics["train_loss"])
+    attention = task.events.get(message__startswith="Attention:")
+    assert attention.data["attention"]["flat"] and attention.data["attention"]["path"] == "flat varlen SDPA"
+    assert "512-token sliding window" in attention.data["attention"]["reason"]
+    tokenised = task.events.get(message__startswith="Tokenised")
+    assert tokenised.data["train"]["truncated"] == 0
+    assert tokenised.data["train"]["mean_tokens"] > 600  # every example reaches beyond the window
+    adapter = task.adapters.get()
+    assert (Path(adapter.path) / "adapter_model.safetensors").is_file()

@@ -81,6 +81,7 @@ def test_pause_then_resume_continues_the_step_count(team_user, tiny_base_model, 
     assert steps == sorted(steps) and len(steps) == len(set(steps))
 
 
+@pytest.mark.mysql
 def test_kill_9_of_the_child_is_recovered_from_the_last_checkpoint(team_user, tiny_base_model, make_version, worker):
     team, alice = team_user
     params = {**LONG, "max_steps": 60}
