@@ -397,8 +397,7 @@ def _sampler_base():
 
 
 class LengthGroupedSampler(_sampler_base()):  # type: ignore[misc]
-    """Indices ordered so that each consecutive ``batch_size`` chunk holds examples of similar length
-    (or, with ``grouped=False``, simply shuffled).
+    """Indices ordered so that each consecutive ``batch_size`` chunk holds examples of similar length.
 
     The order depends only on (seed, epoch): examples are shuffled, split into mega-batches, sorted by a
     jittered length inside each (so batch membership still varies between epochs), cut into batches, and
@@ -406,15 +405,11 @@ class LengthGroupedSampler(_sampler_base()):  # type: ignore[misc]
     batches the interrupted run would have seen.
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int, mega_batches: int = 16, *,
-                 grouped: bool = True):
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, mega_batches: int = 16):
         self.lengths = list(lengths)
         self.batch_size = max(1, int(batch_size))
         self.seed = int(seed)
         self.mega = max(1, mega_batches) * self.batch_size
-        # Flat (padding-free) batches have no padding to save: grouping would only put the longest examples in
-        # one batch, whose activations then set the run's peak memory. grouped=False: a plain seeded shuffle.
-        self.grouped = grouped
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -427,8 +422,6 @@ class LengthGroupedSampler(_sampler_base()):  # type: ignore[misc]
         rng = random.Random(self.seed * 1_000_003 + self.epoch)
         idx = list(range(len(self.lengths)))
         rng.shuffle(idx)
-        if not self.grouped:
-            return [idx[k: k + self.batch_size] for k in range(0, len(idx), self.batch_size)]
         batches = []
         for m in range(0, len(idx), self.mega):
             chunk = idx[m: m + self.mega]

@@ -13,15 +13,19 @@ gradient accumulation, mixed precision, checkpoint/resume of optimizer, schedule
 DDP through ``accelerate launch``/``torchrun`` with no code of ours.
 
 Device choices (issue 4, measured on 2 CPU cores): CUDA uses NF4 + bf16 (fp16 without bf16 support),
-gradient checkpointing and paged 8-bit AdamW; CPU uses fp32, no checkpointing and every available core,
-since bf16 + checkpointing was >5x slower on CPUs without AMX (on AMX CPUs bf16 is faster: benchmarks/RESULTS.md;
-not adopted yet). NF4 is honoured on CPU too (bitsandbytes >= 0.49).
+gradient checkpointing and paged 8-bit AdamW; CPU uses no checkpointing and every available core, and computes in
+bf16 where the CPU has native bf16 (AVX512-BF16 or AMX) and a start-up probe (``cpu_precision_probe``: a timed
+model-shaped matmul, bf16 against fp32) finds it faster; else fp32. bf16 on CPU means bf16 base weights under
+bf16 autocast, with the LoRA weights, their gradients and the optimizer state in fp32 (PEFT keeps adapters in
+fp32): held-out loss equal to fp32's in benchmarks/RESULTS.md. The ``bf16`` parameter forces either way; the
+choice and why is logged and stored in the run's summary (``device.precision``). NF4 is honoured on CPU too
+(bitsandbytes >= 0.49).
 
 Speed (issue 9): the LM head and cross-entropy run only at the positions whose label counts (the assistant
 tokens), not at every position of the 49k-vocabulary output. On CPU a batch is not padded at all: its examples
 are concatenated into one row and attention runs per example (``varlen_sdpa``), so every matmul sees real tokens
 only, as one large matrix, and SDPA takes its causal kernel without a mask instead of materialising a
-batch x heads x length x length mask and attention matrix; batches are then simply shuffled. Elsewhere (CUDA)
+batch x heads x length x length mask and attention matrix; batches are then shuffled as Trainer shuffles them. Elsewhere (CUDA)
 batches are length-grouped and padded to their own longest example. Measured in benchmarks/RESULTS.md.
 
 Attention is exact for every architecture the fast path admits (``attention_plan``): each layer's own sliding
@@ -185,9 +189,93 @@ def resolve_device(device: str) -> str:
 
 
 def compute_dtype(device: str) -> torch.dtype:
+    """The default compute dtype of a device without a probe: what the preference recipe uses."""
     if device == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
+
+
+# CPU flags of native bf16 arithmetic (Linux /proc/cpuinfo names) and how they are reported.
+NATIVE_BF16_FLAGS = {"amx_bf16": "AMX-BF16", "avx512_bf16": "AVX512-BF16"}
+# bf16 is chosen when the probe's bf16 matmul takes at most this share of the fp32 one's time: autocast adds
+# casts and keeps element-wise work (norms, softmax, the loss) in fp32, so a GEMM barely faster does not pay.
+BF16_MAX_TIME_RATIO = 0.75
+
+
+def cpu_bf16_flags() -> list[str]:
+    """The native bf16 instruction sets this CPU reports (empty where it has none, or off Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return [label for flag, label in NATIVE_BF16_FLAGS.items() if flag in flags]
+
+
+def _best_matmul_s(a: torch.Tensor, b: torch.Tensor, seconds: float) -> float:
+    for _ in range(2):
+        a @ b
+    best, end = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def cpu_precision_probe(model_config: dict | None = None, *, seconds: float = 0.15) -> dict[str, Any]:
+    """Whether this CPU trains faster in bf16: native bf16 instructions, then a timed model-shaped matmul.
+
+    The matmul is (512 tokens x hidden) @ (hidden x intermediate) of the model, at least SmolLM2-135M's 576 x 1536
+    (smaller products time the call overhead, and their verdict would flip from run to run), best of ``seconds``
+    for each dtype on the threads torch uses. Without native bf16 the CPU emulates it, which is slower than fp32
+    (measured over 5x with checkpointing), so nothing is timed.
+    """
+    dims = (model_config or {}).get("text_config") or model_config or {}
+    hidden = max(576, int(dims.get("hidden_size") or 0))
+    inter = max(1536, int(dims.get("intermediate_size") or 4 * hidden))
+    flags = cpu_bf16_flags()
+    out: dict[str, Any] = {"native_bf16": flags, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                           "matmul": f"512x{hidden}x{inter}"}
+    if not flags:
+        out.update(bf16=False, reason="no native bf16 on this CPU (neither AVX512-BF16 nor AMX): fp32")
+        return out
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(512, hidden, generator=generator)
+    b = torch.randn(hidden, inter, generator=generator)
+    fp32_s = _best_matmul_s(a, b, seconds)
+    bf16_s = _best_matmul_s(a.bfloat16(), b.bfloat16(), seconds)
+    ratio = bf16_s / fp32_s
+    flops = 2 * 512 * hidden * inter
+    out.update(fp32_gflops=round(flops / fp32_s / 1e9, 1), bf16_gflops=round(flops / bf16_s / 1e9, 1),
+               bf16_time_ratio=round(ratio, 3), bf16=ratio <= BF16_MAX_TIME_RATIO)
+    verdict = "bf16" if out["bf16"] else "fp32"
+    out["reason"] = (f"{' and '.join(flags)}; the probe's bf16 matmul took {ratio:.2f}x the time of fp32 "
+                     f"({out['bf16_gflops']:.0f} vs {out['fp32_gflops']:.0f} GFLOP/s; bf16 from "
+                     f"{BF16_MAX_TIME_RATIO:g}x): {verdict}")
+    return out
+
+
+def precision_plan(device: str, setting: bool | str, model_config: dict | None = None) -> dict[str, Any]:
+    """The compute dtype of a run and why: ``setting`` is the ``bf16`` parameter (True, False or "auto").
+
+    True: bf16 (refused on a GPU without bf16); False: fp32 everywhere; "auto": on CUDA bf16, or fp16 without
+    bf16 support; on CPU what ``cpu_precision_probe`` finds faster.
+    """
+    if setting is True:
+        if device == "cuda" and not torch.cuda.is_bf16_supported():
+            raise TrainingError(DEVICE_UNAVAILABLE, "bf16=true, but this GPU has no bf16 support; use bf16=auto "
+                                "(fp16) or bf16=false (fp32).")
+        return {"dtype": "bfloat16", "setting": True, "reason": "bf16=true (given)"}
+    if setting is False:
+        return {"dtype": "float32", "setting": False, "reason": "bf16=false (given): fp32"}
+    if device == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return {"dtype": "bfloat16", "setting": "auto", "reason": "CUDA with bf16 support"}
+        return {"dtype": "float16", "setting": "auto", "reason": "CUDA without bf16 support: fp16"}
+    probe = cpu_precision_probe(model_config)
+    return {"dtype": "bfloat16" if probe["bf16"] else "float32", "setting": "auto",
+            "reason": f"CPU probe: {probe['reason']}", "probe": probe}
 
 
 def library_versions() -> dict[str, str]:
@@ -642,10 +730,15 @@ class RecipeTrainer(Trainer):
 
     # data ------------------------------------------------------------------------------------------------------
     def _get_train_sampler(self, train_dataset=None):
+        if self.flat:
+            # Flat rows have no padding to save, so no grouping: Trainer's own seeded shuffle (accelerate makes it
+            # a permutation of (seed, epoch), replayed on resume), the order TRL and LLaMA-Factory train in for the
+            # same seed and data. The held-out loss then equals theirs; any other shuffle moved it by up to 3 %
+            # on 160 examples (benchmarks/RESULTS.md: the order, not the arithmetic).
+            return super()._get_train_sampler(train_dataset)
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         lengths = [len(it["input_ids"]) for it in dataset.items]
-        return LengthGroupedSampler(lengths, self.args.per_device_train_batch_size, self.args.seed,
-                                    grouped=not self.flat)
+        return LengthGroupedSampler(lengths, self.args.per_device_train_batch_size, self.args.seed)
 
     def _get_num_items_in_batch(self, batch_samples, device):
         count = sum(int((b["shift_labels"] != IGNORE_INDEX).sum()) for b in batch_samples)
@@ -951,7 +1044,9 @@ def _run(spec: RunSpec, hooks: Hooks) -> RunResult:
         return stopped
 
     # model
-    cdtype = compute_dtype(device)
+    precision = precision_plan(device, params.bf16, model_config=json.loads((base / "config.json").read_text()))
+    cdtype = getattr(torch, precision["dtype"])
+    _message(hooks, "info", f"Compute dtype: {precision['dtype']} ({precision['reason']}).", {"precision": precision})
     model = load_base_model(base, quantization=params.quantization, device=device, dtype=cdtype)
     set_seed(params.seed)  # LoRA initialisation depends on it
     model = add_lora(model, params)
@@ -985,8 +1080,8 @@ def _run(spec: RunSpec, hooks: Hooks) -> RunResult:
         weight_decay=0.0,
         max_grad_norm=1.0,
         optim="paged_adamw_8bit" if device == "cuda" else "adamw_torch",
-        bf16=device == "cuda" and cdtype == torch.bfloat16,
-        fp16=device == "cuda" and cdtype == torch.float16,
+        bf16=cdtype == torch.bfloat16,  # autocast; on CPU too (the LoRA weights and optimizer stay fp32)
+        fp16=cdtype == torch.float16,
         use_cpu=device == "cpu",
         logging_strategy="steps",
         logging_steps=_logging_steps(params.total_steps, spec.logging_steps),
@@ -1043,7 +1138,8 @@ def _run(spec: RunSpec, hooks: Hooks) -> RunResult:
 
     versions = library_versions()
     info = device_info(device) | {"quantization": params.quantization, "compute_dtype": str(cdtype).split(".")[-1],
-                                  "direct_head": trainer.direct_head, "flat_batches": flat, "attention": plan}
+                                  "precision": precision, "direct_head": trainer.direct_head, "flat_batches": flat,
+                                  "attention": plan}
     adapter_dir = None
     if status == "succeeded":
         summary = {
