@@ -90,6 +90,13 @@ class DbHooks(NullHooks):
         return self.ctx.control()
 
 
+def _device_label(info: dict) -> str:
+    """The task's device column: where it ran and what it computed in (the why is in its events and summary)."""
+    where = " ".join(str(v) for v in (info.get("device"), info.get("name")) if v)
+    dtype = info.get("compute_dtype")
+    return f"{where}, {dtype} compute" if where and dtype else where
+
+
 def data_path(version) -> Path:
     path = Path(version.path)
     return path if path.is_absolute() else Path(settings.DATA_DIR) / path
@@ -162,8 +169,7 @@ class TrainingRunner(RecipeRunner):
                   "trained_tokens": result.trained_tokens, "tokens_seen": result.trained_tokens,
                   "resolved_params": result.params.to_dict(), "auto_explanation": result.params.auto,
                   "library_versions": result.versions,
-                  "device": " ".join(str(v) for v in (result.device_info.get("device"),
-                                                      result.device_info.get("name")) if v) or "",
+                  "device": _device_label(result.device_info),
                   "seed": result.params.seed}
         return recipe_outcome(result, fields)
 
