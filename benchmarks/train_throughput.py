@@ -1,10 +1,12 @@
-"""Benchmark: the project's training recipe against the plain TRL recipe, side by side (issue 9).
+"""Benchmark: the project's training recipe against the plain TRL recipe and LLaMA-Factory, side by side.
 
     .venv/bin/python benchmarks/train_throughput.py                  # full run (about 20 min on 2 cores)
     .venv/bin/python benchmarks/train_throughput.py --quick          # smoke run (< 3 min), what CI runs
     .venv/bin/python benchmarks/train_throughput.py --examples 512 --json out.json
     .venv/bin/python benchmarks/train_throughput.py --ablations      # + the recipe with each lever turned off
     .venv/bin/python benchmarks/train_throughput.py --trl-defaults   # + TRL's own defaults, capped in steps and time
+    .venv/bin/python benchmarks/train_throughput.py --contenders baseline,recipe,recipe-fp32 --llamafactory
+    .venv/bin/python benchmarks/train_throughput.py --train-seeds 1,2,3,4 --contenders baseline,recipe-fp32
 
 Contenders, each trained in its own child process (so that its peak RSS, ``ru_maxrss``, is its own), on the
 same seeded synthetic chat set, the bundled SmolLM2-135M-Instruct, with the same LoRA (r, alpha, all linear
@@ -18,6 +20,10 @@ layers), ``max_length``, batch size, epochs, learning rate, schedule and seed:
   reported as measured over the steps it finished.
 - ``recipe``: ``training.recipe.run_training`` exactly as the worker calls it (a ``RunSpec`` with the task's
   parameter dict; "auto" is resolved inside, checkpoints are written).
+- ``recipe-fp32`` / ``recipe-bf16`` / ``recipe-bf16-fp32-weights``: the recipe with ``bf16`` forced off, on, or
+  on with fp32 base weights (autocast only); ``recipe`` leaves it to the start-up probe.
+- ``llamafactory`` / ``llamafactory-bf16`` (``--llamafactory``): LLaMA-Factory 0.9.5's SFT in a virtualenv of its
+  own (``llamafactory_python``), fp32 and ``bf16: true``, on the same token ids (checked: ``compare_ids``).
 - ``recipe-no-<lever>`` (``--ablations``): the recipe with one speed lever turned off (see ``ABLATIONS``).
 
 Held-out loss: one more child loads the base model and each saved adapter with plain PEFT and computes, for the
