@@ -1,10 +1,12 @@
-"""Benchmark: the project's training recipe against the plain TRL recipe, side by side (issue 9).
+"""Benchmark: the project's training recipe against the plain TRL recipe and LLaMA-Factory, side by side.
 
     .venv/bin/python benchmarks/train_throughput.py                  # full run (about 20 min on 2 cores)
     .venv/bin/python benchmarks/train_throughput.py --quick          # smoke run (< 3 min), what CI runs
     .venv/bin/python benchmarks/train_throughput.py --examples 512 --json out.json
     .venv/bin/python benchmarks/train_throughput.py --ablations      # + the recipe with each lever turned off
     .venv/bin/python benchmarks/train_throughput.py --trl-defaults   # + TRL's own defaults, capped in steps and time
+    .venv/bin/python benchmarks/train_throughput.py --contenders baseline,recipe,recipe-fp32 --llamafactory
+    .venv/bin/python benchmarks/train_throughput.py --train-seeds 1,2,3,4 --contenders baseline,recipe-fp32
 
 Contenders, each trained in its own child process (so that its peak RSS, ``ru_maxrss``, is its own), on the
 same seeded synthetic chat set, the bundled SmolLM2-135M-Instruct, with the same LoRA (r, alpha, all linear
@@ -18,6 +20,10 @@ layers), ``max_length``, batch size, epochs, learning rate, schedule and seed:
   reported as measured over the steps it finished.
 - ``recipe``: ``ml.train.sft.run_training`` exactly as the worker calls it (a ``RunSpec`` with the task's
   parameter dict; "auto" is resolved inside, checkpoints are written).
+- ``recipe-fp32`` / ``recipe-bf16`` / ``recipe-bf16-fp32-weights``: the recipe with ``bf16`` forced off, on, or
+  on with fp32 base weights (autocast only); ``recipe`` leaves it to the start-up probe.
+- ``llamafactory`` / ``llamafactory-bf16`` (``--llamafactory``): LLaMA-Factory 0.9.5's SFT in a virtualenv of its
+  own (``llamafactory_python``), fp32 and ``bf16: true``, on the same token ids (checked: ``compare_ids``).
 - ``recipe-no-<lever>`` (``--ablations``): the recipe with one speed lever turned off (see ``ABLATIONS``).
 
 Held-out loss: one more child loads the base model and each saved adapter with plain PEFT and computes, for the
@@ -66,7 +72,16 @@ QUICK = {"examples": 16, "heldout": 6, "epochs": 1, "batch_size": 4, "prompt": (
 LEARNING_RATE = 2e-4
 LORA_R, LORA_ALPHA = 16, 32
 LR_SCHEDULER, WARMUP_RATIO = "cosine", 0.1
-SEED = 42
+SEED = 42  # the training seed (sampler order, LoRA initialisation); --train-seeds runs several
+
+# Precision variants of the recipe: "recipe" leaves ``bf16`` at "auto" (the start-up probe decides).
+RECIPE_PRECISIONS = {"recipe-fp32": False, "recipe-bf16": True, "recipe-bf16-fp32-weights": True}
+
+# LLaMA-Factory, in a virtualenv of its own (it pins transformers <= 5.6, peft <= 0.18.1, trl <= 0.24): the
+# release measured, and the model's own system prompt (LLaMA-Factory's smollm2 template ends it with a full stop).
+LLAMAFACTORY = "llamafactory==0.9.5"
+LLAMAFACTORY_CONTENDERS = ("llamafactory", "llamafactory-bf16")
+SMOLLM2_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
 # Levers of the recipe that an ablation can turn off in its child, and how (see ``_apply_ablation``).
 ABLATIONS = {
@@ -298,9 +313,11 @@ class _CpuClock:
         return None if self.start is None or self.end is None else self.end - self.start
 
 
-def child_recipe(cfg: dict, work: Path, name: str) -> dict:
+def child_recipe(cfg: dict, work: Path, name: str, run: str) -> dict:
     if name.startswith("recipe-no-"):
         _apply_ablation(name[len("recipe-no-"):])
+    import torch
+
     from ml.train import sft as recipe
     from ml.train.sft import RunSpec, run_training
 
@@ -315,13 +332,19 @@ def child_recipe(cfg: dict, work: Path, name: str) -> dict:
         saving["n"] += 1
 
     recipe.RecipeTrainer._save_checkpoint = timed_save
+    if name == "recipe-bf16-fp32-weights":
+        # the other way to compute in bf16: autocast over fp32 base weights (cast at every matmul)
+        real_load = recipe.load_base_model
+        recipe.load_base_model = lambda *a, **kw: real_load(*a, **{**kw, "dtype": torch.float32})
     clock = _CpuClock()
 
     params = {"n_epochs": cfg["epochs"], "batch_size": cfg["batch_size"], "gradient_accumulation_steps": 1,
               "learning_rate": LEARNING_RATE, "lr_scheduler": LR_SCHEDULER, "warmup_ratio": WARMUP_RATIO,
               "lora_r": LORA_R, "lora_alpha": LORA_ALPHA, "target_modules": "all-linear",
-              "max_seq_length": cfg["max_length"], "seed": SEED}
-    run_dir = work / name
+              "max_seq_length": cfg["max_length"], "seed": cfg["train_seed"]}
+    if name in RECIPE_PRECISIONS:
+        params["bf16"] = RECIPE_PRECISIONS[name]
+    run_dir = work / run
     shutil.rmtree(run_dir, ignore_errors=True)
     spec = RunSpec(base_model_path=cfg["model_dir"], train=work / "train.jsonl", params=params, run_dir=run_dir,
                    adapter_dir=run_dir / "adapter", device="cpu")
@@ -334,7 +357,7 @@ def child_recipe(cfg: dict, work: Path, name: str) -> dict:
                                                                   "save_steps", "max_seq_length")},
             "cpu_s": clock.seconds, "checkpoints": saving["n"], "checkpoint_s": round(saving["s"], 2),
             "threads": result.device_info.get("threads"), "flat_batches": result.device_info.get("flat_batches"),
-            "direct_head": result.device_info.get("direct_head")}
+            "direct_head": result.device_info.get("direct_head"), "precision": result.device_info.get("precision")}
 
 
 class _StepLog:
@@ -367,7 +390,7 @@ class _StepLog:
         return Cb()
 
 
-def child_trl(cfg: dict, work: Path, name: str) -> dict:
+def child_trl(cfg: dict, work: Path, name: str, run: str) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -377,18 +400,18 @@ def child_trl(cfg: dict, work: Path, name: str) -> dict:
     records = read_jsonl(work / "train.jsonl")
     # conversational prompt-completion: TRL then computes the loss on the completion (the answer) only
     data = Dataset.from_list([{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in records])
-    out_dir = work / name
+    out_dir = work / run
     shutil.rmtree(out_dir, ignore_errors=True)
     fair = {} if defaults else {"bf16": False, "fp16": False, "gradient_checkpointing": False}
     args = SFTConfig(
         output_dir=str(out_dir), per_device_train_batch_size=cfg["batch_size"], gradient_accumulation_steps=1,
         num_train_epochs=cfg["epochs"], learning_rate=LEARNING_RATE, lr_scheduler_type=LR_SCHEDULER,
-        warmup_steps=WARMUP_RATIO, max_length=cfg["max_length"], seed=SEED, logging_steps=1, save_strategy="no",
+        warmup_steps=WARMUP_RATIO, max_length=cfg["max_length"], seed=cfg["train_seed"], logging_steps=1, save_strategy="no",
         report_to="none", disable_tqdm=True, use_cpu=True, include_num_input_tokens_seen="non_padding",
         max_steps=cfg["defaults_steps"] if defaults else -1, **fair,
     )
     peft_config = LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, target_modules="all-linear", task_type="CAUSAL_LM")
-    log = _StepLog.make(work / f"{name}.progress.json")
+    log = _StepLog.make(work / f"{run}.progress.json")
     trainer = SFTTrainer(model=cfg["model_dir"], args=args, train_dataset=data, peft_config=peft_config,
                          callbacks=[log])
     t0 = time.monotonic()
@@ -400,6 +423,59 @@ def child_trl(cfg: dict, work: Path, name: str) -> dict:
             "train_tokens": int(trainer.state.num_input_tokens_seen), "train_s": round(train_s, 3),
             "final_train_loss": _tail_mean(log.losses), "train_losses": log.losses, "cpu_s": log.cpu_s,
             "threads": torch.get_num_threads()}
+
+
+def child_llamafactory(cfg: dict, work: Path, name: str, run: str) -> dict:
+    """LLaMA-Factory's own SFT (``run_exp``, what ``llamafactory-cli train`` runs), in its own virtualenv.
+
+    The same JSONL file as everyone's, read as a ShareGPT/OpenAI ``messages`` dataset, the ``smollm2`` template
+    with the model's own system prompt (``default_system``: the template's has a full stop the model's lacks, which
+    would change the token ids), LoRA on every linear layer (``lora_target: all``) with the same r, alpha, dropout
+    0, batch, epochs, learning rate, schedule and seed; fp32, or its ``bf16: true`` setting. The tokenised training
+    set it trains on is written to ``{run}.ids.json`` at the start of training, so the parent can check that
+    it is token for token ours.
+    """
+    import torch
+    from llamafactory.train.tuner import run_exp
+    from transformers import TrainerCallback
+
+    out_dir = work / run
+    shutil.rmtree(out_dir, ignore_errors=True)
+    data_dir = work / "llamafactory-data"
+    data_dir.mkdir(exist_ok=True)
+    (data_dir / "dataset_info.json").write_text(json.dumps({"bench": {
+        "file_name": str(work / "train.jsonl"), "formatting": "sharegpt", "columns": {"messages": "messages"},
+        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
+                 "system_tag": "system"}}}))
+    ids_path = work / f"{run}.ids.json"
+
+    class DumpIds(TrainerCallback):
+        def on_train_begin(self, args, state, control, train_dataloader=None, **kw):
+            data = train_dataloader.dataset
+            ids_path.write_text(json.dumps({"input_ids": data["input_ids"], "labels": data["labels"]}))
+
+    log = _StepLog.make(work / f"{run}.progress.json")
+    args = {
+        "model_name_or_path": cfg["model_dir"], "stage": "sft", "do_train": True, "finetuning_type": "lora",
+        "lora_rank": LORA_R, "lora_alpha": LORA_ALPHA, "lora_dropout": 0.0, "lora_target": "all",
+        "dataset": "bench", "dataset_dir": str(data_dir), "template": "smollm2",
+        "default_system": SMOLLM2_SYSTEM, "cutoff_len": cfg["max_length"], "overwrite_cache": True,
+        "output_dir": str(out_dir), "logging_steps": 1, "save_strategy": "no", "plot_loss": False,
+        "per_device_train_batch_size": cfg["batch_size"], "gradient_accumulation_steps": 1,
+        "learning_rate": LEARNING_RATE, "num_train_epochs": float(cfg["epochs"]), "lr_scheduler_type": LR_SCHEDULER,
+        "warmup_steps": WARMUP_RATIO, "seed": cfg["train_seed"], "report_to": "none", "disable_tqdm": True,
+        "bf16": name == "llamafactory-bf16", "gradient_checkpointing": False,
+        "include_num_input_tokens_seen": "non_padding", "dataloader_num_workers": 0,
+    }
+    t0 = time.monotonic()
+    run_exp(args, callbacks=[DumpIds(), log])
+    train_s = time.monotonic() - t0
+    progress = json.loads((work / f"{run}.progress.json").read_text())
+    return {"adapter": str(out_dir), "steps": progress["steps"], "train_tokens": progress["train_tokens"],
+            # run_exp also loads the model and tokenises: the training loop's time is the callback's
+            "train_s": progress["train_s"], "run_exp_s": round(train_s, 3), "cpu_s": progress["cpu_s"],
+            "final_train_loss": _tail_mean(log.losses), "train_losses": log.losses,
+            "threads": torch.get_num_threads(), "ids": str(ids_path)}
 
 
 def child_evaluate(cfg: dict, work: Path, adapters: dict[str, str]) -> dict:
@@ -446,12 +522,17 @@ def run_child(args: argparse.Namespace) -> None:
     cfg = json.loads(Path(args.config).read_text())
     work = Path(cfg["work"])
     name = args.contender
+    run = args.run or name
     if name == "evaluate":
         result = child_evaluate(cfg, work, json.loads(args.adapters))
     elif name.startswith("recipe"):
-        result = child_recipe(cfg, work, name)
+        result = child_recipe(cfg, work, name, run)
+    elif name.startswith("llamafactory"):
+        # its own virtualenv: keep the project's packages (``config``, ``core``, ...) off its import path
+        sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT]
+        result = child_llamafactory(cfg, work, name, run)
     else:
-        result = child_trl(cfg, work, name)
+        result = child_trl(cfg, work, name, run)
     result["wall_s"] = round(time.monotonic() - T_START, 2)
     result["peak_rss_bytes"] = _peak_rss()
     Path(args.out).write_text(json.dumps(result))
@@ -479,15 +560,68 @@ def ensure_model(model_dir: Path) -> Path:
     return model_scan.convert_gguf(cand.path, model_dir)
 
 
-def spawn(name: str, config_path: Path, work: Path, timeout: float, adapters: dict | None = None) -> dict:
-    out = work / f"{name}.result.json"
+def llamafactory_python(venvs: Path) -> Path:
+    """The interpreter of a virtualenv with LLaMA-Factory, created and installed on first use.
+
+    ``pip install llamafactory==0.9.5`` with this interpreter's torch as a constraint (the CPU build; pip would
+    otherwise pull torch's default build); then torchvision is removed and torchaudio's compiled extension set
+    aside (LLaMA-Factory pulls releases built for another torch, whose native libraries fail to load; it needs
+    neither for text). A marker file records what was installed, so the next run reuses it.
+    """
+    import importlib.metadata
+
+    torch_pin = "torch==" + importlib.metadata.version("torch").split("+")[0]
+    venv = venvs / "llamafactory"
+    python = venv / "bin" / "python"
+    marker = venv / ".installed"
+    wanted = f"{LLAMAFACTORY} {torch_pin}"
+    if python.is_file() and marker.is_file() and marker.read_text().strip() == wanted:
+        return python
+    print(f"creating {venv} with {LLAMAFACTORY} ({torch_pin} as a constraint; once) ...", flush=True)
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", str(venv)], check=True)
+    constraint = venv / "constraints.txt"
+    constraint.write_text(torch_pin + "\n")
+    pip = [str(python), "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "install", LLAMAFACTORY, "-c", str(constraint)], check=True)
+    subprocess.run([*pip, "uninstall", "-y", "torchvision"], check=False)
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    for lib in (Path(site) / "torchaudio" / "lib").glob("*.so"):
+        lib.rename(lib.with_name(lib.name + ".aside"))
+    check = subprocess.run([str(python), "-c", "import llamafactory.train.tuner"], capture_output=True, text=True,
+                           env=dict(os.environ, **CHILD_ENV))
+    if check.returncode:
+        raise SystemExit(f"{LLAMAFACTORY} does not import in {venv}:\n{check.stderr[-2000:]}")
+    marker.write_text(wanted + "\n")
+    return python
+
+
+def compare_ids(ours: list, theirs_path: Path) -> dict:
+    """Whether a contender trained on exactly our token ids and trained tokens (labels), example by example."""
+    theirs = json.loads(theirs_path.read_text())
+    ids, labels = theirs["input_ids"], theirs["labels"]
+    same_ids = sum(a.input_ids == b for a, b in zip(ours, ids, strict=False))
+    same_labels = sum(a.labels == b for a, b in zip(ours, labels, strict=False))
+    first = next((i for i, (a, b) in enumerate(zip(ours, ids, strict=False)) if a.input_ids != b), None)
+    return {"examples": len(ids), "ours": len(ours), "same_input_ids": same_ids, "same_labels": same_labels,
+            "match": len(ids) == len(ours) and same_ids == len(ours) and same_labels == len(ours),
+            "first_difference": first}
+
+
+def spawn(name: str, config_path: Path, work: Path, timeout: float, adapters: dict | None = None, *,
+          run: str | None = None, python: Path | None = None) -> dict:
+    """One child: ``name`` is the contender, ``run`` its run's name (the contender at one seed)."""
+    run = run or name
+    out = work / f"{run}.result.json"
     out.unlink(missing_ok=True)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--contender", name, "--config", str(config_path),
-           "--out", str(out)]
+    cmd = [str(python or sys.executable), str(Path(__file__).resolve()), "--contender", name, "--run", run,
+           "--config", str(config_path), "--out", str(out)]
     if adapters is not None:
         cmd += ["--adapters", json.dumps(adapters)]
     env = dict(os.environ, **CHILD_ENV)
-    log_path = work / f"{name}.log"
+    log_path = work / f"{run}.log"
     t0 = time.monotonic()
     with log_path.open("w") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -500,7 +634,7 @@ def spawn(name: str, config_path: Path, work: Path, timeout: float, adapters: di
     wall = time.monotonic() - t0
     if rc == 0 and out.is_file():
         return json.loads(out.read_text())
-    progress = work / f"{name}.progress.json"
+    progress = work / f"{run}.progress.json"
     if rc is None and name == "trl-defaults":
         # capped: report what the finished steps measured (nothing, if not even one step finished)
         partial = json.loads(progress.read_text()) if progress.is_file() else {
@@ -508,7 +642,7 @@ def spawn(name: str, config_path: Path, work: Path, timeout: float, adapters: di
         return partial | {"capped": True, "cap_s": timeout, "wall_s": round(wall, 2), "adapter": None,
                           "final_train_loss": _tail_mean(partial.get("train_losses", []))}
     tail = log_path.read_text(errors="replace")[-3000:]
-    raise SystemExit(f"{name} failed (exit {rc}); end of its log {log_path}:\n{tail}")
+    raise SystemExit(f"{run} failed (exit {rc}); end of its log {log_path}:\n{tail}")
 
 
 def fmt_bytes(n: float | None) -> str:
@@ -612,7 +746,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work-dir", type=Path, help="where data, runs and adapters go (default: a temporary folder)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     ap.add_argument("--contenders", default="baseline,recipe",
-                    help="comma-separated: baseline, recipe, recipe-no-<lever> (default baseline,recipe)")
+                    help="comma-separated: baseline, recipe, recipe-fp32, recipe-bf16, recipe-no-<lever>, "
+                         "llamafactory, llamafactory-bf16 (default baseline,recipe)")
+    ap.add_argument("--llamafactory", action="store_true",
+                    help=f"add {LLAMAFACTORY}, fp32 and bf16 (its virtualenv is created under --venvs on first use)")
+    ap.add_argument("--venvs", type=Path, default=ROOT / "var" / "bench-venvs",
+                    help="where contenders with their own virtualenv get it (default var/bench-venvs)")
+    ap.add_argument("--train-seeds", default=str(SEED),
+                    help=f"comma-separated training seeds (sampler order, LoRA init); each contender trains once "
+                         f"per seed (default {SEED})")
     ap.add_argument("--ablations", action="store_true", help=f"add recipe-no-<lever> for: {', '.join(ABLATIONS)}")
     ap.add_argument("--trl-defaults", action="store_true", help="add TRL with its defaults (bf16 + checkpointing)")
     ap.add_argument("--defaults-steps", type=int, default=2, help="steps of the trl-defaults run (default 2)")
@@ -625,6 +767,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=2, help="timed passes over the data for --window-cost")
     # child mode (internal)
     ap.add_argument("--contender", help=argparse.SUPPRESS)
+    ap.add_argument("--run", help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--adapters", help=argparse.SUPPRESS)
@@ -643,6 +786,8 @@ def main(argv: list[str] | None = None) -> int:
         contenders += [f"recipe-no-{lever}" for lever in ABLATIONS if f"recipe-no-{lever}" not in contenders]
     if args.trl_defaults and "trl-defaults" not in contenders:
         contenders.append("trl-defaults")
+    if args.llamafactory:
+        contenders += [c for c in LLAMAFACTORY_CONTENDERS if c not in contenders]
 
     model_dir = ensure_model((args.model_dir or default_model_dir()).resolve())
     if args.window_cost:
@@ -660,11 +805,30 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
 
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"--train-seeds: {text!r} is not a comma-separated list of integers") from None
+    if not seeds:
+        raise SystemExit("--train-seeds: give at least one seed")
+    return seeds
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, sd
+
+
 def _run(args, size: dict, contenders: list[str], model_dir: Path, work: Path) -> int:
     from ml.data import encode_records
     from ml.model import load_tokenizer
-    from ml.probe import available_cpus, device_info, library_versions
+    from ml.probe import available_cpus, cpu_precision_probe, device_info, library_versions
 
+    seeds = _seeds(args.train_seeds)
+    lf_python = llamafactory_python(args.venvs.resolve()) \
+        if any(c in LLAMAFACTORY_CONTENDERS for c in contenders) else None
     tokenizer = load_tokenizer(model_dir)
     t0 = time.monotonic()
     train = generate_records(tokenizer, size["examples"], prompt=size["prompt"], answer=size["answer"], seed=args.seed)
@@ -684,34 +848,46 @@ def _run(args, size: dict, contenders: list[str], model_dir: Path, work: Path) -
     print(f"GEMM probe ({threads} threads, fp32): " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in gemm.items()),
           flush=True)
     config = json.loads((model_dir / "config.json").read_text())
+    precision = cpu_precision_probe(config)
+    print(f"bf16 probe: {precision['reason']}", flush=True)
     flops, formula = model_flops(config, examples, lora_r=LORA_R, epochs=size["epochs"])
 
-    cfg = {"model_dir": str(model_dir), "work": str(work), "max_length": max_length,
-           "defaults_steps": args.defaults_steps, **size}
-    config_path = work / "config.json"
-    config_path.write_text(json.dumps(cfg))
-
     results: dict[str, dict] = {}
-    for name in contenders:
-        cap = args.defaults_cap if name == "trl-defaults" else args.timeout
-        print(f"running {name} ...", flush=True)
-        r = spawn(name, config_path, work, cap)
-        r["tokens_per_s"] = r["train_tokens"] / r["train_s"] if r.get("train_s") else 0.0
-        r["tokens_per_cpu_s"] = r["train_tokens"] / r["cpu_s"] if r.get("cpu_s") else None
-        if name != "trl-defaults":
-            r["model_flops_per_s"] = flops / r["train_s"]
-            r["gemm_fraction"] = r["model_flops_per_s"] / gemm["ceiling"]
-            if r.get("cpu_s"):
-                # the same, per second of both cores' CPU time (what the run got of the machine)
-                r["gemm_fraction_cpu"] = flops / (r["cpu_s"] / threads) / gemm["ceiling"]
-        results[name] = r
-        print(f"  {name}: {r['tokens_per_s']:.1f} tokens/s, {r['train_s']:.1f} s training "
-              f"({r.get('cpu_s') or 0:.0f} CPU s), {r['wall_s']:.1f} s wall, "
-              f"peak RSS {fmt_bytes(r['peak_rss_bytes'])}" + ("  [capped]" if r.get("capped") else ""), flush=True)
+    for seed in seeds:
+        cfg = {"model_dir": str(model_dir), "work": str(work), "max_length": max_length,
+               "defaults_steps": args.defaults_steps, "train_seed": seed, **size}
+        config_path = work / f"config-{seed}.json"
+        config_path.write_text(json.dumps(cfg))
+        for name in contenders:
+            run = name if len(seeds) == 1 else f"{name}@{seed}"
+            cap = args.defaults_cap if name == "trl-defaults" else args.timeout
+            print(f"running {run} ...", flush=True)
+            python = lf_python if name in LLAMAFACTORY_CONTENDERS else None
+            r = spawn(name, config_path, work, cap, run=run, python=python)
+            r["contender"], r["train_seed"] = name, seed
+            r["tokens_per_s"] = r["train_tokens"] / r["train_s"] if r.get("train_s") else 0.0
+            r["tokens_per_cpu_s"] = r["train_tokens"] / r["cpu_s"] if r.get("cpu_s") else None
+            if name != "trl-defaults":
+                r["model_flops_per_s"] = flops / r["train_s"]
+                r["gemm_fraction"] = r["model_flops_per_s"] / gemm["ceiling"]
+                if r.get("cpu_s"):
+                    # the same, per second of both cores' CPU time (what the run got of the machine)
+                    r["gemm_fraction_cpu"] = flops / (r["cpu_s"] / threads) / gemm["ceiling"]
+            if r.get("ids"):
+                r["same_token_ids"] = compare_ids(examples, Path(r.pop("ids")))
+                ids = r["same_token_ids"]
+                print(f"  token ids: {ids['same_input_ids']}/{ids['ours']} examples identical input ids, "
+                      f"{ids['same_labels']}/{ids['ours']} identical labels"
+                      + ("" if ids["match"] else f"  (first difference: example {ids['first_difference']})"),
+                      flush=True)
+            results[run] = r
+            print(f"  {run}: {r['tokens_per_s']:.1f} tokens/s, {r['train_s']:.1f} s training "
+                  f"({r.get('cpu_s') or 0:.0f} CPU s), {r['wall_s']:.1f} s wall, "
+                  f"peak RSS {fmt_bytes(r['peak_rss_bytes'])}" + ("  [capped]" if r.get("capped") else ""), flush=True)
 
     adapters = {n: r["adapter"] for n, r in results.items() if r.get("adapter")}
     print("evaluating held-out loss ...", flush=True)
-    held = spawn("evaluate", config_path, work, args.timeout, adapters=adapters)
+    held = spawn("evaluate", work / f"config-{seeds[0]}.json", work, args.timeout, adapters=adapters)
     for name, r in results.items():
         r["heldout_loss"] = held.get(name)
 
@@ -727,44 +903,75 @@ def _run(args, size: dict, contenders: list[str], model_dir: Path, work: Path) -
         return "-" if value is None else format(value, spec)
 
     for name, r in results.items():
-        label = name + (f" ({r['steps']} steps, cap)" if name == "trl-defaults" else "")
+        label = name + (f" ({r['steps']} steps, cap)" if r["contender"] == "trl-defaults" else "")
         frac, frac_cpu = r.get("gemm_fraction"), r.get("gemm_fraction_cpu")
         print(f"{label:<26}{r['tokens_per_s']:>10.1f}{num(r.get('tokens_per_cpu_s'), '.1f'):>10}{r['train_s']:>9.1f}"
               f"{r['wall_s']:>9.1f}{fmt_bytes(r['peak_rss_bytes']):>11}{num(r.get('final_train_loss'), '.4f'):>12}"
               f"{num(r.get('heldout_loss'), '.4f'):>10}{num(frac and 100 * frac, '.1f'):>8}"
               f"{num(frac_cpu and 100 * frac_cpu, '.1f'):>11}")
     print(f"\nmodel FLOPs: {flops / 1e12:.2f} TFLOP ({formula}); GEMM ceiling {gemm['ceiling'] / 1e9:.0f} GFLOP/s")
-    summary = {}
-    if "baseline" in results and "recipe" in results:
-        b, rc = results["baseline"], results["recipe"]
-        summary = {"speedup": rc["tokens_per_s"] / b["tokens_per_s"],
-                   "heldout_loss_change": (rc["heldout_loss"] - b["heldout_loss"]) / b["heldout_loss"],
-                   "peak_rss_ratio": rc["peak_rss_bytes"] / b["peak_rss_bytes"],
-                   "wall_ratio": b["wall_s"] / rc["wall_s"],
-                   "speedup_cpu": (rc["tokens_per_cpu_s"] / b["tokens_per_cpu_s"]
-                                   if rc.get("tokens_per_cpu_s") and b.get("tokens_per_cpu_s") else None)}
-        ok = summary["speedup"] >= 2.0 and summary["heldout_loss_change"] <= 0.02 and summary["peak_rss_ratio"] <= 1
-        print(f"ratio: recipe {summary['speedup']:.2f}x the baseline's tokens/s ({summary['wall_ratio']:.2f}x end to "
-              f"end, {num(summary['speedup_cpu'], '.2f')}x per CPU-second); held-out loss {100 * summary['heldout_loss_change']:+.2f}%; peak RSS "
-              f"{summary['peak_rss_ratio']:.2f}x  -> goal (>= 2.0x, <= +2%, <= 1.0x) {'met' if ok else 'NOT met'}")
+
+    # per contender over the seeds: means (a single seed: its values)
+    by_contender: dict[str, dict] = {}
+    for name in contenders:
+        runs = [r for r in results.values() if r["contender"] == name]
+        losses = [r["heldout_loss"] for r in runs if r.get("heldout_loss") is not None]
+        row = {"tokens_per_s": _mean_sd([r["tokens_per_s"] for r in runs])[0],
+               "peak_rss_bytes": max(r["peak_rss_bytes"] or 0 for r in runs), "seeds": [r["train_seed"] for r in runs]}
+        if losses:
+            row["heldout_loss"], row["heldout_loss_sd"] = _mean_sd(losses)
+            row["heldout_losses"] = losses
+        by_contender[name] = row
+    if len(seeds) > 1:
+        print(f"\nheld-out loss over training seeds {', '.join(map(str, seeds))}:")
+        for name, row in by_contender.items():
+            if "heldout_loss" in row:
+                print(f"  {name:<24} mean {row['heldout_loss']:.4f}  sd {row['heldout_loss_sd']:.4f}  "
+                      f"({', '.join(f'{v:.4f}' for v in row['heldout_losses'])})")
+
+    summary: dict = {}
+    rc = by_contender.get("recipe")
+    peers = {n: by_contender[n] for n in ("baseline", *LLAMAFACTORY_CONTENDERS) if n in by_contender}
+    if rc and peers:
+        fastest = max(peers, key=lambda n: peers[n]["tokens_per_s"])
+        best = min((n for n in peers if "heldout_loss" in peers[n]), key=lambda n: peers[n]["heldout_loss"])
+        summary = {"fastest_peer": fastest, "best_loss_peer": best,
+                   "speedup": rc["tokens_per_s"] / peers[fastest]["tokens_per_s"],
+                   "heldout_loss_change": (rc["heldout_loss"] - peers[best]["heldout_loss"]) / peers[best]["heldout_loss"],
+                   "peak_rss_ratio": rc["peak_rss_bytes"] / peers[fastest]["peak_rss_bytes"],
+                   "per_peer": {n: {"speedup": rc["tokens_per_s"] / p["tokens_per_s"],
+                                    "heldout_loss_change": (rc["heldout_loss"] - p["heldout_loss"]) / p["heldout_loss"],
+                                    "peak_rss_ratio": rc["peak_rss_bytes"] / p["peak_rss_bytes"]}
+                                for n, p in peers.items()}}
+        if "baseline" in results and "recipe" in results:
+            b, r1 = results["baseline"], results["recipe"]
+            summary["wall_ratio"] = b["wall_s"] / r1["wall_s"]
+            summary["speedup_cpu"] = (r1["tokens_per_cpu_s"] / b["tokens_per_cpu_s"]
+                                      if r1.get("tokens_per_cpu_s") and b.get("tokens_per_cpu_s") else None)
+        ok = summary["speedup"] >= 2.0 and summary["heldout_loss_change"] <= 0.01 and summary["peak_rss_ratio"] <= 0.5
+        for n, v in summary["per_peer"].items():
+            print(f"ratio: recipe against {n}: {v['speedup']:.2f}x the tokens/s, held-out loss "
+                  f"{100 * v['heldout_loss_change']:+.2f}%, peak RSS {v['peak_rss_ratio']:.2f}x")
+        print(f"goal: recipe {summary['speedup']:.2f}x the fastest peer ({fastest}), held-out loss "
+              f"{100 * summary['heldout_loss_change']:+.2f}% against the best ({best}), peak RSS "
+              f"{summary['peak_rss_ratio']:.2f}x the fastest's -> (>= 2.0x, <= +1%, <= 0.5x) {'met' if ok else 'NOT met'}")
         summary["goal_met"] = ok
-    for name, r in results.items():
-        if name.startswith("recipe-no-") and "recipe" in results:
-            r["recipe_speedup_over_this"] = results["recipe"]["tokens_per_s"] / r["tokens_per_s"]
-            cpu = results["recipe"].get("tokens_per_cpu_s")
-            r["recipe_speedup_over_this_cpu"] = cpu / r["tokens_per_cpu_s"] if cpu and r.get("tokens_per_cpu_s") else None
-            print(f"lever {name[len('recipe-no-'):]}: the recipe is {r['recipe_speedup_over_this']:.2f}x as fast with it "
-                  f"({num(r['recipe_speedup_over_this_cpu'], '.2f')}x per CPU-second)")
+    for r in results.values():
+        if r["contender"].startswith("recipe-no-") and rc:
+            r["recipe_speedup_over_this"] = rc["tokens_per_s"] / r["tokens_per_s"]
+            print(f"lever {r['contender'][len('recipe-no-'):]}: the recipe is {r['recipe_speedup_over_this']:.2f}x as "
+                  f"fast with it")
 
     out = {"date": time.strftime("%Y-%m-%d %H:%M"), "quick": args.quick, "size": size, "max_length": max_length,
+           "train_seeds": seeds,
            "data": {"train_tokens": report.tokens, "train_target_tokens": report.target_tokens,
                     "length_min": lengths[0], "length_median": lengths[len(lengths) // 2], "length_max": lengths[-1]},
            "machine": device_info("cpu") | {"cpus": threads, "platform": platform.platform(),
                                             "load_avg_at_end": os.getloadavg()},
-           "versions": library_versions(), "gemm_flops": gemm, "model_flops": flops, "model_flops_formula": formula,
-           "heldout_base_loss": held["base"],
+           "versions": library_versions(), "gemm_flops": gemm, "bf16_probe": precision, "model_flops": flops,
+           "model_flops_formula": formula, "heldout_base_loss": held["base"],
            "contenders": {n: {k: v for k, v in r.items() if k != "train_losses"} for n, r in results.items()},
-           "summary": summary, "total_s": round(time.monotonic() - T_START, 1)}
+           "by_contender": by_contender, "summary": summary, "total_s": round(time.monotonic() - T_START, 1)}
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
         print(f"wrote {args.json}")

@@ -46,6 +46,7 @@ METHOD_ONLY = {
     "label_smoothing": ("dpo",),
     "desirable_weight": ("kto",),
     "undesirable_weight": ("kto",),
+    "bf16": ("sft",),  # the preference recipe computes in the device's default dtype
 }
 DEFAULT_BETA = 0.1  # TRL's default for DPO, KTO and ORPO (ORPO's lambda, which TRL also calls beta)
 # Preference tuning moves a model that already answers well: a smaller step than SFT's (LoRA DPO recipes use
@@ -80,6 +81,8 @@ class TrainingParams(BaseModel):
     save_steps: Annotated[int, Field(ge=1)] | Auto = AUTO
     max_steps: Annotated[int, Field(ge=1)] | None = None
     template: Literal["chat_template", "chatml", "alpaca", "alpaca_zh"] | Auto = AUTO
+    # compute in bf16: true, false (fp32), or auto (CUDA: bf16 where supported; CPU: decided at start-up by a probe)
+    bf16: bool | Auto = AUTO
     # preference methods (dpo, orpo, kto); TRL's names and meanings
     beta: Annotated[float, Field(gt=0, le=100)] | Auto = AUTO
     loss_type: Literal[DPO_LOSS_TYPES + KTO_LOSS_TYPES] | Auto = AUTO  # type: ignore[valid-type]
@@ -149,7 +152,9 @@ def check_method_params(params: TrainingParams, method: str) -> None:
     check_method(method)
     given = params.model_fields_set
     for name, methods in METHOD_ONLY.items():
-        if name in given and method not in methods and getattr(params, name) not in (AUTO, 0.0):
+        value = getattr(params, name)
+        # 0.0 is the default of the numeric ones; a boolean is never a default (False == 0.0 in Python)
+        if name in given and method not in methods and value != AUTO and (isinstance(value, bool) or value != 0.0):
             raise InvalidParams(f"{name}: only for method {' or '.join(methods)}, not {method}", name)
     if params.loss_type != AUTO:
         allowed = LOSS_TYPES.get(method, ())
@@ -193,6 +198,7 @@ class ResolvedParams:
     max_steps: int | None
     template: str
     device: str
+    bf16: bool | str = AUTO  # "auto": decided on the worker at start-up (ml.probe.precision_plan)
     # the estimate of optimizer steps the schedule has (exact once the data is tokenised and packed)
     steps_per_epoch: int = 0
     total_steps: int = 0
@@ -461,6 +467,11 @@ def resolve_params(
         raise InvalidParams("template: the base model has no chat template; choose chatml, alpaca or alpaca_zh",
                             "template")
 
+    if p.bf16 == AUTO:
+        why["bf16"] = ("CUDA: bf16 where the GPU supports it, else fp16" if device == "cuda" else
+                       "CPU: decided when the run starts, by a probe of the worker's CPU (native bf16 and a timed "
+                       "matmul, bf16 against fp32)")
+
     beta = DEFAULT_BETA
     loss_type = ""
     desirable_weight = undesirable_weight = 1.0
@@ -495,7 +506,7 @@ def resolve_params(
         lr_scheduler=lr_scheduler, warmup_ratio=warmup_ratio, max_seq_length=max_seq_length, lora_r=lora_r,
         lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=p.target_modules, quantization=quantization,
         loss_on=p.loss_on, packing=packing, seed=p.seed, eval_steps=eval_steps, save_steps=save_steps,
-        max_steps=p.max_steps, template=template, device=device, steps_per_epoch=steps_per_epoch,
+        max_steps=p.max_steps, template=template, device=device, bf16=p.bf16, steps_per_epoch=steps_per_epoch,
         total_steps=total_steps, learning_rate_multiplier=multiplier, auto=why, method=method, beta=beta,
         loss_type=loss_type, label_smoothing=float(p.label_smoothing), desirable_weight=desirable_weight,
         undesirable_weight=undesirable_weight, num_processes=world, strategy=p.strategy,

@@ -63,6 +63,93 @@ def compute_dtype(device: str):
     return torch.float32
 
 
+# CPU flags of native bf16 arithmetic (Linux /proc/cpuinfo names) and how they are reported.
+NATIVE_BF16_FLAGS = {"amx_bf16": "AMX-BF16", "avx512_bf16": "AVX512-BF16"}
+# bf16 is chosen when the probe's bf16 matmul takes at most this share of the fp32 one's time: autocast adds
+# casts and keeps element-wise work (norms, softmax, the loss) in fp32, so a GEMM barely faster does not pay.
+BF16_MAX_TIME_RATIO = 0.75
+
+
+def cpu_bf16_flags() -> list[str]:
+    """The native bf16 instruction sets this CPU reports (empty where it has none, or off Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return [label for flag, label in NATIVE_BF16_FLAGS.items() if flag in flags]
+
+
+def _best_matmul_s(a, b, seconds: float) -> float:
+    import time
+
+    for _ in range(2):
+        a @ b
+    best, end = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def cpu_precision_probe(model_config: dict | None = None, *, seconds: float = 0.15) -> dict[str, Any]:
+    """Whether this CPU trains faster in bf16: native bf16 instructions, then a timed model-shaped matmul.
+
+    The matmul is (512 tokens x hidden) @ (hidden x intermediate) of the model, at least SmolLM2-135M's 576 x 1536
+    (smaller products time the call overhead, and their verdict would flip from run to run), best of ``seconds``
+    for each dtype on the threads torch uses. Without native bf16 the CPU emulates it, which is slower than fp32
+    (measured over 5x with checkpointing), so nothing is timed.
+    """
+    import torch
+
+    dims = (model_config or {}).get("text_config") or model_config or {}
+    hidden = max(576, int(dims.get("hidden_size") or 0))
+    inter = max(1536, int(dims.get("intermediate_size") or 4 * hidden))
+    flags = cpu_bf16_flags()
+    out: dict[str, Any] = {"native_bf16": flags, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                           "matmul": f"512x{hidden}x{inter}"}
+    if not flags:
+        out.update(bf16=False, reason="no native bf16 on this CPU (neither AVX512-BF16 nor AMX): fp32")
+        return out
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(512, hidden, generator=generator)
+    b = torch.randn(hidden, inter, generator=generator)
+    fp32_s = _best_matmul_s(a, b, seconds)
+    bf16_s = _best_matmul_s(a.bfloat16(), b.bfloat16(), seconds)
+    ratio = bf16_s / fp32_s
+    flops = 2 * 512 * hidden * inter
+    out.update(fp32_gflops=round(flops / fp32_s / 1e9, 1), bf16_gflops=round(flops / bf16_s / 1e9, 1),
+               bf16_time_ratio=round(ratio, 3), bf16=ratio <= BF16_MAX_TIME_RATIO)
+    verdict = "bf16" if out["bf16"] else "fp32"
+    out["reason"] = (f"{' and '.join(flags)}; the probe's bf16 matmul took {ratio:.2f}x the time of fp32 "
+                     f"({out['bf16_gflops']:.0f} vs {out['fp32_gflops']:.0f} GFLOP/s; bf16 from "
+                     f"{BF16_MAX_TIME_RATIO:g}x): {verdict}")
+    return out
+
+
+def precision_plan(device: str, setting: bool | str, model_config: dict | None = None) -> dict[str, Any]:
+    """The compute dtype of a run and why: ``setting`` is the ``bf16`` parameter (True, False or "auto").
+
+    True: bf16 (refused on a GPU without bf16); False: fp32 everywhere; "auto": on CUDA bf16, or fp16 without
+    bf16 support; on CPU what ``cpu_precision_probe`` finds faster.
+    """
+    if setting is True:
+        if device == "cuda" and not bf16_supported(device):
+            raise TrainingError(DEVICE_UNAVAILABLE, "bf16=true, but this GPU has no bf16 support; use bf16=auto "
+                                "(fp16) or bf16=false (fp32).")
+        return {"dtype": "bfloat16", "setting": True, "reason": "bf16=true (given)"}
+    if setting is False:
+        return {"dtype": "float32", "setting": False, "reason": "bf16=false (given): fp32"}
+    if device == "cuda":
+        if bf16_supported(device):
+            return {"dtype": "bfloat16", "setting": "auto", "reason": "CUDA with bf16 support"}
+        return {"dtype": "float16", "setting": "auto", "reason": "CUDA without bf16 support: fp16"}
+    probe = cpu_precision_probe(model_config)
+    return {"dtype": "bfloat16" if probe["bf16"] else "float32", "setting": "auto",
+            "reason": f"CPU probe: {probe['reason']}", "probe": probe}
+
+
 def library_versions() -> dict[str, str]:
     import accelerate
     import peft

@@ -149,7 +149,11 @@ def device_label(info: dict) -> str:
         parts.append(f"x {info['world_size']} processes ({info.get('strategy')} over {info.get('backend')})")
     if info.get("name"):
         parts.append(str(info["name"]))
-    return " ".join(parts)[:200]
+    label = " ".join(parts)
+    # what it computed in (the why is in its events and summary)
+    if label and info.get("compute_dtype"):
+        label += f", {info['compute_dtype']} compute"
+    return label[:200]
 
 
 def recipe_outcome(result, fields: dict) -> Outcome:

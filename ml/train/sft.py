@@ -13,15 +13,19 @@ gradient accumulation, mixed precision, checkpoint/resume of optimizer, schedule
 DDP through ``accelerate launch``/``torchrun`` with no code of ours.
 
 Device choices (issue 4, measured on 2 CPU cores): CUDA uses NF4 + bf16 (fp16 without bf16 support),
-gradient checkpointing and paged 8-bit AdamW; CPU uses fp32, no checkpointing and every available core,
-since bf16 + checkpointing was >5x slower on CPUs without AMX (on AMX CPUs bf16 is faster: benchmarks/RESULTS.md;
-not adopted yet). NF4 is honoured on CPU too (bitsandbytes >= 0.49).
+gradient checkpointing and paged 8-bit AdamW; CPU uses no checkpointing and every available core, and computes in
+bf16 where the CPU has native bf16 (AVX512-BF16 or AMX) and a start-up probe (``cpu_precision_probe``: a timed
+model-shaped matmul, bf16 against fp32) finds it faster; else fp32. bf16 on CPU means bf16 base weights under
+bf16 autocast, with the LoRA weights, their gradients and the optimizer state in fp32 (PEFT keeps adapters in
+fp32): held-out loss equal to fp32's in benchmarks/RESULTS.md. The ``bf16`` parameter forces either way; the
+choice and why is logged and stored in the run's summary (``device.precision``). NF4 is honoured on CPU too
+(bitsandbytes >= 0.49).
 
 Speed (issue 9): the LM head and cross-entropy run only at the positions whose label counts (the assistant
 tokens), not at every position of the 49k-vocabulary output. On CPU a batch is not padded at all: its examples
 are concatenated into one row and attention runs per example (``varlen_sdpa``), so every matmul sees real tokens
 only, as one large matrix, and SDPA takes its causal kernel without a mask instead of materialising a
-batch x heads x length x length mask and attention matrix; batches are then simply shuffled. Elsewhere (CUDA)
+batch x heads x length x length mask and attention matrix; batches are then shuffled as Trainer shuffles them. Elsewhere (CUDA)
 batches are length-grouped and padded to their own longest example. Measured in benchmarks/RESULTS.md.
 
 Attention is exact for every architecture the fast path admits (``attention_plan``): each layer's own sliding
@@ -88,7 +92,7 @@ from ml.hparams import (  # noqa: F401
     resolve_params,
 )
 from ml.model import load_base_model, load_tokenizer
-from ml.probe import compute_dtype, device_info, library_versions, peak_memory, resolve_device
+from ml.probe import compute_dtype, device_info, library_versions, peak_memory, precision_plan, resolve_device
 from ml.templates import resolve_template
 from ml.train import checkpoints as ckpt  # noqa: E402
 from ml.train.distributed import (
@@ -480,6 +484,12 @@ class RecipeTrainer(Trainer):
 
     # data ------------------------------------------------------------------------------------------------------
     def _get_train_sampler(self, train_dataset=None):
+        if self.flat:
+            # Flat rows have no padding to save, so no grouping: Trainer's own seeded shuffle (accelerate makes it
+            # a permutation of (seed, epoch), replayed on resume), the order TRL and LLaMA-Factory train in for the
+            # same seed and data. The held-out loss then equals theirs; any other shuffle moved it by up to 3 %
+            # on 160 examples (benchmarks/RESULTS.md: the order, not the arithmetic).
+            return super()._get_train_sampler(train_dataset)
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         lengths = [len(it["input_ids"]) for it in dataset.items]
         # the global micro-batch: several ranks train the batches one process would (accelerate slices each one)
@@ -763,7 +773,10 @@ def _run(spec: RunSpec, hooks: Hooks) -> RunResult:
     if stopped is not None:
         return stopped
     check_memory(spec.memory_check, params, device, max(len(item["input_ids"]) for item in data.train_items), hooks)
-    model, plan = prepare_model(base, params, device, hooks)
+    precision = precision_plan(device, params.bf16, model_config=json.loads((base / "config.json").read_text()))
+    _message(hooks, "info", f"Compute dtype: {precision['dtype']} ({precision['reason']}).", {"precision": precision})
+    cdtype = getattr(torch, precision["dtype"])
+    model, plan = prepare_model(base, params, device, hooks, dtype=cdtype)
     world = {"world_size": group.world_size, "strategy": params.strategy if group.distributed else "single",
              "backend": backend, "devices": group_devices(group, device)}
     if group.distributed:
@@ -771,7 +784,7 @@ def _run(spec: RunSpec, hooks: Hooks) -> RunResult:
                  f"{', '.join(world['devices'])}; global batch {params.effective_batch_size} = {params.batch_size} "
                  f"per process x {group.world_size} x {params.gradient_accumulation_steps} accumulated.", world)
     bridge = _HooksBridge(hooks)
-    trainer = build_trainer(spec, data, model, plan, device, hooks, bridge, group=group)
+    trainer = build_trainer(spec, data, model, plan, device, hooks, bridge, group=group, dtype=cdtype)
     if resume is not None:
         _message(hooks, "info", f"Resuming from {resume.name}.")
     t0 = time.monotonic()
@@ -779,7 +792,7 @@ def _run(spec: RunSpec, hooks: Hooks) -> RunResult:
         warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
         trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     return save_result(spec, data, trainer, bridge, plan, device, base=base, run_dir=run_dir,
-                       wall=time.monotonic() - t0, group=group, world=world)
+                       wall=time.monotonic() - t0, group=group, world=world, precision=precision)
 
 
 def check_folders(spec: RunSpec, group: Group) -> tuple[Path, Path, Path | None]:
@@ -894,11 +907,12 @@ def prepare_data(spec: RunSpec, hooks: Hooks, *, base: Path, device: str, group:
                    valid_items=valid_items or None, report=report, fingerprint=fingerprint)
 
 
-def prepare_model(base: Path, params: ResolvedParams, device: str, hooks: Hooks):
-    """The base model with LoRA attached and its attention path chosen (``attention_plan``)."""
+def prepare_model(base: Path, params: ResolvedParams, device: str, hooks: Hooks, *, dtype: torch.dtype | None = None):
+    """The base model (computing in ``dtype``, the device's default without one) with LoRA attached and its
+    attention path chosen (``attention_plan``)."""
     from transformers import set_seed
 
-    cdtype = compute_dtype(device)
+    cdtype = dtype or compute_dtype(device)
     model = load_base_model(base, quantization=params.quantization, device=device, dtype=cdtype)
     set_seed(params.seed)  # LoRA initialisation depends on it
     model = add_lora(model, params)
@@ -914,12 +928,12 @@ def prepare_model(base: Path, params: ResolvedParams, device: str, hooks: Hooks)
 
 
 def build_trainer(spec: RunSpec, data: RunData, model, plan: dict, device: str, hooks: Hooks,
-                  bridge: _HooksBridge, *, group: Group) -> RecipeTrainer:
+                  bridge: _HooksBridge, *, group: Group, dtype: torch.dtype | None = None) -> RecipeTrainer:
     """The Trainer of the run: its arguments from the resolved parameters, the hooks bridged, tracking attached
     (by rank 0 alone), the ranks' strategy."""
     params = data.params
     strategy_args = fsdp_arguments(model) if group.distributed and params.strategy == "fsdp" else {}
-    cdtype = compute_dtype(device)
+    cdtype = dtype or compute_dtype(device)
     run_dir = Path(spec.run_dir)
     checkpoints_dir = run_dir / "checkpoints"
     bridge_metrics = bridge.last_metrics
@@ -941,8 +955,8 @@ def build_trainer(spec: RunSpec, data: RunData, model, plan: dict, device: str, 
         weight_decay=0.0,
         max_grad_norm=1.0,
         optim="paged_adamw_8bit" if device == "cuda" else "adamw_torch",
-        bf16=device == "cuda" and cdtype == torch.bfloat16,
-        fp16=device == "cuda" and cdtype == torch.float16,
+        bf16=cdtype == torch.bfloat16,  # autocast; on CPU too (the LoRA weights and optimizer stay fp32)
+        fp16=cdtype == torch.float16,
         use_cpu=device == "cpu",
         logging_strategy="steps",
         logging_steps=_logging_steps(params.total_steps, spec.logging_steps),
@@ -980,7 +994,8 @@ def build_trainer(spec: RunSpec, data: RunData, model, plan: dict, device: str, 
 
 
 def save_result(spec: RunSpec, data: RunData, trainer: RecipeTrainer, bridge: _HooksBridge, plan: dict,
-                device: str, *, base: Path, run_dir: Path, wall: float, group: Group, world: dict) -> RunResult:
+                device: str, *, base: Path, run_dir: Path, wall: float, group: Group, world: dict,
+                precision: dict) -> RunResult:
     """How the run ended, its metrics and, when it succeeded, the adapter written with its summary."""
     params, model = data.params, trainer.model
     state = trainer.state
@@ -1004,10 +1019,9 @@ def save_result(spec: RunSpec, data: RunData, trainer: RecipeTrainer, bridge: _H
         metrics["train_loss_mean"] = bridge.final_logs["train_loss"]
 
     versions = library_versions()
-    cdtype = compute_dtype(device)
-    info = device_info(device) | {"quantization": params.quantization, "compute_dtype": str(cdtype).split(".")[-1],
-                                  "direct_head": trainer.direct_head, "flat_batches": bool(plan["flat"]),
-                                  "attention": plan, **world}
+    info = device_info(device) | {"quantization": params.quantization, "compute_dtype": precision["dtype"],
+                                  "precision": precision, "direct_head": trainer.direct_head,
+                                  "flat_batches": bool(plan["flat"]), "attention": plan, **world}
     adapter_dir = None
     # FSDP: the adapter's tensors are sharded over the ranks; every rank takes part in gathering them whole
     state_dict = trainer.accelerator.get_state_dict(trainer.model) \

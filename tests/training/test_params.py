@@ -56,6 +56,7 @@ def test_every_knob_has_a_default():
         ({"eval_steps": 0}, "eval_steps"),
         ({"max_steps": 0}, "max_steps"),
         ({"template": "vicuna"}, "template"),
+        ({"bf16": "sometimes"}, "bf16"),
     ],
 )
 def test_bad_value_is_refused_naming_the_field(data, field):
@@ -77,7 +78,7 @@ def test_explicit_values_are_kept():
         {"n_epochs": 2, "batch_size": 3, "gradient_accumulation_steps": 5, "learning_rate": 1e-4, "lora_r": 8,
          "lora_alpha": 8, "lora_dropout": 0.1, "quantization": "nf4", "max_seq_length": 256, "packing": True,
          "target_modules": ["q_proj", "v_proj"], "lr_scheduler": "linear", "warmup_ratio": 0.0, "save_steps": 7,
-         "eval_steps": 9, "template": "alpaca_zh"},
+         "eval_steps": 9, "template": "alpaca_zh", "bf16": True},
         n_examples=100, device="cpu",
     )
     assert (resolved.n_epochs, resolved.batch_size, resolved.gradient_accumulation_steps) == (2, 3, 5)
@@ -85,6 +86,7 @@ def test_explicit_values_are_kept():
     assert resolved.quantization == "nf4" and resolved.max_seq_length == 256 and resolved.packing is True
     assert resolved.target_modules == ["q_proj", "v_proj"] and resolved.template == "alpaca_zh"
     assert (resolved.save_steps, resolved.eval_steps, resolved.warmup_ratio) == (7, 9, 0.0)
+    assert resolved.bf16 is True
     assert resolved.auto == {}
 
 
@@ -135,6 +137,20 @@ def test_every_auto_choice_is_explained():
                  "warmup_ratio", "save_steps", "packing", "template"):
         assert resolved.auto[name], name
     assert resolved.max_seq_length == 320  # longest example rounded up to 64
+
+
+def test_bf16_is_auto_true_or_false_and_auto_is_decided_on_the_worker():
+    assert parse_params({}).bf16 == "auto"
+    assert parse_params({"bf16": "true"}).bf16 is True
+    assert resolve_params({"bf16": False}, n_examples=40, device="cpu").bf16 is False
+    auto = resolve_params({}, n_examples=40, device="cpu")
+    assert auto.bf16 == "auto" and "probe" in auto.auto["bf16"]
+
+
+def test_bf16_is_refused_for_the_preference_methods():
+    with pytest.raises(InvalidParams) as info:
+        resolve_params({"bf16": False}, n_examples=40, device="cpu", method="dpo")
+    assert info.value.field == "bf16" and "sft" in info.value.message
 
 
 def test_max_steps_caps_the_schedule():

@@ -290,14 +290,24 @@ def test_cpu_runs_train_on_flat_batches(tiny_base, tmp_path):
     assert result.device_info["flat_batches"] is True and result.device_info["direct_head"] is True
 
 
-def test_ungrouped_sampler_is_a_replayable_shuffle():
-    lengths = [(i * 37) % 300 + 20 for i in range(50)]
-    sampler = LengthGroupedSampler(lengths, batch_size=8, seed=3, grouped=False)
-    sampler.set_epoch(1)
-    first = list(sampler)
-    again = LengthGroupedSampler(lengths, batch_size=8, seed=3, grouped=False)
-    again.set_epoch(1)
-    assert list(again) == first and sorted(first) == list(range(50)) and first != list(range(50))
+def test_flat_batches_take_trainers_seeded_order(tiny_base, tmp_path, monkeypatch):
+    """The order TRL and LLaMA-Factory train in for the same seed: accelerate's permutation of (seed, epoch)."""
+    from ml.train import sft as recipe
+
+    seen: list[list[int]] = []
+    real = recipe.RecipeTrainer.compute_loss
+
+    def record(self, model, inputs, *args, **kwargs):
+        seen.append(inputs["input_ids"][0].tolist())
+        return real(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(recipe.RecipeTrainer, "compute_loss", record)
+    records = chat_records(12)
+    run_training(spec_for(tiny_base, tmp_path, params=dict(FAST, n_epochs=1, batch_size=1, seed=5), records=records))
+    tokenizer = build_tokenizer()
+    ids = [encode_record(tokenizer, r).input_ids for r in records]
+    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(5)).tolist()
+    assert seen == [ids[i] for i in order]
 
 
 def test_length_grouped_batches_are_replayable_and_cut_padding():

@@ -218,7 +218,8 @@ def test_foreground_run_trains_registers_an_adapter_that_loads_with_plain_peft(s
     assert status == JobStatus.SUCCEEDED, (task.error_code, task.error_message)
     assert task.step == task.total_steps > 0 and task.progress_percent == 100.0
     assert task.trained_tokens > 0 and task.metrics.get("train_loss") is not None
-    assert task.library_versions.get("torch") and task.device.startswith("cpu")
+    assert task.library_versions.get("torch") and task.device.startswith("cpu") and task.device.endswith(" compute")
+    assert task.events.filter(message__startswith="Compute dtype: ").exists()  # and why
     metrics = list(task.events.filter(type="metrics").values_list("data", flat=True))
     assert metrics and all("step" in m and "total_steps" in m for m in metrics)
     assert task.checkpoints.exists()
