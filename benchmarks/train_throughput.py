@@ -452,7 +452,7 @@ def child_llamafactory(cfg: dict, work: Path, name: str, run: str) -> dict:
     class DumpIds(TrainerCallback):
         def on_train_begin(self, args, state, control, train_dataloader=None, **kw):
             data = train_dataloader.dataset
-            ids_path.write_text(json.dumps({"input_ids": data["input_ids"], "labels": data["labels"]}))
+            ids_path.write_text(json.dumps({key: [list(row) for row in data[key]] for key in ("input_ids", "labels")}))
 
     log = _StepLog.make(work / f"{run}.progress.json")
     args = {
@@ -464,7 +464,7 @@ def child_llamafactory(cfg: dict, work: Path, name: str, run: str) -> dict:
         "per_device_train_batch_size": cfg["batch_size"], "gradient_accumulation_steps": 1,
         "learning_rate": LEARNING_RATE, "num_train_epochs": float(cfg["epochs"]), "lr_scheduler_type": LR_SCHEDULER,
         "warmup_steps": WARMUP_RATIO, "seed": cfg["train_seed"], "report_to": "none", "disable_tqdm": True,
-        "bf16": name == "llamafactory-bf16", "gradient_checkpointing": False,
+        "bf16": name == "llamafactory-bf16", "use_cpu": True, "gradient_checkpointing": False,
         "include_num_input_tokens_seen": "non_padding", "dataloader_num_workers": 0,
     }
     t0 = time.monotonic()
@@ -604,10 +604,13 @@ def compare_ids(ours: list, theirs_path: Path) -> dict:
     ids, labels = theirs["input_ids"], theirs["labels"]
     same_ids = sum(a.input_ids == b for a, b in zip(ours, ids, strict=False))
     same_labels = sum(a.labels == b for a, b in zip(ours, labels, strict=False))
-    first = next((i for i, (a, b) in enumerate(zip(ours, ids, strict=False)) if a.input_ids != b), None)
+    first = next((i for i, (a, b, c) in enumerate(zip(ours, ids, labels, strict=False))
+                  if a.input_ids != b or a.labels != c), None)
+    trained = sum(sum(v != -100 for v in row) for row in labels)  # -100: the ignore index of every trainer here
     return {"examples": len(ids), "ours": len(ours), "same_input_ids": same_ids, "same_labels": same_labels,
             "match": len(ids) == len(ours) and same_ids == len(ours) and same_labels == len(ours),
-            "first_difference": first}
+            "first_difference": first, "trained_tokens": trained,
+            "our_trained_tokens": sum(e.n_targets for e in ours)}
 
 
 def spawn(name: str, config_path: Path, work: Path, timeout: float, adapters: dict | None = None, *,
@@ -877,7 +880,8 @@ def _run(args, size: dict, contenders: list[str], model_dir: Path, work: Path) -
                 r["same_token_ids"] = compare_ids(examples, Path(r.pop("ids")))
                 ids = r["same_token_ids"]
                 print(f"  token ids: {ids['same_input_ids']}/{ids['ours']} examples identical input ids, "
-                      f"{ids['same_labels']}/{ids['ours']} identical labels"
+                      f"{ids['same_labels']}/{ids['ours']} identical labels ({ids['trained_tokens']:,} trained "
+                      f"tokens, ours {ids['our_trained_tokens']:,})"
                       + ("" if ids["match"] else f"  (first difference: example {ids['first_difference']})"),
                       flush=True)
             results[run] = r
