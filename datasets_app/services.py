@@ -33,6 +33,8 @@ from core.errors import ApplicationError, Conflict, NotFound
 from datasets_app import formats, storage, style, validation
 from datasets_app.models import Dataset, DatasetVersion
 from ml import data as ml_data
+from ml.errors import TrainingError
+from ml.hparams import TEMPLATES
 from ml.model import cached_tokenizer
 from ml.templates import resolve_template, template_supports_tools
 
@@ -696,30 +698,48 @@ def version_histogram_png(*, version: DatasetVersion, base_model: Any = None) ->
     return buf.getvalue()
 
 
-def template_label(tokenizer: Any) -> str:
-    """Which template the preview (and a training run with template "auto") renders with, in words."""
+def template_label(tokenizer: Any, template: str = "auto") -> str:
+    """Which template the preview (and a training run with this ``template``) renders with, in words."""
+    if template not in ("auto", "chat_template"):
+        return f"{template} (chosen)"
     if ml_data.has_chat_template(tokenizer):
         return "model"
     name = resolve_template("auto", has_chat_template=False)
     return f"fallback ({name}: the base model has no chat template)"
 
 
-def version_preview(*, version: DatasetVersion, base_model: Any, n: int = 5) -> dict:
-    """The first ``n`` examples rendered exactly as training renders them (``ml.data``: the base model's chat
-    template, else the fallback template "auto" resolves to), cut into segments with the trained tokens marked."""
+PREVIEW_TEMPLATES = ("auto", *TEMPLATES)
+PREVIEW_LOSS_ON = ("assistant", "all")
+
+
+def version_preview(*, version: DatasetVersion, base_model: Any, n: int = 5, template: str = "auto",
+                    loss_on: str = "assistant") -> dict:
+    """The first ``n`` examples rendered exactly as training renders them (``ml.data``: with ``template`` — "auto":
+    the base model's chat template, else the fallback template "auto" resolves to — and the loss on ``loss_on``),
+    cut into segments with the trained tokens marked."""
     _require_ready(version)
     if base_model is None:
         raise ApplicationError("Choose a base model: the preview renders with its tokenizer.",
                                code="base_model_required", param="base_model")
+    if template not in PREVIEW_TEMPLATES:
+        raise ApplicationError(f"template: choose one of {', '.join(PREVIEW_TEMPLATES)}.", code="invalid_parameter",
+                               param="template")
+    if loss_on not in PREVIEW_LOSS_ON:
+        raise ApplicationError(f"loss_on: choose one of {', '.join(PREVIEW_LOSS_ON)}.", code="invalid_parameter",
+                               param="loss_on")
     n = max(1, min(int(n), PREVIEW_MAX))
     tokenizer = _tokenizer(base_model)
+    try:
+        source = ml_data.template_source(tokenizer, template)
+    except TrainingError as exc:
+        raise ApplicationError(exc.message, code="invalid_parameter", param="template") from None
     limit = max_tokens_for(base_model)
     examples = []
     for index, record in enumerate(iter_records(version), 1):
         if index > n:
             break
         try:
-            encoded = ml_data.encode_record(tokenizer, record, with_offsets=True)
+            encoded = ml_data.encode_record(tokenizer, record, with_offsets=True, template=template, loss_on=loss_on)
         except Exception as exc:
             examples.append({"index": index, "error": f"the chat template rejects this example: {exc}"})
             continue
@@ -734,8 +754,8 @@ def version_preview(*, version: DatasetVersion, base_model: Any, n: int = 5) -> 
             "label": None if record.get("label") is None else str(record["label"]),
         })
     return {"version": version.ref, "base_model": base_model.name, "max_tokens": limit,
-            "chat_template": template_label(tokenizer),
-            "tools_rendering": "model" if template_supports_tools(ml_data.template_source(tokenizer))
+            "chat_template": template_label(tokenizer, template), "loss_on": loss_on,
+            "tools_rendering": "model" if template_supports_tools(source)
             else "fallback (tools in the system message, <tool_call> / <tool_response> blocks)",
             "examples": examples}
 

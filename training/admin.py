@@ -342,14 +342,17 @@ class TrainingTaskAdmin(JobControlAdminMixin, TeamScopedAdmin):
                     "errors": {k: [str(m) for m in v] for k, v in form.errors.items()}}
         return plan.to_dict()
 
-    def _preview(self, request, base_model, train_version) -> dict:
-        """The first example of the training data rendered as training renders it, its trained tokens marked."""
+    def _preview(self, request, data) -> dict:
+        """The first example of the training data rendered as training renders it (the form's template and
+        loss_on), its trained tokens marked."""
+        base_model, train_version = data.get("base_model"), data.get("train_version")
         if not base_model or not train_version:
             return {}
         try:
             version = dataset_version_get(user=request.user, ref=train_version, require_ready=True)
             model = base_model_get(user=request.user, ref=base_model, kind=BaseModel.Kind.CAUSAL_LM)
-            return version_preview(version=version, base_model=model, n=1)
+            return version_preview(version=version, base_model=model, n=1, template=data.get("template") or "auto",
+                                   loss_on=data.get("loss_on") or "assistant")
         except ApplicationError as exc:
             return {"detail": exc.message, "code": exc.code, "param": exc.param}
 
@@ -360,7 +363,7 @@ class TrainingTaskAdmin(JobControlAdminMixin, TeamScopedAdmin):
         if request.method == "POST" and "_plan" in request.POST:
             # Without JavaScript: "Show the plan" posts the form and shows what auto picks, queueing nothing.
             plan = self._plan(request, form)
-            preview = self._preview(request, request.POST.get("base_model"), request.POST.get("train_version"))
+            preview = self._preview(request, request.POST)
         elif request.method == "POST" and form.is_valid() and form.require_inputs():
             data = form.cleaned_data
             try:
@@ -400,7 +403,7 @@ class TrainingTaskAdmin(JobControlAdminMixin, TeamScopedAdmin):
 
     def preview_view(self, request):
         self._start_allowed(request)
-        preview = self._preview(request, request.GET.get("base_model"), request.GET.get("train_version"))
+        preview = self._preview(request, request.GET)
         return JsonResponse(preview, status=400 if "detail" in preview else 200)
 
     def chart_view(self, request, pk: int):

@@ -145,6 +145,20 @@ def test_the_preview_marks_the_trained_tokens_of_the_first_example(world):
     assert world["client"].get(PREVIEW).json() == {}
 
 
+def test_the_preview_renders_with_the_template_and_loss_the_form_chose(world):
+    base = f"{PREVIEW}?base_model={world['model'].pk}&train_version={world['small'].pk}"
+    question, answer = (m["content"] for m in chat_records(1)[0]["messages"])
+    alpaca = world["client"].get(base + "&template=alpaca").json()
+    [example] = alpaca["examples"]
+    assert alpaca["chat_template"] == "alpaca (chosen)" and example["template"] == "alpaca"
+    assert "### Response:" in example["text"]
+    everything = world["client"].get(base + "&loss_on=all").json()["examples"][0]
+    trained = "".join(s["text"] for s in everything["segments"] if s["trained"])
+    assert question in trained and answer in trained
+    bad = world["client"].get(base + "&template=jinja-of-my-own")
+    assert bad.status_code == 400 and bad.json()["param"] == "template"
+
+
 def test_the_form_queues_what_it_planned(world):
     client = world["client"]
     planned = client.post(PLAN, form(world, name="planned", n_epochs="2", lora_r="4")).json()

@@ -125,7 +125,10 @@
   async function refreshPreview() {
     const model = form.elements.base_model.value;
     const version = form.elements.train_version.value;
-    const key = model + "/" + version;
+    // the template and loss_on the task will train with (empty: auto / the default)
+    const template = form.elements.template ? form.elements.template.value : "";
+    const lossOn = form.elements.loss_on ? form.elements.loss_on.value : "";
+    const key = [model, version, template, lossOn].join("/");
     if (key === previewKey) return;
     previewKey = key;
     const box = document.getElementById("plan-preview-body");
@@ -135,7 +138,8 @@
     }
     let data;
     try {
-      const response = await fetch(previewUrl + "?" + new URLSearchParams({base_model: model, train_version: version}),
+      const response = await fetch(previewUrl + "?" + new URLSearchParams({base_model: model, train_version: version,
+                                                                    template: template, loss_on: lossOn}),
                                    {credentials: "same-origin"});
       data = await response.json();
     } catch (e) {
