@@ -1,4 +1,5 @@
-"""Hyperparameters of a classifier task (plain module: pydantic only, shared by the API, services and recipe)."""
+"""Hyperparameters of a classifier task (plain module: pydantic only; shared by the API, services and the recipe
+``ml.train.classifier``)."""
 
 from __future__ import annotations
 
