@@ -3,7 +3,7 @@
 156 short questions written for this test (96 data-platform, 31 chat, 29 unrelated; none from the shipped
 samples), 44 of them held out. The recipe only sees the other 112 and carves its own validation split out of
 them for the best epoch and early stopping, so the held-out score is an honest one. The old fixed defaults
-(6 epochs of batch 16, class weights) reached macro-F1 0.66 here; about 30 s on 2 cores.
+(6 epochs of batch 16, class weights) reached macro-F1 0.66 here; about 60 s on 2 cores.
 """
 
 from __future__ import annotations

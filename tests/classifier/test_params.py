@@ -44,8 +44,8 @@ def test_auto_fields_left_out_or_given_as_auto_are_resolved_from_the_data():
 
     for given in ({}, {"n_epochs": "auto", "learning_rate": "auto", "lora_r": "auto"}):
         params, why = resolve_params(validate_params(given), class_counts={"a": 70, "b": 22, "c": 20})
-        assert params.batch_size == 8 and params.n_epochs == 18  # 14 steps an epoch, ~250 steps
-        assert params.early_stopping_patience == 6 and params.lora_r == 8 and params.lora_alpha == 16
+        assert params.batch_size == 8 and params.n_epochs == 26  # 14 steps an epoch, ~360 steps
+        assert params.early_stopping_patience == 8 and params.learning_rate == 3e-4 and params.lora_r == 8 and params.lora_alpha == 16
         assert params.sampling == "balanced" and params.class_weighting == "none"
         assert {"n_epochs", "batch_size", "learning_rate", "lora_r", "sampling", "class_weighting"} <= set(why)
         assert "70" in why["sampling"] and "20" in why["sampling"]
