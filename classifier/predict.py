@@ -9,7 +9,7 @@ from typing import Any
 
 from django.conf import settings
 
-from classifier.recipe import load_for_inference, predict_texts
+from ml.classifier_data import load_for_inference, predict_texts
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The classifier job's child-process body: runs ``classifier.recipe`` and writes what it reports to our rows.
+"""The classifier job's child-process body: runs ``ml.train.classifier`` and writes what it reports to our rows.
 
 Registered as the ``classifier`` job kind (``jobs.registry``): the same queue, claim,
 supervised child process, heartbeat, cancel/pause flags and crash recovery as training tasks.
@@ -10,6 +10,7 @@ from pathlib import Path
 
 from classifier.models import ClassifierTask
 from jobs.runner import Outcome
+from ml.classifier_data import label_map_to_json
 from training.lifecycle import adapter_register
 from training.models import Adapter
 from training.runner import DbHooks, RecipeRunner, recipe_inputs, recipe_outcome
@@ -29,7 +30,7 @@ class ClassifierRunner(RecipeRunner):
 
     def run(self) -> Outcome:
         # The recipe imports torch: only this child process loads it.
-        from classifier.recipe import ClassifierSpec, label_map_to_json, train_classifier
+        from ml.train.classifier import ClassifierSpec, train_classifier
 
         task = self.job
         spec = ClassifierSpec(**recipe_inputs(task))

@@ -21,14 +21,14 @@ from catalog.models import BaseModel
 from catalog.services import base_model_get
 from classifier import predict
 from classifier.models import ClassifierTask
-from classifier.params import ClassifierParams, InvalidParams, validate_params
-from classifier.recipe import label_map_from, label_map_to_json, stratified_split
 from core.errors import ApplicationError, Conflict, NotFound
 from datasets_app.models import DatasetVersion
 from datasets_app.services import dataset_version_get, iter_records
 from jobs import runtime
 from jobs.models import JobStatus
 from jobs.services import job_check_name, job_check_priority, job_check_quota, job_get, unique_name
+from ml.classifier_data import label_map_from, label_map_to_json, stratified_split
+from ml.classifier_params import ClassifierParams, InvalidParams, validate_params
 from ml.train.checkpoints import latest_good_checkpoint
 from training.models import Adapter
 from training.services import adapter_get

@@ -15,7 +15,6 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from django.conf import settings
 from django.db import transaction
 
-from classifier.recipe import classification_metrics, load_for_inference, predict_texts
 from core.errors import RateLimited
 from datasets_app.services import iter_records
 from evaluation import metrics as m
@@ -23,6 +22,7 @@ from evaluation.models import EvaluationRun, EvaluationSample
 from jobs import runtime
 from jobs.models import JobStatus
 from jobs.runner import Cancelled, Outcome
+from ml.classifier_data import classification_metrics, load_for_inference, predict_texts
 from ml.hparams import DEFAULT_BETA
 from ml.model import load_tokenizer, load_with_adapter, tokenizer_source
 from ml.probe import resolve_device

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ml.errors import DATASET_ERROR, MODEL_MISSING, UNSUPPORTED_MODEL, TrainingError
-from ml.probe import available_cpus, compute_dtype, resolve_device
+from ml.probe import compute_dtype, resolve_device, use_available_cpus
 
 # ---------------------------------------------------------------------------------------------------------------
 # Tokenizers
@@ -183,14 +183,10 @@ def load_base_model(path: str | Path, *, quantization: str, device: str, dtype=N
     CUDA: NF4 4-bit with double quantisation (or int8, or none), bf16/fp16 compute, gradient checkpointing.
     CPU: fp32 compute, no checkpointing, ``torch.set_num_threads(available cores)``; nf4/int8 work too.
     """
-    import torch
     from peft import prepare_model_for_kbit_training
 
     device = resolve_device(device)
-    if device == "cpu":
-        # The training child has the host (or its cgroup share) to itself; the ranks of one run on this host
-        # (torchrun's LOCAL_WORLD_SIZE) share its cores.
-        torch.set_num_threads(max(1, available_cpus() // int(os.environ.get("LOCAL_WORLD_SIZE") or 1)))
+    use_available_cpus(device)  # the training child has the host (or its cgroup share) to itself
     if gradient_checkpointing is None:
         gradient_checkpointing = device == "cuda"
     model = load_causal_lm(path, device=device, dtype=dtype, quantization=quantization)

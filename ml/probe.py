@@ -191,3 +191,13 @@ def peak_memory() -> dict[str, int]:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         out["peak_gpu_bytes"] = int(torch.cuda.max_memory_allocated())
     return out
+
+
+def use_available_cpus(device: str) -> None:
+    """On CPU, train on every core this process may use (torch's default counts the host's, not the cgroup's);
+    the ranks of one run on this host (torchrun's ``LOCAL_WORLD_SIZE``) share them. For training children only:
+    the web process keeps torch's own thread count."""
+    import torch
+
+    if device == "cpu":
+        torch.set_num_threads(max(1, available_cpus() // int(os.environ.get("LOCAL_WORLD_SIZE") or 1)))

@@ -16,6 +16,7 @@ import shutil
 import struct
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 MANIFEST = "lora_studio_manifest.json"
@@ -158,14 +159,13 @@ def latest_good_checkpoint(run_dir: str | Path) -> Path | None:
     return None
 
 
-def rotate_checkpoints(run_dir: Path, keep: int, protect: Path | None = None) -> None:
-    """Keep the ``keep`` newest good checkpoints (and ``protect``); remove older ones and stale temp folders."""
+def rotate_checkpoints(run_dir: Path, keep: int, protect: Iterable[Path] = ()) -> None:
+    """Keep the ``keep`` newest good checkpoints (and those in ``protect``: the one just written, a run's best);
+    remove older ones and stale temp folders."""
     if keep <= 0:
         return
     good = [p for _s, p in list_checkpoints(run_dir) if checkpoint_problem(p) is None]
-    keep_set = set(good[-keep:])
-    if protect is not None:
-        keep_set.add(Path(protect))
+    keep_set = set(good[-keep:]) | {Path(p) for p in protect}
     newest_good_step = int(STEP_DIR.match(good[-1].name).group(1)) if good else None
     for step, path in list_checkpoints(run_dir):
         if path in keep_set:
@@ -185,9 +185,11 @@ def remove_stale_temp(folder: Path) -> None:
 
 
 def save_adapter(model, tokenizer, out_dir: str | Path, summary: dict, *, base_model_path: str | Path | None = None,
-                 state_dict: dict | None = None) -> Path:
+                 state_dict: dict | None = None, extra_files: dict[str, dict] | None = None,
+                 kind: str = "adapter") -> Path:
     """Write a plain-PEFT adapter folder atomically: adapter_config.json, adapter_model.safetensors,
-    tokenizer files and training_summary.json.
+    tokenizer files, training_summary.json and ``extra_files`` (name -> JSON content: a classifier's label map
+    and report).
 
     ``adapter_config.json``'s ``base_model_name_or_path`` is the absolute local base model folder, so
     ``PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), out_dir)`` works offline.
@@ -209,7 +211,9 @@ def save_adapter(model, tokenizer, out_dir: str | Path, summary: dict, *, base_m
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
         (tmp / SUMMARY).write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
-        return publish(tmp, out_dir, kind="adapter")
+        for name, content in (extra_files or {}).items():
+            (tmp / name).write_text(json.dumps(content, indent=2, ensure_ascii=False), encoding="utf-8")
+        return publish(tmp, out_dir, kind=kind)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -36,7 +36,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -48,12 +47,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 from datasets import Dataset as HFDataset  # noqa: E402
-from transformers import Trainer  # noqa: E402
 from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer  # noqa: E402
 
 from ml.data import EncodeReport, assistant_spans, install_template, read_records  # noqa: E402
 from ml.errors import (  # noqa: E402
-    CHECKPOINT_INVALID,
     DATASET_ERROR,
     INVALID_PARAMS,
     MODEL_MISSING,
@@ -71,16 +68,15 @@ from ml.model import load_base_model, load_tokenizer, tokenizer_source  # noqa: 
 from ml.probe import compute_dtype, device_info, library_versions, peak_memory, resolve_device  # noqa: E402
 from ml.templates import resolve_template  # noqa: E402
 from ml.train import checkpoints as ckpt  # noqa: E402
+from ml.train.common import AtomicCheckpoints, HooksBridge, check_resume, check_resume_folder, renamed  # noqa: E402
 from ml.train.hooks import Hooks, NullHooks  # noqa: E402
-from ml.train.sft import (
+from ml.train.sft import (  # noqa: E402
     RESUME_INVARIANTS,
     RunResult,
     RunSpec,
-    _HooksBridge,
     _logging_steps,
     add_lora,
     check_memory,
-    check_resume,
     stopped_before_training,
 )
 
@@ -242,17 +238,9 @@ def truncate_rows(rows: list[dict], max_seq_length: int, method: str) -> tuple[l
 # Trainers
 
 
-class _OurCheckpoints:
-    """Atomic ``step-N`` checkpoints (as ``ml.train.sft.RecipeTrainer``'s) and TRL's tokenisation skipped for
-    rows we tokenised. Mixed in before a TRL trainer class."""
-
-    recipe: dict
-
-    def __init__(self, *args, recipe: dict, **kwargs):
-        self.recipe = recipe
-        self._staging: Path | None = None
-        self.on_checkpoint = recipe.get("on_checkpoint")
-        super().__init__(*args, **kwargs)
+class _OurCheckpoints(AtomicCheckpoints):
+    """Atomic ``step-N`` checkpoints (``ml.train.common.AtomicCheckpoints``, as the SFT recipe's) and TRL's
+    tokenisation skipped for rows we tokenised. Mixed in before a TRL trainer class."""
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         if "prompt_ids" not in dataset.column_names:
@@ -265,37 +253,6 @@ class _OurCheckpoints:
 
             dataset = dataset.map(add_kl, batched=True, batch_size=args.per_device_train_batch_size)
         return dataset
-
-    def _get_output_dir(self, trial=None) -> str:
-        if self._staging is not None:
-            return str(self._staging)
-        return super()._get_output_dir(trial)
-
-    def _save_checkpoint(self, model, trial) -> None:
-        step = self.state.global_step
-        final = Path(self.recipe["checkpoints_dir"]) / f"step-{step}"
-        if self.args.should_save and final.exists():
-            if ckpt.checkpoint_problem(final) is None:
-                return  # this step is already saved (a pause right after a scheduled save)
-            shutil.rmtree(final)
-        staging = ckpt.temp_sibling(final)
-        staging.mkdir(parents=True)
-        try:
-            self._staging = staging
-            try:
-                # Trainer's save, not TRL's: TRL's also writes a model card into the output folder
-                Trainer._save_checkpoint(self, model, trial)
-            finally:
-                self._staging = None
-            if not self.args.should_save:
-                return
-            ckpt.publish(staging / f"checkpoint-{step}", final, step=step, params=self.recipe["params"],
-                         data=self.recipe["data_fingerprint"])
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        ckpt.rotate_checkpoints(Path(self.recipe["run_dir"]), self.recipe["keep_checkpoints"], protect=final)
-        if self.on_checkpoint is not None:
-            self.on_checkpoint(step, final)
 
 
 class OurDPOTrainer(_OurCheckpoints, DPOTrainer):
@@ -318,33 +275,20 @@ def _orpo_trainer_class():
     return ORPOConfig, OurORPOTrainer
 
 
-class PreferenceBridge(_HooksBridge):
-    """The SFT bridge (progress, stop requests), reporting TRL's preference metrics under our names."""
+class PreferenceBridge(HooksBridge):
+    """The hooks bridge (``ml.train.common``: progress, stop requests), reporting TRL's preference metrics under
+    our names."""
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        logs = logs or {}
+    def metrics_from_logs(self, logs: dict) -> dict[str, float]:
         metrics: dict[str, float] = {}
         if "loss" in logs:
-            metrics["train_loss"] = float(logs["loss"])
-            for src in ("learning_rate", "grad_norm"):
-                if logs.get(src) is not None:
-                    metrics[src] = float(logs[src])
-            for src, dst in METRIC_NAMES.items():
-                if isinstance(logs.get(src), (int, float)):
-                    metrics[f"train_{dst}"] = float(logs[src])
+            metrics = renamed(logs, {"loss": "train_loss", "learning_rate": "learning_rate",
+                                     "grad_norm": "grad_norm"})
+            metrics.update(renamed(logs, {src: f"train_{dst}" for src, dst in METRIC_NAMES.items()}))
         if "eval_loss" in logs:
             metrics["valid_loss"] = float(logs["eval_loss"])
-            for src, dst in METRIC_NAMES.items():
-                if isinstance(logs.get(f"eval_{src}"), (int, float)):
-                    metrics[f"valid_{dst}"] = float(logs[f"eval_{src}"])
-        if "train_runtime" in logs:
-            self.final_logs = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
-        if metrics:
-            if logs.get("epoch") is not None:
-                metrics["epoch"] = float(logs["epoch"])
-            self.last_metrics.update(metrics)
-            self.history.append({"step": state.global_step, **metrics})
-            self.hooks.on_metrics(state.global_step, metrics)
+            metrics.update(renamed(logs, {f"eval_{src}": f"valid_{dst}" for src, dst in METRIC_NAMES.items()}))
+        return metrics
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -401,10 +345,7 @@ def _run(spec: PreferenceSpec, hooks: Hooks) -> RunResult:
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
     ckpt.remove_stale_temp(checkpoints_dir)
     resume = Path(spec.resume_from) if spec.resume_from else None
-    if resume is not None:
-        problem = ckpt.checkpoint_problem(resume)
-        if problem:
-            raise TrainingError(CHECKPOINT_INVALID, f"Cannot resume from {resume}: {problem}.")
+    check_resume_folder(resume)
 
     # The start adapter's tokenizer carries the template its SFT run installed: render the pairs the same way.
     tokenizer = load_tokenizer(tokenizer_source(start, base) if start is not None else base)

@@ -42,7 +42,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 import warnings
 from collections.abc import Iterable
@@ -57,7 +56,7 @@ from typing import Any, Literal
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
-from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
+from transformers import Trainer, TrainingArguments  # noqa: E402
 
 from ml.data import (
     IGNORE_INDEX,
@@ -74,7 +73,6 @@ from ml.data import (
     truncate_examples,
 )
 from ml.errors import (
-    CHECKPOINT_INVALID,
     INSUFFICIENT_MEMORY,
     INVALID_PARAMS,
     MODEL_MISSING,
@@ -95,6 +93,15 @@ from ml.model import load_base_model, load_tokenizer
 from ml.probe import compute_dtype, device_info, library_versions, peak_memory, precision_plan, resolve_device
 from ml.templates import resolve_template
 from ml.train import checkpoints as ckpt  # noqa: E402
+from ml.train.common import (
+    AtomicCheckpoints,
+    HooksBridge,
+    ListDataset,
+    check_resume,
+    check_resume_folder,
+    renamed,
+    stop_before_training,
+)
 from ml.train.distributed import (
     Group,
     GroupFailed,
@@ -444,33 +451,16 @@ def token_loss_sums(model, batch: dict, *, direct: bool, packed: bool):
     return loss_sum, labels.numel(), correct
 
 
-class _ListDataset(torch.utils.data.Dataset):
-    """The items; index ``len(items)`` is ``pad``, the filler of a short last batch on several ranks."""
-
-    def __init__(self, items: list[dict], pad: dict | None = None):
-        self.items = items
-        self.pad = pad
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict:
-        if i == len(self.items) and self.pad is not None:
-            return self.pad
-        return self.items[i]
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Trainer
 
 
-class RecipeTrainer(Trainer):
+class RecipeTrainer(AtomicCheckpoints, Trainer):
     """Trainer with the target-positions loss, token accuracy, token-weighted validation, a replayable
-    length-grouped sampler and atomic ``step-N`` checkpoints."""
+    length-grouped sampler and atomic ``step-N`` checkpoints (``ml.train.common.AtomicCheckpoints``)."""
 
     def __init__(self, *args, recipe: dict, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.recipe = recipe
+        super().__init__(*args, recipe=recipe, **kwargs)
         self.packed: bool = recipe["packed"]
         self.flat: bool = recipe.get("flat", False)
         self.direct_head: bool = recipe["direct_head"] and self.args.world_size <= 1
@@ -479,8 +469,6 @@ class RecipeTrainer(Trainer):
         self.loss_is_scaled_for_ga = True  # compute_loss divides by the tokens of the whole accumulated batch
         self._acc_correct = 0.0
         self._acc_count = 0.0
-        self._staging: Path | None = None
-        self.on_checkpoint = recipe.get("on_checkpoint")
 
     # data ------------------------------------------------------------------------------------------------------
     def _get_train_sampler(self, train_dataset=None):
@@ -555,105 +543,21 @@ class RecipeTrainer(Trainer):
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=metrics)
         return metrics
 
-    # checkpoints -----------------------------------------------------------------------------------------------
-    def _get_output_dir(self, trial=None) -> str:
-        if self._staging is not None:
-            return str(self._staging)
-        return super()._get_output_dir(trial)
-
-    def _save_checkpoint(self, model, trial) -> None:
-        step = self.state.global_step
-        checkpoints_dir = Path(self.recipe["checkpoints_dir"])
-        final = checkpoints_dir / f"step-{step}"
-        if self.args.should_save and final.exists():
-            if ckpt.checkpoint_problem(final) is None:
-                return  # this step is already saved (a pause right after a scheduled save)
-            shutil.rmtree(final)
-        staging = ckpt.temp_sibling(final)
-        staging.mkdir(parents=True)
-        try:
-            self._staging = staging
-            try:
-                super()._save_checkpoint(model, trial)
-            finally:
-                self._staging = None
-            if not self.args.should_save:
-                return  # DDP: rank 0 publishes (other ranks' RNG states are not kept; resume reseeds them)
-            ckpt.publish(staging / f"checkpoint-{step}", final, step=step, params=self.recipe["params"],
-                         data=self.recipe["data_fingerprint"])
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        ckpt.rotate_checkpoints(Path(self.recipe["run_dir"]), self.recipe["keep_checkpoints"], protect=final)
-        if self.on_checkpoint is not None:
-            self.on_checkpoint(step, final)
 
 
-class _HooksBridge(TrainerCallback):
-    """Turns Trainer events into ``Hooks`` calls and ``should_stop`` answers into control flags."""
+class SFTBridge(HooksBridge):
+    """The hooks bridge (``ml.train.common``), reporting the SFT metrics: train loss, learning rate, token accuracy,
+    gradient norm; validation loss and token accuracy."""
 
-    def __init__(self, hooks: Hooks):
-        self.hooks = hooks
-        self.stop_reason: str | None = None
-        self.history: list[dict] = []
-        self.last_metrics: dict[str, float] = {}
-        self.final_logs: dict[str, float] = {}
-        self._t0 = 0.0
-        self._tokens0 = 0
-        self._step0 = 0
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self._t0 = time.monotonic()
-        self._tokens0 = state.num_input_tokens_seen
-        self._step0 = state.global_step
-        self.hooks.on_start(state.max_steps)
-
-    def _check(self, control, step_end: bool) -> None:
-        request = self.hooks.should_stop()
-        if request == "cancel":
-            self.stop_reason = "cancel"
-            control.should_training_stop = True
-            control.should_save = False
-            control.should_evaluate = False
-        elif request == "pause" and step_end:
-            # pause only at an optimizer-step boundary, so the checkpoint is a consistent state
-            self.stop_reason = "pause"
-            control.should_training_stop = True
-            control.should_save = True
-            control.should_evaluate = False
-
-    def on_substep_end(self, args, state, control, **kwargs):
-        self._check(control, step_end=False)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        elapsed = max(time.monotonic() - self._t0, 1e-9)
-        done = state.global_step - self._step0
-        tokens = int(state.num_input_tokens_seen)
-        tps = (tokens - self._tokens0) / elapsed
-        eta = elapsed / done * max(state.max_steps - state.global_step, 0) if done > 0 else None
-        self.hooks.on_progress(state.global_step, state.max_steps, float(state.epoch or 0.0), tokens, tps, eta)
-        self._check(control, step_end=True)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        logs = logs or {}
+    def metrics_from_logs(self, logs: dict) -> dict[str, float]:
         metrics: dict[str, float] = {}
         if "loss" in logs:
-            metrics["train_loss"] = float(logs["loss"])
-            for src, dst in (("learning_rate", "learning_rate"), ("mean_token_accuracy", "train_mean_token_accuracy"),
-                             ("grad_norm", "grad_norm")):
-                if logs.get(src) is not None:
-                    metrics[dst] = float(logs[src])
+            metrics = renamed(logs, {"loss": "train_loss", "learning_rate": "learning_rate",
+                                     "mean_token_accuracy": "train_mean_token_accuracy", "grad_norm": "grad_norm"})
         if "eval_loss" in logs:
-            metrics["valid_loss"] = float(logs["eval_loss"])
-            if "eval_mean_token_accuracy" in logs:
-                metrics["valid_mean_token_accuracy"] = float(logs["eval_mean_token_accuracy"])
-        if "train_runtime" in logs:
-            self.final_logs = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
-        if metrics:
-            if logs.get("epoch") is not None:
-                metrics["epoch"] = float(logs["epoch"])
-            self.last_metrics.update(metrics)
-            self.history.append({"step": state.global_step, **metrics})
-            self.hooks.on_metrics(state.global_step, metrics)
+            metrics.update(renamed(logs, {"eval_loss": "valid_loss",
+                                          "eval_mean_token_accuracy": "valid_mean_token_accuracy"}))
+        return metrics
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -699,30 +603,15 @@ def fsdp_arguments(model) -> dict[str, Any]:
                                                   "reshard_after_forward": True}}
 
 
-def check_resume(resume: Path, params, fingerprint: str, invariants) -> None:
-    """Refuse to resume from a checkpoint saved with other parameters (``invariants``) or on other data."""
-    manifest = json.loads((resume / ckpt.MANIFEST).read_text(encoding="utf-8"))
-    saved = manifest.get("params") or {}
-    changed = [k for k in invariants if k in saved and saved[k] != getattr(params, k)]
-    if changed:
-        raise TrainingError(CHECKPOINT_INVALID, f"The checkpoint {resume.name} was saved with different "
-                            f"parameters ({', '.join(changed)}); resuming would not continue the same run.")
-    if manifest.get("data", {}).get("fingerprint") not in (None, fingerprint):
-        raise TrainingError(CHECKPOINT_INVALID, f"The checkpoint {resume.name} was trained on different data.")
-
-
 def stopped_before_training(hooks, resume: Path | None, params, data_report: dict, device: str) -> RunResult | None:
     """A cancel or pause that arrived while the data was prepared: the run ends with nothing trained."""
-    early = hooks.should_stop()
-    if early not in ("cancel", "pause"):
+    stopped = stop_before_training(hooks, resume)
+    if stopped is None:
         return None
-    step = 0
-    if resume is not None:
-        step = json.loads((resume / ckpt.TRAINER_STATE).read_text(encoding="utf-8")).get("global_step", 0)
-    return RunResult(status="cancelled" if early == "cancel" else "paused", global_step=step,
-                     total_steps=params.total_steps, metrics={}, trained_tokens=0, adapter_dir=None,
-                     checkpoint=resume, params=params, data_report=data_report, versions=library_versions(),
-                     device_info=device_info(device))
+    return RunResult(status=stopped.status, global_step=stopped.global_step, total_steps=params.total_steps,
+                     metrics={}, trained_tokens=0, adapter_dir=None, checkpoint=resume, params=params,
+                     data_report=data_report, versions=library_versions(), device_info=device_info(device))
+
 
 def check_memory(check: MemoryCheck | None, params: ResolvedParams, device: str, longest: int, hooks) -> None:
     """Before the model is loaded: the admitted memory estimate again, on the batch the tokenised data really gives
@@ -783,7 +672,7 @@ def _run(spec: RunSpec, hooks: Hooks) -> RunResult:
         _message(hooks, "info", f"Training on {group.world_size} processes ({params.strategy} over {backend}): "
                  f"{', '.join(world['devices'])}; global batch {params.effective_batch_size} = {params.batch_size} "
                  f"per process x {group.world_size} x {params.gradient_accumulation_steps} accumulated.", world)
-    bridge = _HooksBridge(hooks)
+    bridge = SFTBridge(hooks)
     trainer = build_trainer(spec, data, model, plan, device, hooks, bridge, group=group, dtype=cdtype)
     if resume is not None:
         _message(hooks, "info", f"Resuming from {resume.name}.")
@@ -807,10 +696,7 @@ def check_folders(spec: RunSpec, group: Group) -> tuple[Path, Path, Path | None]
     if group.is_main:
         ckpt.remove_stale_temp(checkpoints_dir)
     resume = Path(spec.resume_from) if spec.resume_from else None
-    if resume is not None:
-        problem = ckpt.checkpoint_problem(resume)
-        if problem:
-            raise TrainingError(CHECKPOINT_INVALID, f"Cannot resume from {resume}: {problem}.")
+    check_resume_folder(resume)
     return base, run_dir, resume
 
 
@@ -928,7 +814,7 @@ def prepare_model(base: Path, params: ResolvedParams, device: str, hooks: Hooks,
 
 
 def build_trainer(spec: RunSpec, data: RunData, model, plan: dict, device: str, hooks: Hooks,
-                  bridge: _HooksBridge, *, group: Group, dtype: torch.dtype | None = None) -> RecipeTrainer:
+                  bridge: SFTBridge, *, group: Group, dtype: torch.dtype | None = None) -> RecipeTrainer:
     """The Trainer of the run: its arguments from the resolved parameters, the hooks bridged, tracking attached
     (by rank 0 alone), the ranks' strategy."""
     params = data.params
@@ -985,15 +871,15 @@ def build_trainer(spec: RunSpec, data: RunData, model, plan: dict, device: str, 
     tokenizer = data.tokenizer
     return RecipeTrainer(
         model=model, args=train_args,
-        train_dataset=_ListDataset(data.train_items, pad=pad_item(tokenizer.pad_token_id, packed=params.packing)),
-        eval_dataset=_ListDataset(data.valid_items) if has_valid else None, processing_class=tokenizer,
+        train_dataset=ListDataset(data.train_items, pad=pad_item(tokenizer.pad_token_id, packed=params.packing)),
+        eval_dataset=ListDataset(data.valid_items) if has_valid else None, processing_class=tokenizer,
         data_collator=Collator(tokenizer.pad_token_id, flat=flat), recipe=recipe,
         # rank 0 alone writes the run's TensorBoard and MLflow records
         callbacks=[bridge, *(tracking_callbacks(run_dir, params, spec.summary_extra) if group.is_main else [])],
     )
 
 
-def save_result(spec: RunSpec, data: RunData, trainer: RecipeTrainer, bridge: _HooksBridge, plan: dict,
+def save_result(spec: RunSpec, data: RunData, trainer: RecipeTrainer, bridge: SFTBridge, plan: dict,
                 device: str, *, base: Path, run_dir: Path, wall: float, group: Group, world: dict,
                 precision: dict) -> RunResult:
     """How the run ended, its metrics and, when it succeeded, the adapter written with its summary."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from classifier.params import DEFAULT_TARGET_MODULES, InvalidParams, validate_params
+from ml.classifier_params import DEFAULT_TARGET_MODULES, InvalidParams, validate_params
 
 
 def test_defaults_are_the_documented_lora_settings():
@@ -40,19 +40,19 @@ def test_a_non_object_is_refused():
 
 
 def test_auto_fields_left_out_or_given_as_auto_are_resolved_from_the_data():
-    from classifier.params import resolve_params
+    from ml.classifier_params import resolve_params
 
     for given in ({}, {"n_epochs": "auto", "learning_rate": "auto", "lora_r": "auto"}):
         params, why = resolve_params(validate_params(given), class_counts={"a": 70, "b": 22, "c": 20})
-        assert params.batch_size == 8 and params.n_epochs == 18  # 14 steps an epoch, ~250 steps
-        assert params.early_stopping_patience == 6 and params.lora_r == 8 and params.lora_alpha == 16
+        assert params.batch_size == 8 and params.n_epochs == 26  # 14 steps an epoch, ~360 steps
+        assert params.early_stopping_patience == 8 and params.learning_rate == 3e-4 and params.lora_r == 8 and params.lora_alpha == 16
         assert params.sampling == "balanced" and params.class_weighting == "none"
         assert {"n_epochs", "batch_size", "learning_rate", "lora_r", "sampling", "class_weighting"} <= set(why)
         assert "70" in why["sampling"] and "20" in why["sampling"]
 
 
 def test_given_values_are_kept_and_large_balanced_sets_get_few_epochs():
-    from classifier.params import resolve_params
+    from ml.classifier_params import resolve_params
 
     params, why = resolve_params(validate_params({"n_epochs": 2, "learning_rate": 0.003}),
                                  class_counts={"a": 3000, "b": 2900})
@@ -64,7 +64,7 @@ def test_given_values_are_kept_and_large_balanced_sets_get_few_epochs():
 
 
 def test_explicit_class_weights_keep_shuffled_batches():
-    from classifier.params import resolve_params
+    from ml.classifier_params import resolve_params
 
     params, _ = resolve_params(validate_params({"class_weighting": "balanced"}), class_counts={"a": 90, "b": 10})
     assert params.sampling == "shuffle" and params.class_weighting == "balanced"
