@@ -31,7 +31,7 @@ from catalog.models import BaseModel
 from core.errors import ApplicationError
 from datasets_app.models import DatasetVersion
 from datasets_app.services import dataset_version_get, dataset_version_split
-from ml.hparams import METHOD_ONLY, InvalidParams, TrainingParams, parse_params
+from ml.hparams import AUTO, METHOD_ONLY, InvalidParams, TrainingParams, parse_params
 from training.models import TrainingTask
 from training.services import training_task_create
 
@@ -358,6 +358,9 @@ def training_recipe_params(task: TrainingTask) -> dict[str, Any]:
             continue  # a parameter this task's method does not read (its resolved default is not a choice)
         value = resolved[key]
         if key == "max_steps" and value is None:
+            continue
+        if key == "bf16" and value == AUTO:
+            # decided by the probe of whichever worker runs it (left out, a recipe means the same: auto)
             continue
         out[key] = value
     return out

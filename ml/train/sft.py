@@ -472,12 +472,10 @@ class RecipeTrainer(AtomicCheckpoints, Trainer):
 
     # data ------------------------------------------------------------------------------------------------------
     def _get_train_sampler(self, train_dataset=None):
-        if self.flat:
-            # Flat rows have no padding to save, so no grouping: Trainer's own seeded shuffle (accelerate makes it
-            # a permutation of (seed, epoch), replayed on resume), the order TRL and LLaMA-Factory train in for the
-            # same seed and data. The held-out loss then equals theirs; any other shuffle moved it by up to 3 %
-            # on 160 examples (benchmarks/RESULTS.md: the order, not the arithmetic).
-            return super()._get_train_sampler(train_dataset)
+        # Flat rows have no padding to save, so no grouping (grouped=False): the permutation Trainer's own sampler
+        # draws for (seed, epoch), the order TRL and LLaMA-Factory train in for the same seed and data (any other
+        # shuffle moved the held-out loss by up to 3 % on 160 examples, benchmarks/RESULTS.md), replayed on resume
+        # and the same global batches on several ranks.
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         lengths = [len(it["input_ids"]) for it in dataset.items]
         # the global micro-batch: several ranks train the batches one process would (accelerate slices each one)

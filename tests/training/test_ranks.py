@@ -4,6 +4,7 @@ as one process, cancel / pause / kill -9 of one rank, and the parameters and est
 from __future__ import annotations
 
 import os
+import re
 import signal
 
 import psutil
@@ -20,7 +21,13 @@ from training import services
 from training.devices import detect_device
 from training.models import TrainingTask
 
-LONG = {"n_epochs": 1, "max_steps": 4000, "batch_size": 1, "save_steps": 5, "lora_r": 2, "num_processes": 2}
+# fp32 whatever the CPU: the curves of 1 and 2 processes are compared to float tolerance (bf16 rounds the two
+# batch splits differently)
+LONG = {"n_epochs": 1, "max_steps": 4000, "batch_size": 1, "save_steps": 5, "lora_r": 2, "num_processes": 2,
+        "bf16": False}
+# Long enough that the pause lands mid-run: a tiny model's steps take milliseconds, and the task's step reaches
+# the database at most once a second.
+PAUSED_RUN_STEPS = 300
 TINY_CONFIG = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
                "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 400, "tie_word_embeddings": True}
 
@@ -167,7 +174,7 @@ def test_two_processes_train_the_loss_curve_and_adapter_of_one_through_the_worke
 
     team, alice = team_user
     version = make_version(team, chat_records(15))  # 15 examples: the last global batch of 4 is short
-    same = {"n_epochs": 2, "lora_r": 2, "learning_rate": 1e-3, "gradient_accumulation_steps": 1}
+    same = {"n_epochs": 2, "lora_r": 2, "learning_rate": 1e-3, "gradient_accumulation_steps": 1, "bf16": False}
     two = services.training_task_create(user=alice, name="two", base_model=tiny_base_model, train_version=version,
                                         params={**same, "batch_size": 2, "num_processes": 2})
     worker.start()
@@ -216,7 +223,8 @@ def test_pause_stops_both_ranks_at_one_checkpoint_and_resume_continues(team_user
                                                                        worker):
     team, alice = team_user
     task = services.training_task_create(user=alice, name="pause-me", base_model=tiny_base_model,
-                                         train_version=make_version(team), params={**LONG, "max_steps": 40})
+                                         train_version=make_version(team),
+                                         params={**LONG, "max_steps": PAUSED_RUN_STEPS})
     worker.start()
     ranks = ranks_of(task)
     wait_for(lambda: TrainingTask.objects.get(pk=task.pk).step >= 5, timeout=240, message="a few steps")
@@ -230,7 +238,7 @@ def test_pause_stops_both_ranks_at_one_checkpoint_and_resume_continues(team_user
     wait_for(lambda: status_of(task) in {"succeeded", "failed"}, timeout=240, message="resumed run to finish")
     task.refresh_from_db()
     assert task.status == JobStatus.SUCCEEDED, task.error_message
-    assert task.step == 40 and task.attempts == 2
+    assert task.step == PAUSED_RUN_STEPS and task.attempts == 2
     steps = [d["step"] for d in task.events.filter(type="metrics").values_list("data", flat=True)]
     assert min(s for s in steps if s > paused_step) == paused_step + 1
     assert steps == sorted(steps) and len(steps) == len(set(steps))
@@ -255,4 +263,5 @@ def test_kill_9_of_one_rank_stops_the_group_and_recovers_from_the_checkpoint(tea
     assert task.recoveries == 1 and task.attempts == 2 and task.adapters.count() == 1
     recovery = task.events.get(message__startswith="Recovering")
     assert "from checkpoint step-" in recovery.message
-    assert "rank 1 of 2 was killed by signal 9" in recovery.message
+    # torchrun names the first rank it saw end: the killed one, or rank 0 aborting on its lost peer
+    assert re.search(r"rank [01] of 2 was killed by signal (9|6)", recovery.message), recovery.message

@@ -16,6 +16,9 @@ from training.models import TrainingTask
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 LONG = {"n_epochs": 1, "max_steps": 4000, "batch_size": 1, "save_steps": 5, "lora_r": 2}
+# Long enough that the pause lands mid-run: a tiny model's steps take milliseconds, and the task's step reaches
+# the database at most once a second.
+PAUSED_RUN_STEPS = 300
 
 
 @pytest.fixture
@@ -60,7 +63,7 @@ def test_cancel_stops_a_running_task_within_seconds(team_user, tiny_base_model, 
 
 def test_pause_then_resume_continues_the_step_count(team_user, tiny_base_model, make_version, worker):
     team, alice = team_user
-    params = {**LONG, "max_steps": 40}
+    params = {**LONG, "max_steps": PAUSED_RUN_STEPS}
     task = services.training_task_create(user=alice, name="pause-me", base_model=tiny_base_model,
                                          train_version=make_version(team), params=params)
     worker.start()
@@ -74,7 +77,7 @@ def test_pause_then_resume_continues_the_step_count(team_user, tiny_base_model, 
     wait_for(lambda: status_of(task) in {"succeeded", "failed"}, timeout=240, message="resumed run to finish")
     task.refresh_from_db()
     assert task.status == JobStatus.SUCCEEDED, task.error_message
-    assert task.step == 40 and task.attempts == 2
+    assert task.step == PAUSED_RUN_STEPS and task.attempts == 2
     steps = [d["step"] for d in task.events.filter(type="metrics").values_list("data", flat=True)]
     after = [s for s in steps if s > paused_step]
     assert after and min(after) == paused_step + 1  # the resumed run carries on, it does not restart
