@@ -74,10 +74,10 @@ from ml.train.sft import (  # noqa: E402
     RESUME_INVARIANTS,
     RunResult,
     RunSpec,
-    _logging_steps,
     add_lora,
     check_memory,
     stopped_before_training,
+    trainer_arguments,
 )
 
 logger = logging.getLogger(__name__)
@@ -442,35 +442,10 @@ def _run(spec: PreferenceSpec, hooks: Hooks) -> RunResult:
 
     has_valid = bool(valid_rows)
     common = dict(
-        output_dir=str(checkpoints_dir),
-        per_device_train_batch_size=params.batch_size,
-        per_device_eval_batch_size=max(params.batch_size, 1),
-        gradient_accumulation_steps=params.gradient_accumulation_steps,
-        num_train_epochs=params.n_epochs,
-        max_steps=params.max_steps or -1,
-        learning_rate=params.learning_rate,
-        lr_scheduler_type=params.lr_scheduler,
-        warmup_steps=params.warmup_ratio,
-        weight_decay=0.0,
-        max_grad_norm=1.0,
-        optim="paged_adamw_8bit" if device == "cuda" else "adamw_torch",
+        **trainer_arguments(params, spec, output_dir=checkpoints_dir, device=device, has_valid=has_valid),
         bf16=device == "cuda" and cdtype == torch.bfloat16,
         fp16=device == "cuda" and cdtype == torch.float16,
         gradient_checkpointing=device == "cuda",
-        use_cpu=device == "cpu",
-        logging_strategy="steps",
-        logging_steps=_logging_steps(params.total_steps, spec.logging_steps),
-        save_strategy="steps",
-        save_steps=params.save_steps,
-        save_total_limit=None,
-        eval_strategy="steps" if has_valid else "no",
-        eval_steps=params.eval_steps if has_valid else None,
-        seed=params.seed,
-        report_to="none",
-        disable_tqdm=True,
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        ddp_find_unused_parameters=False,
         max_length=params.max_seq_length,
     )
     # The reference never changes during a run (the base with the adapter disabled, or the frozen start adapter):

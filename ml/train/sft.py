@@ -811,6 +811,39 @@ def prepare_model(base: Path, params: ResolvedParams, device: str, hooks: Hooks,
     return model, plan
 
 
+def trainer_arguments(params: ResolvedParams, spec, *, output_dir: Path, device: str, has_valid: bool) -> dict:
+    """The TrainingArguments the SFT and preference recipes share: schedule, optimizer, logging, checkpoints and
+    evaluation by steps, from the resolved parameters (each recipe adds its precision and its own keys)."""
+    return dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=params.batch_size,
+        per_device_eval_batch_size=max(params.batch_size, 1),
+        gradient_accumulation_steps=params.gradient_accumulation_steps,
+        num_train_epochs=params.n_epochs,
+        max_steps=params.max_steps or -1,
+        learning_rate=params.learning_rate,
+        lr_scheduler_type=params.lr_scheduler,
+        warmup_steps=params.warmup_ratio,  # < 1: a ratio of the total steps
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        optim="paged_adamw_8bit" if device == "cuda" else "adamw_torch",
+        use_cpu=device == "cpu",
+        logging_strategy="steps",
+        logging_steps=_logging_steps(params.total_steps, spec.logging_steps),
+        save_strategy="steps",
+        save_steps=params.save_steps,
+        save_total_limit=None,
+        eval_strategy="steps" if has_valid else "no",
+        eval_steps=params.eval_steps if has_valid else None,
+        seed=params.seed,
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # LoRA: every adapter gets a gradient; required with checkpointing
+    )
+
+
 def build_trainer(spec: RunSpec, data: RunData, model, plan: dict, device: str, hooks: Hooks,
                   bridge: SFTBridge, *, group: Group, dtype: torch.dtype | None = None) -> RecipeTrainer:
     """The Trainer of the run: its arguments from the resolved parameters, the hooks bridged, tracking attached
@@ -827,35 +860,10 @@ def build_trainer(spec: RunSpec, data: RunData, model, plan: dict, device: str, 
 
     has_valid = data.valid_items is not None
     train_args = TrainingArguments(
-        output_dir=str(checkpoints_dir),
-        per_device_train_batch_size=params.batch_size,
-        per_device_eval_batch_size=max(params.batch_size, 1),
-        gradient_accumulation_steps=params.gradient_accumulation_steps,
-        num_train_epochs=params.n_epochs,
-        max_steps=params.max_steps or -1,
-        learning_rate=params.learning_rate,
-        lr_scheduler_type=params.lr_scheduler,
-        warmup_steps=params.warmup_ratio,  # < 1: a ratio of the total steps
-        weight_decay=0.0,
-        max_grad_norm=1.0,
-        optim="paged_adamw_8bit" if device == "cuda" else "adamw_torch",
+        **trainer_arguments(params, spec, output_dir=checkpoints_dir, device=device, has_valid=has_valid),
         bf16=cdtype == torch.bfloat16,  # autocast; on CPU too (the LoRA weights and optimizer stay fp32)
         fp16=cdtype == torch.float16,
-        use_cpu=device == "cpu",
-        logging_strategy="steps",
-        logging_steps=_logging_steps(params.total_steps, spec.logging_steps),
-        save_strategy="steps",
-        save_steps=params.save_steps,
-        save_total_limit=None,
-        eval_strategy="steps" if has_valid else "no",
-        eval_steps=params.eval_steps if has_valid else None,
-        seed=params.seed,
-        report_to="none",
-        disable_tqdm=True,
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding",
-        ddp_find_unused_parameters=False,  # LoRA: every adapter gets a gradient; required with checkpointing
         ddp_backend=backend_for(device) if group.distributed else None,
         **strategy_args,
     )
