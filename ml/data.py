@@ -40,6 +40,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -288,6 +289,42 @@ def _ids(tokenizer, text: str, *, special: bool, offsets: bool) -> tuple[list[in
     return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]] if offsets else []
 
 
+_LEADING_BOS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def leading_bos(tokenizer) -> int | None:
+    """The BOS id this tokenizer puts before every text by default (``add_special_tokens=True``), else None.
+
+    A chat template renders its own special tokens, so rendered conversations are tokenised without the
+    tokenizer's; but a template that does not write the BOS (every fallback template, and some models' own) would
+    then train and prompt a model like Gemma or Llama 2 without the BOS it always saw in pre-training, which
+    degrades it badly. ``rendered_ids`` adds it back; a model whose tokenizer adds none (SmolLM2, Qwen) is
+    unchanged. Cached per tokenizer object (two tokenisations of a letter; weakly, so a freed one is forgotten).
+    """
+    try:
+        return _LEADING_BOS[tokenizer]
+    except KeyError:
+        pass
+    bos = getattr(tokenizer, "bos_token_id", None)
+    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    adds = bos is not None and bool(with_special) and with_special[0] == bos and (not plain or plain[0] != bos)
+    _LEADING_BOS[tokenizer] = bos if adds else None
+    return _LEADING_BOS[tokenizer]
+
+
+def rendered_ids(tokenizer, text: str, *, offsets: bool = False) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids (and character offsets) of a template-rendered conversation: no special tokens but the
+    template's own, with the tokenizer's default BOS first when the template did not write it (``leading_bos``)."""
+    ids, spans = _ids(tokenizer, text, special=False, offsets=offsets)
+    bos = leading_bos(tokenizer)
+    if bos is not None and (not ids or ids[0] != bos):
+        ids.insert(0, bos)
+        if offsets:
+            spans.insert(0, (0, 0))
+    return ids, spans
+
+
 def encode_record(tokenizer, record: dict, *, loss_on: str = "assistant", template: str = "auto",
                   with_offsets: bool = False) -> Example:
     """Tokenise one record; labels are ``IGNORE_INDEX`` outside the trained tokens. ``loss_on="all"`` trains
@@ -323,7 +360,7 @@ def encode_record(tokenizer, record: dict, *, loss_on: str = "assistant", templa
         rendered = Rendered(text=full, trained_spans=[(0, len(full))], template=_template_name(tokenizer, template))
     else:
         rendered = render_record(tokenizer, record, template=template)
-    ids, offsets = _ids(tokenizer, rendered.text, special=False, offsets=True)
+    ids, offsets = rendered_ids(tokenizer, rendered.text, offsets=True)
     if loss_on == "all":
         labels = list(ids)
     else:
@@ -351,7 +388,7 @@ def count_tokens(tokenizer, record: dict, *, template: str = "auto") -> int:
     source = template_source(tokenizer, template)
     messages, tools = template_conversation(tokenizer, record, source)
     text = _render(tokenizer, messages, add_generation_prompt=False, tools=tools, template=source)
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return len(rendered_ids(tokenizer, text)[0])
 
 
 def prompt_ids(tokenizer, messages: list[dict], *, chat_template: str | None = None,
@@ -363,7 +400,7 @@ def prompt_ids(tokenizer, messages: list[dict], *, chat_template: str | None = N
     if tools or any("tool_calls" in m or m.get("role") == "tool" for m in messages):
         shown, tools = template_conversation(tokenizer, {"messages": messages, "tools": tools}, source)
     text = _render(tokenizer, shown, add_generation_prompt=True, tools=tools, template=source)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return rendered_ids(tokenizer, text)[0]
 
 
 def segments(example: Example) -> list[dict]:

@@ -49,7 +49,7 @@ import torch  # noqa: E402
 from datasets import Dataset as HFDataset  # noqa: E402
 from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer  # noqa: E402
 
-from ml.data import EncodeReport, assistant_spans, install_template, read_records  # noqa: E402
+from ml.data import EncodeReport, assistant_spans, install_template, read_records, rendered_ids  # noqa: E402
 from ml.errors import (  # noqa: E402
     DATASET_ERROR,
     INVALID_PARAMS,
@@ -162,10 +162,8 @@ def encode_answer(tokenizer, prompt: list[dict], answer: list[dict]) -> tuple[li
     messages = [dict(m, weight=0) if m["role"] == "assistant" else dict(m) for m in prompt] + \
         [dict(m) for m in answer]
     full, spans = assistant_spans(tokenizer, messages)
-    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-    ids = list(enc["input_ids"])
-    trained = [k for k, (a, b) in enumerate(enc["offset_mapping"])
-               if b > a and any(a < e and b > s for s, e in spans)]
+    ids, offsets = rendered_ids(tokenizer, full, offsets=True)
+    trained = [k for k, (a, b) in enumerate(offsets) if b > a and any(a < e and b > s for s, e in spans)]
     if not trained:
         raise TrainingError(DATASET_ERROR, "An answer rendered to no tokens.")
     return ids[:trained[0]], ids[trained[0]:trained[-1] + 1]
