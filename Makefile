@@ -86,10 +86,14 @@ worker: migrate
 	$(MANAGE) qcluster
 
 # The whole suite. DATABASE_URL=mysql://root@127.0.0.1:3306/lora_studio runs it on MySQL/MariaDB.
+# Two pytest processes (pytest-xdist): most slow tests wait on processes they started (workers, servers, ranks),
+# so two of them share two cores well; --dist loadscope keeps a module's tests (and its module fixtures) in one.
+# PYTEST_WORKERS=0 runs the suite in this process.
+PYTEST_WORKERS ?= 2
 test: install-test browser
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 test-mysql:
 	$(MAKE) --no-print-directory test DATABASE_URL=mysql://root@127.0.0.1:3306/lora_studio
