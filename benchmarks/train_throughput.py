@@ -569,6 +569,8 @@ def run_child(args: argparse.Namespace) -> None:
         result = child_trl(cfg, work, name, run)
     result["wall_s"] = round(time.monotonic() - T_START, 2)
     result["peak_rss_bytes"] = _peak_rss()
+    with open("/proc/self/maps") as maps:  # the allocator this child ran on (see spawn)
+        result["allocator"] = "jemalloc" if "libjemalloc" in maps.read() else "system"
     Path(args.out).write_text(json.dumps(result))
 
 
@@ -649,7 +651,7 @@ def compare_ids(ours: list, theirs_path: Path) -> dict:
 
 
 def spawn(name: str, config_path: Path, work: Path, timeout: float, adapters: dict | None = None, *,
-          run: str | None = None, python: Path | None = None) -> dict:
+          run: str | None = None, python: Path | None = None, allocator_for_all: bool = False) -> dict:
     """One child: ``name`` is the contender, ``run`` its run's name (the contender at one seed)."""
     run = run or name
     out = work / f"{run}.result.json"
@@ -659,6 +661,14 @@ def spawn(name: str, config_path: Path, work: Path, timeout: float, adapters: di
     if adapters is not None:
         cmd += ["--adapters", json.dumps(adapters)]
     env = dict(os.environ, **CHILD_ENV)
+    if name.startswith("recipe") or allocator_for_all:
+        # the malloc the worker gives its training children (jobs/runtime.py, JOB_CHILD_ALLOCATOR): the recipe
+        # runs as users run it; --allocator-for-all gives the peers the same (what the allocator alone does)
+        from ml.probe import allocator_library
+
+        library = allocator_library(os.environ.get("JOB_CHILD_ALLOCATOR", "jemalloc"))
+        if library:
+            env["LD_PRELOAD"] = ":".join(p for p in (library, env.get("LD_PRELOAD")) if p)
     log_path = work / f"{run}.log"
     t0 = time.monotonic()
     with log_path.open("w") as log:
@@ -813,6 +823,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--defaults-steps", type=int, default=2, help="steps of the trl-defaults run (default 2)")
     ap.add_argument("--defaults-cap", type=float, default=300, help="seconds allowed to trl-defaults (default 300)")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds allowed to each other child")
+    ap.add_argument("--allocator-for-all", action="store_true",
+                    help="run the peers on the malloc the worker gives the recipe's children too (jemalloc when "
+                         "the host has it; JOB_CHILD_ALLOCATOR), not only the recipe")
     ap.add_argument("--json", type=Path, help="write the result here")
     ap.add_argument("--window-cost", type=int, metavar="W",
                     help="only measure what exact sliding-window attention costs, with a W-token window (see "
@@ -928,7 +941,7 @@ def _run(args, size: dict, contenders: list[str], model_dir: Path, work: Path) -
             cap = args.defaults_cap if name == "trl-defaults" else args.timeout
             print(f"running {run} ...", flush=True)
             python = lf_python if name in LLAMAFACTORY_CONTENDERS else None
-            r = spawn(name, config_path, work, cap, run=run, python=python)
+            r = spawn(name, config_path, work, cap, run=run, python=python, allocator_for_all=args.allocator_for_all)
             r["contender"], r["train_seed"] = name, seed
             r["tokens_per_s"] = r["train_tokens"] / r["train_s"] if r.get("train_s") else 0.0
             r["tokens_per_cpu_s"] = r["train_tokens"] / r["cpu_s"] if r.get("cpu_s") else None
@@ -951,7 +964,8 @@ def _run(args, size: dict, contenders: list[str], model_dir: Path, work: Path) -
                 print(f"  attention: {r['attention']['path']} ({r['attention']['reason']})", flush=True)
             print(f"  {run}: {r['tokens_per_s']:.1f} tokens/s, {r['train_s']:.1f} s training "
                   f"({r.get('cpu_s') or 0:.0f} CPU s), {r['wall_s']:.1f} s wall, "
-                  f"peak RSS {fmt_bytes(r['peak_rss_bytes'])}" + ("  [capped]" if r.get("capped") else ""), flush=True)
+                  f"peak RSS {fmt_bytes(r['peak_rss_bytes'])} ({r.get('allocator', '?')} malloc)"
+                  + ("  [capped]" if r.get("capped") else ""), flush=True)
 
     adapters = {n: r["adapter"] for n, r in results.items() if r.get("adapter")}
     print("evaluating held-out loss ...", flush=True)

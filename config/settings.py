@@ -200,6 +200,9 @@ TRAINING_MEMORY_LIMIT_BYTES = env_int("TRAINING_MEMORY_LIMIT_BYTES", 0, minimum=
 TENSORBOARD_URL = env_str("TENSORBOARD_URL", "").rstrip("/")
 JOB_STALE_SECONDS = env_int("JOB_STALE_SECONDS", 90, minimum=10)
 JOB_MAX_RECOVERIES = env_int("JOB_MAX_RECOVERIES", 2, minimum=0)
+# The malloc a job's child runs on: "jemalloc" (preloaded when the host has it: Debian's libjemalloc2, which
+# `make install` installs; less memory and faster CPU training than glibc's), "system", or a library's path.
+JOB_CHILD_ALLOCATOR = env_str("JOB_CHILD_ALLOCATOR", "jemalloc")
 # How long a job's child keeps retrying its database writes while the database restarts.
 JOB_DB_RETRY_SECONDS = env_int("JOB_DB_RETRY_SECONDS", 300, minimum=0)
 

@@ -48,6 +48,7 @@ from jobs.scheduling import (
     worker_register,
 )
 from jobs.signals import job_finished
+from ml.probe import allocator_library
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +238,16 @@ def child_command(job: Job, token: str, processes: int) -> list[str]:
             "--max-restarts=0", *args]
 
 
+def child_allocator_env(env: dict[str, str]) -> dict[str, str]:
+    """``LD_PRELOAD`` with the allocator of ``JOB_CHILD_ALLOCATOR`` put first (``ml.probe.allocator_library``
+    says why); nothing when it is the system's or not on this host. torchrun's ranks inherit it."""
+    library = allocator_library(settings.JOB_CHILD_ALLOCATOR)
+    if library is None:
+        return {}
+    others = [p for p in env.get("LD_PRELOAD", "").split(":") if p and p != library]
+    return {"LD_PRELOAD": ":".join([library, *others])}
+
+
 def spawn_child(job: Job, token: str, processes: int = 1) -> subprocess.Popen:
     folder = run_dir(job)
     folder.mkdir(parents=True, exist_ok=True)
@@ -246,6 +257,7 @@ def spawn_child(job: Job, token: str, processes: int = 1) -> subprocess.Popen:
     # when another process shares the cores (measured on 2 cores: 93 vs 36 tokens/s with one core busy).
     # Ranks share the host's cores (torchrun would give each one thread).
     env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "PYTHONUNBUFFERED": "1"}
+    env.update(child_allocator_env(env))
     if processes > 1:
         env.setdefault("OMP_NUM_THREADS", str(max(1, _cpu_count() // processes)))
     logfile = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below

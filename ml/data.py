@@ -521,6 +521,21 @@ def pack_items(examples: list[Example], max_len: int, seed: int = 0) -> list[dic
     return rows
 
 
+def token_chunks(items: list[dict], max_tokens: int) -> list[list[dict]]:
+    """``items`` cut, in order, into runs of at most ``max_tokens`` tokens (an item longer than that alone)."""
+    chunks: list[list[dict]] = []
+    size = 0
+    for it in items:
+        n = len(it["input_ids"])
+        if chunks and size + n <= max_tokens:
+            chunks[-1].append(it)
+            size += n
+        else:
+            chunks.append([it])
+            size = n
+    return chunks
+
+
 class Collator:
     """Pads a batch to its own longest row (never to max_seq_length), or, with ``flat``, pads nothing at all.
 
@@ -531,12 +546,17 @@ class Collator:
     the Trainer counts non-padding tokens (the pad id may be a real token, e.g. SmolLM2's ``<|im_end|>``).
     """
 
-    def __init__(self, pad_token_id: int | None, *, flat: bool = False):
+    def __init__(self, pad_token_id: int | None, *, flat: bool = False, max_tokens: int = 0):
         self.pad_token_id = 0 if pad_token_id is None else int(pad_token_id)
         self.flat = flat
+        self.max_tokens = max_tokens if flat else 0
 
     def __call__(self, items: list[dict]) -> dict:
         if self.flat:
+            if self.max_tokens and sum(len(it["input_ids"]) for it in items) > self.max_tokens and len(items) > 1:
+                # {"chunks": [...]}: flat rows of whole examples, in order, each within max_tokens (an example
+                # longer than that is a chunk of its own); the trainer runs them one after another (same step)
+                return {"chunks": [self._flat(part) for part in token_chunks(items, self.max_tokens)]}
             return self._flat(items)
         import torch  # only when a batch is built: importing this module loads no torch
 

@@ -92,6 +92,9 @@ class TrainingParams(BaseModel):
     # several processes per task (torchrun): "auto" = every GPU of the worker's host; gloo ranks on CPU
     num_processes: Annotated[int, Field(ge=1, le=MAX_PROCESSES)] | Auto = 1
     strategy: Literal["ddp", "fsdp"] = "ddp"
+    # the most tokens one forward/backward pass holds activations for: a batch with more is run in chunks of whole
+    # examples whose gradients add up to the batch's (the same step, less memory); 0: the batch in one pass
+    micro_batch_tokens: Annotated[int, Field(ge=0, le=10_000_000)] | Auto = AUTO
 
     @field_validator("target_modules")
     @classmethod
@@ -215,6 +218,7 @@ class ResolvedParams:
     # share the model: ddp (a full copy each) or fsdp (parameters, gradients and optimizer state sharded)
     num_processes: int = 1
     strategy: str = "ddp"
+    micro_batch_tokens: int = 0
 
     @property
     def effective_batch_size(self) -> int:
@@ -244,6 +248,12 @@ SMALL_SET_LR = 1e-3
 LARGE_SET = 2000  # examples from which the tutorial defaults apply
 SMALL_SET = 50  # examples up to which the small-set values apply in full
 HUGE_SET_EXAMPLES = 60000  # epochs shrink so a run sees about this many examples when sets are huge
+
+
+# "auto" micro_batch_tokens on CPU: on SmolLM2-135M with bf16, batches of 8 chat examples (up to ~3,500 tokens)
+# peaked at 3.8 GiB in one pass; a pass over ~1,500 tokens keeps the matmuls as large as the cores need
+# (benchmarks/RESULTS.md, "Memory").
+CPU_MICRO_BATCH_TOKENS = 1536
 
 
 def _small_set_factor(n: int) -> float:
@@ -295,6 +305,9 @@ def resolve_params(
                                 "CPU: one process uses every core (set a number to run several gloo ranks)")
     else:
         world = p.num_processes
+    if p.micro_batch_tokens not in (AUTO, 0) and world > 1:
+        raise InvalidParams("micro_batch_tokens: chunked batches run in one process; leave it auto (or 0) with "
+                            "several processes", "micro_batch_tokens")
     if p.strategy == "fsdp" and world == 1:
         raise InvalidParams("strategy: fsdp shards the model over several processes; set num_processes to 2 or more",
                             "strategy")
@@ -472,6 +485,19 @@ def resolve_params(
                        "CPU: decided when the run starts, by a probe of the worker's CPU (native bf16 and a timed "
                        "matmul, bf16 against fp32)")
 
+    if p.micro_batch_tokens != AUTO:
+        micro_batch_tokens = int(p.micro_batch_tokens)
+    elif device == "cpu" and method == "sft" and world == 1:
+        micro_batch_tokens = CPU_MICRO_BATCH_TOKENS
+        why["micro_batch_tokens"] = (f"CPU: batches of more than {CPU_MICRO_BATCH_TOKENS} tokens run in chunks of "
+                                     "whole examples (the same gradients, a fraction of the activation memory, at "
+                                     "the same speed on this path)")
+    else:
+        micro_batch_tokens = 0
+        why["micro_batch_tokens"] = ("every batch in one pass (" + (
+            "CUDA: gradient checkpointing keeps the activations small" if device == "cuda" else
+            f"method {method}" if method != "sft" else "several processes") + ")")
+
     beta = DEFAULT_BETA
     loss_type = ""
     desirable_weight = undesirable_weight = 1.0
@@ -510,6 +536,7 @@ def resolve_params(
         total_steps=total_steps, learning_rate_multiplier=multiplier, auto=why, method=method, beta=beta,
         loss_type=loss_type, label_smoothing=float(p.label_smoothing), desirable_weight=desirable_weight,
         undesirable_weight=undesirable_weight, num_processes=world, strategy=p.strategy,
+        micro_batch_tokens=micro_batch_tokens,
     )
 
 
@@ -536,6 +563,7 @@ class MemoryEstimate:
     available_bytes: int | None = None  # the memory it was checked against
     num_processes: int = 1
     per_process_bytes: int = 0  # what each rank needs: on CPU the ranks share the host's memory (total = sum)
+    sequences_per_pass: int = 0  # fewer than sequences_per_batch: the batch runs in chunks (micro_batch_tokens)
 
     def fits(self, available_bytes: int) -> bool:
         return self.total_bytes <= available_bytes
@@ -547,8 +575,11 @@ class MemoryEstimate:
         ranks = ""
         if self.num_processes > 1:
             ranks = f" x {self.num_processes} processes" + (", per GPU" if self.device == "cuda" else "")
+        passes = f", run {self.sequences_per_pass} at a time" \
+            if 0 < self.sequences_per_pass < self.sequences_per_batch else ""
         return (f"{self.total_bytes / GiB:.2f} GiB for {self.sequences_per_batch} sequences x "
-                f"{self.tokens_per_sequence} tokens per micro-batch (batch {self.batch_size}{ranks}{accumulation})")
+                f"{self.tokens_per_sequence} tokens per micro-batch{passes} (batch {self.batch_size}{ranks}"
+                f"{accumulation})")
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -705,11 +736,16 @@ def estimate_run_memory(params: ResolvedParams, *, config: dict, parameter_count
     service checks it at creation and the child again on the tokenised data, so both compute it alike."""
     sequences = params.batch_size * (2 if params.method in PREFERENCE_METHODS else 1)
     tokens = min(int(tokens_per_sequence or params.max_seq_length), params.max_seq_length)
+    per_pass = sequences
+    if params.micro_batch_tokens and device == "cpu":
+        # a pass holds whole examples up to the budget (at least one)
+        per_pass = min(sequences, max(1, params.micro_batch_tokens // max(tokens, 1)))
     estimate = estimate_memory(config=config, parameter_count=parameter_count or None,
-                               quantization=params.quantization, batch_size=sequences, max_seq_length=tokens,
+                               quantization=params.quantization, batch_size=per_pass, max_seq_length=tokens,
                                device=device, lora_r=params.lora_r, target_modules=params.target_modules,
                                num_processes=params.num_processes, strategy=params.strategy)
     estimate.sequences_per_batch = sequences
+    estimate.sequences_per_pass = per_pass
     estimate.tokens_per_sequence = tokens
     estimate.batch_size = params.batch_size
     estimate.gradient_accumulation_steps = params.gradient_accumulation_steps

@@ -38,6 +38,7 @@ own masks. The chosen path and why is in the run's summary (``device.attention``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -56,6 +57,7 @@ from typing import Any, Literal
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
+from peft.tuners.tuners_utils import BaseTunerLayer  # noqa: E402
 from transformers import Trainer, TrainingArguments  # noqa: E402
 
 from ml.data import (
@@ -233,6 +235,65 @@ def head_logits(lm, hidden: torch.Tensor) -> torch.Tensor:
     if cap:
         logits = torch.tanh(logits / cap) * cap
     return logits
+
+
+# Target positions per chunk of the fused head loss: a chunk's logits are chunk x vocabulary floats (256 x 49,152 x
+# 4 bytes = 50 MB for SmolLM2), instead of every target's logits, their fp32 copy, softmax and gradient at once.
+HEAD_CHUNK = 256
+
+
+class _FusedHeadLoss(torch.autograd.Function):
+    """Cross-entropy sum of a frozen LM head over target hidden states, computing its gradient in the forward pass
+    chunk by chunk, so that no logits outlive their chunk (the way Liger's fused linear cross-entropy does; written
+    here because the head is frozen under LoRA, soft-capping must be honoured and the token accuracy comes out
+    of the same pass). Exact: the same matmul in the head's dtype, softmax in fp32, as autograd would compute it.
+    Returns (loss sum, correct argmax count); backward scales the stored input gradient by the loss's gradient."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, cap):
+        grad = torch.empty_like(hidden) if hidden.requires_grad else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        correct = torch.zeros((), dtype=torch.long, device=hidden.device)
+        for start in range(0, hidden.shape[0], HEAD_CHUNK):
+            h = hidden[start:start + HEAD_CHUNK]
+            y = labels[start:start + HEAD_CHUNK]
+            raw = torch.nn.functional.linear(h, weight, bias).float()
+            logits = torch.tanh(raw / cap) * cap if cap else raw
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
+            correct += (logits.argmax(dim=-1) == y).sum()
+            if grad is not None:
+                d = torch.exp(logits - lse[:, None])  # softmax
+                d[torch.arange(y.numel(), device=y.device), y] -= 1.0
+                if cap:
+                    d *= 1.0 - (logits / cap) ** 2  # d tanh(x / cap) * cap / dx
+                grad[start:start + HEAD_CHUNK] = (d.to(weight.dtype) @ weight).to(hidden.dtype)
+        ctx.save_for_backward(grad)
+        ctx.mark_non_differentiable(correct)
+        return total, correct
+
+    @staticmethod
+    def backward(ctx, grad_total, _grad_correct):
+        (grad,) = ctx.saved_tensors
+        return (None if grad is None else grad * grad_total.to(grad.dtype)), None, None, None, None
+
+
+def fused_head_loss(lm, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(loss sum, correct count) of the LM head over ``hidden`` (target positions) by ``_FusedHeadLoss``, when the
+    head is a plain frozen linear layer (LoRA's default); ``None`` otherwise (the caller takes ``head_logits``)."""
+    head = lm.get_output_embeddings()
+    if type(head) is not torch.nn.Linear or head.weight.requires_grad or \
+            (head.bias is not None and head.bias.requires_grad):
+        return None
+    weight, bias = head.weight, head.bias
+    if torch.is_autocast_enabled(hidden.device.type):
+        # what autocast would hand the matmul: both operands in the autocast dtype
+        dtype = torch.get_autocast_dtype(hidden.device.type)
+        weight, hidden = weight.to(dtype), hidden.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+    with torch.autocast(hidden.device.type, enabled=False):
+        return _FusedHeadLoss.apply(hidden, weight, bias, labels,
+                                    getattr(lm.config, "final_logit_softcapping", None) or 0.0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -436,15 +497,18 @@ def token_loss_sums(model, batch: dict, *, direct: bool, packed: bool):
     shift_labels = batch["shift_labels"]
     target = shift_labels != IGNORE_INDEX
     kwargs = forward_kwargs(batch, packed=packed)
+    labels = shift_labels[target]
     if direct:
         lm = _causal_lm(model)
-        hidden = lm.get_decoder()(input_ids=input_ids, **kwargs)[0]
-        logits = head_logits(lm, hidden[target])
+        hidden = lm.get_decoder()(input_ids=input_ids, **kwargs)[0][target]
+        fused = fused_head_loss(lm, hidden, labels)
+        if fused is not None:
+            return fused[0], labels.numel(), fused[1]
+        logits = head_logits(lm, hidden)
     else:
         keep = target.any(dim=0).nonzero().squeeze(-1)
         out = model(input_ids=input_ids, logits_to_keep=keep, **kwargs)
         logits = out.logits[target[:, keep]]
-    labels = shift_labels[target]
     logits = logits.float()
     loss_sum = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
     correct = (logits.detach().argmax(dim=-1) == labels).sum()
@@ -453,6 +517,11 @@ def token_loss_sums(model, batch: dict, *, direct: bool, packed: bool):
 
 # ---------------------------------------------------------------------------------------------------------------
 # Trainer
+
+
+def _passes(batch: dict) -> list[dict]:
+    """The forward/backward passes of a collated batch: its chunks (``Collator(max_tokens=...)``), or itself."""
+    return batch["chunks"] if "chunks" in batch else [batch]
 
 
 class RecipeTrainer(AtomicCheckpoints, Trainer):
@@ -467,6 +536,12 @@ class RecipeTrainer(AtomicCheckpoints, Trainer):
         # validation runs without gradients: past DDP's wrapper is fine, past FSDP's (sharded weights) it is not
         self.eval_direct_head: bool = recipe["direct_head"] and not self.is_fsdp_enabled
         self.loss_is_scaled_for_ga = True  # compute_loss divides by the tokens of the whole accumulated batch
+        # Under autocast PEFT would cast each LoRA layer's input to its fp32 weights, only for autocast to cast it
+        # back to the compute dtype: a bf16 copy per adapted layer kept for the backward pass (q, k and v each
+        # their own). Without that cast the adapter's matmul saves the very tensor the base layer saved: the same
+        # arithmetic, 16 % faster and 0.3 GiB less at batch 8 on SmolLM2 (benchmarks/RESULTS.md, "Memory").
+        self._uncast = [m for m in self.model.modules() if isinstance(m, BaseTunerLayer)] \
+            if self.args.bf16 or self.args.fp16 else []
         self._acc_correct = 0.0
         self._acc_count = 0.0
 
@@ -484,15 +559,42 @@ class RecipeTrainer(AtomicCheckpoints, Trainer):
                                     grouped=not self.flat, ranks=world)
 
     def _get_num_items_in_batch(self, batch_samples, device):
-        count = sum(int((b["shift_labels"] != IGNORE_INDEX).sum()) for b in batch_samples)
+        count = sum(int((part["shift_labels"] != IGNORE_INDEX).sum()) for b in batch_samples for part in _passes(b))
         num = torch.tensor(count, device=device)
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             num = self.accelerator.gather(num).sum()
         return num
 
+    def _track_num_input_tokens(self, inputs):
+        for part in _passes(inputs):
+            super()._track_num_input_tokens(part)
+
     # loss ------------------------------------------------------------------------------------------------------
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        # A batch of more than micro_batch_tokens tokens arrives as chunks of whole examples (Collator): one
+        # forward and backward pass each, every loss divided by the whole batch's target tokens, so the gradients
+        # add up to the batch's exactly as one pass would give them (float summation order aside) while only one
+        # chunk's activations are alive at a time. One process only (a rank's backward would all-reduce per chunk).
+        parts = _passes(inputs)
+        total = super().training_step(model, parts[0], num_items_in_batch)
+        for part in parts[1:]:
+            total = total + super().training_step(model, part, num_items_in_batch)
+        return total
+
+    @contextlib.contextmanager
+    def _autocast(self):
+        """The accelerator's autocast, with PEFT's input casting off for its duration (see ``__init__``)."""
+        for layer in self._uncast:
+            layer.cast_input_dtype_enabled = False
+        try:
+            with self.accelerator.autocast():
+                yield
+        finally:
+            for layer in self._uncast:
+                layer.cast_input_dtype_enabled = True
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        with self.accelerator.autocast():
+        with self._autocast():
             loss_sum, n, correct = token_loss_sums(model, inputs, direct=self.direct_head, packed=self.packed)
         denom = num_items_in_batch if num_items_in_batch is not None else max(n, 1)
         loss = loss_sum / denom
@@ -527,12 +629,13 @@ class RecipeTrainer(AtomicCheckpoints, Trainer):
         count = 0
         with torch.no_grad():
             for idx in eval_batches(lengths, self.args.per_device_eval_batch_size):
-                batch = self._prepare_inputs(self.data_collator([dataset.items[i] for i in idx]))
-                with self.accelerator.autocast():
-                    s, n, c = token_loss_sums(model, batch, direct=self.eval_direct_head, packed=self.packed)
-                total += s.double().cpu()
-                correct += float(c)
-                count += n
+                for batch in _passes(self.data_collator([dataset.items[i] for i in idx])):
+                    batch = self._prepare_inputs(batch)
+                    with self._autocast():
+                        s, n, c = token_loss_sums(model, batch, direct=self.eval_direct_head, packed=self.packed)
+                    total += s.double().cpu()
+                    correct += float(c)
+                    count += n
         if was_training:
             model.train()
         metrics = {f"{metric_key_prefix}_loss": float(total / max(count, 1)),
@@ -879,7 +982,8 @@ def build_trainer(spec: RunSpec, data: RunData, model, plan: dict, device: str, 
         model=model, args=train_args,
         train_dataset=ListDataset(data.train_items, pad=pad_item(tokenizer.pad_token_id, packed=params.packing)),
         eval_dataset=ListDataset(data.valid_items) if has_valid else None, processing_class=tokenizer,
-        data_collator=Collator(tokenizer.pad_token_id, flat=flat), recipe=recipe,
+        data_collator=Collator(tokenizer.pad_token_id, flat=flat,
+                               max_tokens=params.micro_batch_tokens if not group.distributed else 0), recipe=recipe,
         # rank 0 alone writes the run's TensorBoard and MLflow records
         callbacks=[bridge, *(tracking_callbacks(run_dir, params, spec.summary_extra) if group.is_main else [])],
     )

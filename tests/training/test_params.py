@@ -78,9 +78,10 @@ def test_explicit_values_are_kept():
         {"n_epochs": 2, "batch_size": 3, "gradient_accumulation_steps": 5, "learning_rate": 1e-4, "lora_r": 8,
          "lora_alpha": 8, "lora_dropout": 0.1, "quantization": "nf4", "max_seq_length": 256, "packing": True,
          "target_modules": ["q_proj", "v_proj"], "lr_scheduler": "linear", "warmup_ratio": 0.0, "save_steps": 7,
-         "eval_steps": 9, "template": "alpaca_zh", "bf16": True},
+         "eval_steps": 9, "template": "alpaca_zh", "bf16": True, "micro_batch_tokens": 0},
         n_examples=100, device="cpu",
     )
+    assert resolved.micro_batch_tokens == 0
     assert (resolved.n_epochs, resolved.batch_size, resolved.gradient_accumulation_steps) == (2, 3, 5)
     assert (resolved.learning_rate, resolved.lora_r, resolved.lora_alpha, resolved.lora_dropout) == (1e-4, 8, 8, 0.1)
     assert resolved.quantization == "nf4" and resolved.max_seq_length == 256 and resolved.packing is True
