@@ -251,8 +251,8 @@ HUGE_SET_EXAMPLES = 60000  # epochs shrink so a run sees about this many example
 
 
 # "auto" micro_batch_tokens on CPU: on SmolLM2-135M with bf16, batches of 8 chat examples (up to ~3,500 tokens)
-# peaked at 3.8 GiB in one pass; a pass over ~1,500 tokens keeps the matmuls as large as the cores need
-# (benchmarks/RESULTS.md, "Memory").
+# peaked at 3.8 GiB in one pass at 465 tokens/s, at 3.1 GiB in passes of 1,536 tokens at 416 tokens/s; smaller
+# passes cost more speed than they save memory (1,024: 2.8 GiB, 361 tokens/s; benchmarks/RESULTS.md, "Memory").
 CPU_MICRO_BATCH_TOKENS = 1536
 
 
@@ -490,8 +490,8 @@ def resolve_params(
     elif device == "cpu" and method == "sft" and world == 1:
         micro_batch_tokens = CPU_MICRO_BATCH_TOKENS
         why["micro_batch_tokens"] = (f"CPU: batches of more than {CPU_MICRO_BATCH_TOKENS} tokens run in chunks of "
-                                     "whole examples (the same gradients, a fraction of the activation memory, at "
-                                     "the same speed on this path)")
+                                     "whole examples (the same gradients; about a fifth less peak memory for a "
+                                     "tenth of the speed; 0 runs each batch in one pass)")
     else:
         micro_batch_tokens = 0
         why["micro_batch_tokens"] = ("every batch in one pass (" + (
