@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -185,7 +185,8 @@ class AtomicCheckpoints:
                 best = checkpoints_dir / f"step-{self.state.best_global_step}"
                 self.state.best_model_checkpoint = str(best)
                 self.state.save_to_json(str(staged / ckpt.TRAINER_STATE))
-            ckpt.publish(staged, final, step=step, params=self.recipe["params"], data=self.recipe["data_fingerprint"])
+            ckpt.publish(staged, final, step=step, params=self.recipe["params"], data=self.recipe["data_fingerprint"],
+                         precision=self.recipe.get("precision"))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         ckpt.rotate_checkpoints(Path(self.recipe["run_dir"]), self.recipe["keep_checkpoints"],
@@ -233,6 +234,17 @@ def check_resume(resume: Path, params, fingerprint: str, invariants: Iterable[st
                             f"parameters ({', '.join(changed)}); resuming would not continue the same run.")
     if manifest.get("data", {}).get("fingerprint") not in (None, fingerprint):
         raise TrainingError(CHECKPOINT_INVALID, f"The checkpoint {resume.name} was trained on different data.")
+
+
+def resumed_precision(resume: Path | None, plan: Callable[[], dict]) -> dict:
+    """The compute precision of a run: ``plan()`` (the probe, for ``bf16: auto``), or on resume the one the
+    checkpoint was trained in — a probe timed under other load could choose the other dtype, and the resumed run
+    would not continue the same computation."""
+    if resume is not None:
+        saved = json.loads((resume / ckpt.MANIFEST).read_text(encoding="utf-8")).get("precision")
+        if saved:
+            return {**saved, "reason": f"as the run it resumes: {saved.get('reason', '')}"}
+    return plan()
 
 
 @dataclass

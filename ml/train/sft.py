@@ -102,6 +102,7 @@ from ml.train.common import (
     check_resume,
     check_resume_folder,
     renamed,
+    resumed_precision,
     stop_before_training,
 )
 from ml.train.distributed import (
@@ -763,7 +764,8 @@ def _run(spec: RunSpec, hooks: Hooks) -> RunResult:
     if stopped is not None:
         return stopped
     check_memory(spec.memory_check, params, device, max(len(item["input_ids"]) for item in data.train_items), hooks)
-    precision = precision_plan(device, params.bf16, model_config=json.loads((base / "config.json").read_text()))
+    precision = resumed_precision(resume, lambda: precision_plan(
+        device, params.bf16, model_config=json.loads((base / "config.json").read_text())))
     _message(hooks, "info", f"Compute dtype: {precision['dtype']} ({precision['reason']}).", {"precision": precision})
     cdtype = getattr(torch, precision["dtype"])
     model, plan = prepare_model(base, params, device, hooks, dtype=cdtype)
@@ -774,7 +776,8 @@ def _run(spec: RunSpec, hooks: Hooks) -> RunResult:
                  f"{', '.join(world['devices'])}; global batch {params.effective_batch_size} = {params.batch_size} "
                  f"per process x {group.world_size} x {params.gradient_accumulation_steps} accumulated.", world)
     bridge = SFTBridge(hooks)
-    trainer = build_trainer(spec, data, model, plan, device, hooks, bridge, group=group, dtype=cdtype)
+    trainer = build_trainer(spec, data, model, plan, device, hooks, bridge, group=group, dtype=cdtype,
+                            precision=precision)
     if resume is not None:
         _message(hooks, "info", f"Resuming from {resume.name}.")
     t0 = time.monotonic()
@@ -948,7 +951,8 @@ def trainer_arguments(params: ResolvedParams, spec, *, output_dir: Path, device:
 
 
 def build_trainer(spec: RunSpec, data: RunData, model, plan: dict, device: str, hooks: Hooks,
-                  bridge: SFTBridge, *, group: Group, dtype: torch.dtype | None = None) -> RecipeTrainer:
+                  bridge: SFTBridge, *, group: Group, dtype: torch.dtype | None = None,
+                  precision: dict | None = None) -> RecipeTrainer:
     """The Trainer of the run: its arguments from the resolved parameters, the hooks bridged, tracking attached
     (by rank 0 alone), the ranks' strategy."""
     params = data.params
@@ -975,7 +979,7 @@ def build_trainer(spec: RunSpec, data: RunData, model, plan: dict, device: str, 
         "packed": params.packing, "direct_head": uses_direct_head(model), "flat": flat,
         "checkpoints_dir": str(checkpoints_dir),
         "run_dir": str(run_dir), "keep_checkpoints": spec.keep_checkpoints, "params": params.to_dict(),
-        "data_fingerprint": data.fingerprint, "on_checkpoint": on_checkpoint,
+        "data_fingerprint": data.fingerprint, "on_checkpoint": on_checkpoint, "precision": precision,
     }
     tokenizer = data.tokenizer
     return RecipeTrainer(

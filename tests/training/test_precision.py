@@ -66,3 +66,26 @@ def test_a_run_computes_in_the_chosen_dtype_and_records_why(tiny_base, tmp_path,
 
     weights = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
     assert {t.dtype for t in weights.values()} == {torch.float32}
+
+
+def test_a_resumed_run_keeps_the_precision_it_was_trained_in(tiny_base, tmp_path, monkeypatch):
+    """The probe, timed under other load, may choose otherwise on resume; the run continues in its own dtype."""
+    from ml.train import sft
+
+    answers = iter([{"dtype": "bfloat16", "setting": "auto", "reason": "CPU probe: bf16 (faked)"},
+                    {"dtype": "float32", "setting": "auto", "reason": "CPU probe: fp32 (faked)"}])
+    monkeypatch.setattr(sft, "precision_plan", lambda *a, **kw: next(answers))
+    params = dict(FAST, max_steps=4, save_steps=100)
+
+    def spec(**kw):
+        return RunSpec(base_model_path=tiny_base, train=chat_records(16), params=params, run_dir=tmp_path / "run",
+                       adapter_dir=tmp_path / "run" / "adapter", device="cpu", **kw)
+
+    paused = run_training(spec(), RecordingHooks(stop_at=(2, "pause")))
+    assert paused.status == "paused"
+    hooks = RecordingHooks()
+    resumed = run_training(spec(resume_from=paused.checkpoint), hooks)
+    assert resumed.status == "succeeded"
+    assert resumed.device_info["compute_dtype"] == "bfloat16"
+    assert any("as the run it resumes: CPU probe: bf16 (faked)" in message for _level, message in hooks.messages)
+    assert next(answers, None) is not None  # the probe was not asked again on resume
