@@ -80,16 +80,22 @@ def cpu_bf16_flags() -> list[str]:
     return [label for flag, label in NATIVE_BF16_FLAGS.items() if flag in flags]
 
 
-def _best_matmul_s(a, b, seconds: float) -> float:
+def _best_matmul_s(pairs: list[tuple[Any, Any]], seconds: float) -> list[float]:
+    """The best time of each ``a @ b``, the products taken in turn for ``seconds`` in all: another process
+    taking the cores then slows all of them alike (timed one after the other, a busy spell during one of them
+    once made bf16 look 2.25x slower than fp32 on a CPU where it is 6x faster)."""
     import time
 
-    for _ in range(2):
-        a @ b
-    best, end = float("inf"), time.perf_counter() + seconds
+    for a, b in pairs:
+        for _ in range(2):
+            a @ b
+    best = [float("inf")] * len(pairs)
+    end = time.perf_counter() + seconds
     while time.perf_counter() < end:
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
+        for k, (a, b) in enumerate(pairs):
+            t = time.perf_counter()
+            a @ b
+            best[k] = min(best[k], time.perf_counter() - t)
     return best
 
 
@@ -97,8 +103,8 @@ def cpu_precision_probe(model_config: dict | None = None, *, seconds: float = 0.
     """Whether this CPU trains faster in bf16: native bf16 instructions, then a timed model-shaped matmul.
 
     The matmul is (512 tokens x hidden) @ (hidden x intermediate) of the model, at least SmolLM2-135M's 576 x 1536
-    (smaller products time the call overhead, and their verdict would flip from run to run), best of ``seconds``
-    for each dtype on the threads torch uses. Without native bf16 the CPU emulates it, which is slower than fp32
+    (smaller products time the call overhead, and their verdict would flip from run to run), the two taken in turn
+    for 2 x ``seconds``, best of each, on the threads torch uses. Without native bf16 the CPU emulates it, which is slower than fp32
     (measured over 5x with checkpointing), so nothing is timed.
     """
     import torch
@@ -115,8 +121,7 @@ def cpu_precision_probe(model_config: dict | None = None, *, seconds: float = 0.
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(512, hidden, generator=generator)
     b = torch.randn(hidden, inter, generator=generator)
-    fp32_s = _best_matmul_s(a, b, seconds)
-    bf16_s = _best_matmul_s(a.bfloat16(), b.bfloat16(), seconds)
+    fp32_s, bf16_s = _best_matmul_s([(a, b), (a.bfloat16(), b.bfloat16())], 2 * seconds)
     ratio = bf16_s / fp32_s
     flops = 2 * 512 * hidden * inter
     out.update(fp32_gflops=round(flops / fp32_s / 1e9, 1), bf16_gflops=round(flops / bf16_s / 1e9, 1),
