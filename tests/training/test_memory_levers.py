@@ -19,11 +19,10 @@ from ml.hparams import InvalidParams, estimate_run_memory, resolve_params  # noq
 from ml.probe import allocator_library  # noqa: E402
 from ml.train import sft  # noqa: E402
 from ml.train.sft import RunSpec, run_training  # noqa: E402
+from tests.training.test_recipe import FAST  # noqa: E402  (the recipe tests' quick parameters)
 from tests.training.tiny import build_tokenizer, chat_records, save_tiny_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-FAST = {"n_epochs": 2, "batch_size": 4, "learning_rate": 1e-2, "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
-        "save_steps": 100, "max_seq_length": 128}
 
 
 @pytest.fixture(scope="module")
@@ -181,8 +180,7 @@ def test_a_child_gets_the_allocator_first_in_ld_preload(settings):
     settings.JOB_CHILD_ALLOCATOR = "system"
     assert child_allocator_env({}) == {}
     library = allocator_library("jemalloc")
-    if library is None:
-        pytest.skip("no jemalloc on this host (Debian: apt-get install libjemalloc2)")
+    assert library is not None, "no jemalloc on this host: make install installs libjemalloc2"
     settings.JOB_CHILD_ALLOCATOR = "jemalloc"
     assert child_allocator_env({"LD_PRELOAD": f"/x/other.so:{library}"}) == {
         "LD_PRELOAD": f"{library}:/x/other.so"}
@@ -191,8 +189,7 @@ def test_a_child_gets_the_allocator_first_in_ld_preload(settings):
 
 def test_a_process_started_with_it_runs_on_jemalloc():
     library = allocator_library("jemalloc")
-    if library is None:
-        pytest.skip("no jemalloc on this host (Debian: apt-get install libjemalloc2)")
+    assert library is not None, "no jemalloc on this host: make install installs libjemalloc2"
     code = "import json; from ml.probe import allocator_in_use; print(json.dumps(allocator_in_use()))"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     ran = subprocess.run([sys.executable, "-c", code], env=dict(env, LD_PRELOAD=library), capture_output=True,
